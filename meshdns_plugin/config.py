@@ -1,0 +1,310 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+meshdns.yaml -> a frozen L{Config}.
+
+Every key is optional; the defaults are those documented in C{conf/meshdns.yaml}.
+Validation happens here and only here: an unknown key, a wrong type or an
+invalid value raises L{ConfigError} with one line naming the file and the key,
+so that C{twistd meshdns} and C{meshdns check} report exactly the same thing and
+nothing downstream has to re-validate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "meshdns.yaml")
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used; C{str()} is one line naming file and key.
+    """
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """
+    Where meshdns serves DNS: UDP and TCP on the same address and port.
+
+    @ivar allow: networks whose clients may query; empty means loopback only.
+    """
+
+    address: str = "127.0.0.1"
+    port: int = 15053
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """
+    Where names the mesh does not know are forwarded.
+
+    @ivar servers: C{(ip, port)} pairs that replace resolv.conf's nameservers.
+    @ivar timeout: seconds that bound a whole forward, failover included.
+    """
+
+    resolv_conf: str = "/etc/resolv.conf"
+    servers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """
+    How mesh names are expanded and answered.
+
+    @ivar search: the search list; L{None} means resolv.conf's C{search} line.
+    @ivar state_file: where VIP assignments persist across restarts, or L{None}.
+    """
+
+    namespace: str = "default"
+    cluster_domain: str = "cluster.local"
+    search: tuple[str, ...] | None = None
+    ttl: int = 30
+    auto_allocate: bool = True
+    ipv4_range: ipaddress.IPv4Network = ipaddress.IPv4Network("240.240.0.0/16")
+    ipv6_range: ipaddress.IPv6Network = ipaddress.IPv6Network("2001:2::/48")
+    state_file: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """
+    The forwarder's cache.
+
+    @ivar max_entries: the LRU bound, in cached questions.
+    """
+
+    max_entries: int = 100000
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The whole, validated configuration.
+
+    @ivar entries: absolute paths of entry files or folders.
+    @ivar source: the file this came from (for messages), or C{"<defaults>"}.
+    """
+
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    entries: tuple[str, ...] = ()
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    source: str = "<defaults>"
+
+
+class _Invalid(ValueError):
+    """A value is unusable; the message says why, without the key path."""
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"expected an integer, got {value!r}")
+        if not low <= value <= high:
+            raise _Invalid(f"{value} is out of range {low}..{high}")
+        return value
+
+    return check
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number of seconds, got {value!r}")
+    if not 0 < value <= 3600:
+        raise _Invalid(f"{value} is out of range (0, 3600]")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _list_of(check: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
+    def each(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected a list, got {value!r}")
+        return tuple(check(item) for item in value)
+
+    return each
+
+
+def _ip(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_text(value)))
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IP address") from None
+
+
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_text(value), strict=False)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not a CIDR network") from None
+
+
+def _range(version: int) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        network = _network(value)
+        if network.version != version:
+            raise _Invalid(f"{value!r} is not an IPv{version} network")
+        if network.num_addresses < 4:
+            raise _Invalid(f"{value!r} is too small to allocate from")
+        return network
+
+    return check
+
+
+def _server(value: Any) -> tuple[str, int]:
+    """C{IP}, C{IP:PORT} or C{[IPv6]:PORT} -> C{(ip, port)}."""
+    text = _text(value)
+    host, port = text, 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
+        if rest:
+            port = _port_text(rest[1:], text)
+    elif text.count(":") == 1:
+        host, _, rest = text.partition(":")
+        port = _port_text(rest, text)
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT") from None
+
+
+def _port_text(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _Invalid(f"{whole!r} has an invalid port")
+    return int(text)
+
+
+def _domain(value: Any) -> str:
+    name = _text(value).strip().rstrip(".").lower()
+    if not name or any(not label or len(label) > 63 for label in name.split(".")):
+        raise _Invalid(f"{value!r} is not a domain name")
+    return name
+
+
+_CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
+    ListenConfig: {
+        "address": _ip,
+        "port": _integer(0, 65535),
+        "allow": _list_of(_network),
+    },
+    UpstreamConfig: {
+        "resolv_conf": _text,
+        "servers": _list_of(_server),
+        "timeout": _seconds,
+    },
+    MeshConfig: {
+        "namespace": _text,
+        "cluster_domain": _domain,
+        "search": _optional(_list_of(_domain)),
+        "ttl": _integer(0, 2**31 - 1),
+        "auto_allocate": _boolean,
+        "ipv4_range": _range(4),
+        "ipv6_range": _range(6),
+        "state_file": _optional(_text),
+    },
+    CacheConfig: {
+        "max_entries": _integer(1, 100_000_000),
+    },
+}
+
+_Section = TypeVar("_Section")
+
+
+def _section(cls: type[_Section], raw: Any, path: str) -> _Section:
+    """Build one frozen section from its mapping, checking every key."""
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {raw!r}")
+    checks = _CHECKS[cls]
+    unknown = sorted(set(raw) - set(checks), key=str)
+    if unknown:
+        known = ", ".join(f.name for f in fields(cls))  # type: ignore[arg-type]
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key (known keys: {known})")
+    values = {}
+    for key, value in raw.items():
+        try:
+            values[key] = checks[key](value)
+        except _Invalid as e:
+            raise ConfigError(f"{path}.{key}: {e}") from None
+    return cls(**values)
+
+
+def parse_config(raw: Any, source: str, base_dir: str) -> Config:
+    """
+    Validate the parsed YAML of a config file.
+
+    @param raw: the YAML document (L{None} for an empty file).
+    @param source: the file name, used as the prefix of every error.
+    @param base_dir: the folder relative C{entries} paths are taken from.
+    @raise ConfigError: on the first problem found.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    sections: dict[str, type] = {
+        "listen": ListenConfig,
+        "upstream": UpstreamConfig,
+        "mesh": MeshConfig,
+        "cache": CacheConfig,
+    }
+    unknown = sorted(set(raw) - set(sections) - {"entries"}, key=str)
+    if unknown:
+        known = ", ".join([*sections, "entries"])
+        raise ConfigError(f"{source}: {unknown[0]}: unknown key (known keys: {known})")
+    built = {name: _section(cls, raw.get(name), f"{source}: {name}") for name, cls in sections.items()}
+    try:
+        entries = _list_of(_text)(raw.get("entries") or [])
+    except _Invalid as e:
+        raise ConfigError(f"{source}: entries: {e}") from None
+    absolute = tuple(os.path.normpath(os.path.join(base_dir, p)) for p in entries)
+    return Config(entries=absolute, source=source, **built)
+
+
+def load_config(path: str | None) -> Config:
+    """
+    Read and validate a config file; L{None} reads the embedded default.
+
+    @raise ConfigError: if the file cannot be read, parsed or validated.
+    """
+    if path is None:
+        path = os.path.normpath(DEFAULT_CONFIG_PATH)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))

@@ -1,0 +1,500 @@
+# -*- test-case-name: tests.test_entries -*-
+"""
+YAML documents -> frozen model objects: Istio C{ServiceEntry}, Kubernetes
+C{Service} and C{EndpointSlice}.
+
+This is the only module that knows the shape of those documents. It reads them
+the way C{kubectl get -o yaml} prints them (several documents per file, C{kind:
+List} wrappers) and collects every problem it finds, each naming the file, the
+document index and the field, so a rejected reload can say everything that is
+wrong at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+SERVICE_ENTRY_APIS = frozenset(
+    f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
+)
+RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
+ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """
+    Where a model object came from, for messages and C{/debug/table}.
+
+    @ivar document: index of the YAML document in its file (0-based).
+    """
+
+    file: str
+    document: int
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Port:
+    """
+    One service port.
+
+    @ivar protocol: upper-cased Istio protocol name (TCP, HTTP, TLS, ...).
+    @ivar target_port: the endpoints' port when it differs from C{number}.
+    """
+
+    number: int
+    name: str = ""
+    protocol: str = "TCP"
+    target_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """
+    A ServiceEntry endpoint (a C{WorkloadEntry} spec inline).
+
+    @ivar ports: port name -> port number overrides.
+    """
+
+    address: str
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """
+    An Istio ServiceEntry, as far as DNS and VIP listeners need it.
+
+    @ivar addresses: IP addresses of C{spec.addresses}, normalised; CIDRs
+        are validated but left out, since they cannot be a DNS answer.
+    """
+
+    origin: Origin
+    hosts: tuple[str, ...]
+    addresses: tuple[str, ...] = ()
+    ports: tuple[Port, ...] = ()
+    resolution: str = "NONE"
+    endpoints: tuple[Endpoint, ...] = ()
+    export_to: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.origin.namespace
+
+    def visible_from(self, namespace: str) -> bool:
+        """
+        Whether a proxy in C{namespace} sees this entry (Istio's C{exportTo}).
+        """
+        if not self.export_to or "*" in self.export_to or namespace in self.export_to:
+            return True
+        return "." in self.export_to and self.namespace == namespace
+
+    @property
+    def auto_allocatable(self) -> bool:
+        """Whether this entry's non-wildcard hosts get VIPs (DESIGN.md)."""
+        return (
+            not self.addresses
+            and self.resolution != "NONE"
+            and self.labels.get(AUTOALLOCATE_LABEL, "true").lower() != "false"
+        )
+
+
+@dataclass(frozen=True)
+class Service:
+    """
+    A Kubernetes Service.
+
+    @ivar cluster_ips: empty for a headless Service (C{clusterIP: None}).
+    """
+
+    origin: Origin
+    cluster_ips: tuple[str, ...] = ()
+    ports: tuple[Port, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.origin.name
+
+    @property
+    def namespace(self) -> str:
+        return self.origin.namespace
+
+    @property
+    def headless(self) -> bool:
+        return not self.cluster_ips
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    """
+    A C{discovery.k8s.io/v1} EndpointSlice, reduced to its ready addresses.
+    """
+
+    origin: Origin
+    service_name: str
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entries:
+    """
+    Everything read from the entry files.
+
+    @ivar notes: things worth a log line that are not errors (skipped kinds,
+        missing paths).
+    """
+
+    service_entries: tuple[ServiceEntry, ...] = ()
+    services: tuple[Service, ...] = ()
+    endpoint_slices: tuple[EndpointSlice, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """
+    One reason an entry file was rejected.
+
+    @ivar document: the YAML document index, or L{None} for the whole file.
+    @ivar field: a dotted path inside the document, or L{None}.
+    """
+
+    file: str
+    document: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.document is not None:
+            where += f": document {self.document}"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.message}"
+
+
+class EntriesError(Exception):
+    """
+    The entries cannot be used; C{problems} lists every reason, one per line.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class _Invalid(Exception):
+    """A field is wrong: C{args} are (field path, message)."""
+
+
+class _Document:
+    """
+    Typed access to one YAML document, raising L{_Invalid} with the field path.
+    """
+
+    def __init__(self, raw: Mapping[str, Any], prefix: str = "") -> None:
+        self.raw = raw
+        self.prefix = prefix
+
+    def _path(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def mapping(self, key: str) -> _Document:
+        value = self.raw.get(key)
+        if value is None:
+            return _Document({}, self._path(key) + ".")
+        if not isinstance(value, dict):
+            raise _Invalid(self._path(key), f"expected a mapping, got {value!r}")
+        return _Document(value, self._path(key) + ".")
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.raw.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise _Invalid(self._path(key), f"expected a string, got {value!r}")
+        return value
+
+    def items(self, key: str) -> Iterator[tuple[str, Any]]:
+        """(path, item) for each item of the list at C{key} (absent = empty)."""
+        value = self.raw.get(key)
+        if value is None:
+            return
+        if not isinstance(value, list):
+            raise _Invalid(self._path(key), f"expected a list, got {value!r}")
+        for index, item in enumerate(value):
+            yield f"{self._path(key)}[{index}]", item
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        result = []
+        for path, item in self.items(key):
+            if not isinstance(item, str):
+                raise _Invalid(path, f"expected a string, got {item!r}")
+            result.append(item)
+        return tuple(result)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        section = self.mapping(key)
+        result = {}
+        for name, value in section.raw.items():
+            if not isinstance(value, str | int | float | bool):
+                raise _Invalid(section._path(str(name)), f"expected a string, got {value!r}")
+            result[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        return result
+
+
+def _ip(path: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
+    except ValueError:
+        raise _Invalid(path, f"{value!r} is not an IP address") from None
+
+
+def _port_number(path: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _Invalid(path, f"{value!r} is not a port number (1-65535)")
+    return value
+
+
+def _host(path: str, value: Any) -> str:
+    """A ServiceEntry host: a DNS name, optionally with a leading C{*.} label."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(path, "empty host")
+    host = value.strip().rstrip(".").lower()
+    labels = host.split(".")
+    if "*" in host and (labels[0] != "*" or "*" in ".".join(labels[1:]) or len(labels) < 2):
+        raise _Invalid(path, f"{value!r}: a wildcard must be the whole first label, as in *.example.com")
+    if len(host) > 253 or any(not label or len(label) > 63 for label in labels):
+        raise _Invalid(path, f"{value!r} is not a valid host name")
+    return host
+
+
+def _ports(doc: _Document) -> tuple[Port, ...]:
+    ports = []
+    for path, raw in doc.items("ports"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+        port = _Document(raw, path + ".")
+        number = _port_number(path + ".number", raw.get("number", raw.get("port")))
+        target = raw.get("targetPort")
+        ports.append(
+            Port(
+                number=number,
+                name=port.text("name"),
+                protocol=port.text("protocol", "TCP").upper() or "TCP",
+                target_port=(
+                    _port_number(path + ".targetPort", target) if isinstance(target, int) else None
+                ),
+            )
+        )
+    return tuple(ports)
+
+
+def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
+    spec = doc.mapping("spec")
+    hosts = []
+    for path, raw in spec.items("hosts"):
+        host = _host(path, raw)
+        if host in hosts:
+            raise _Invalid(path, f"duplicate host {host!r}")
+        hosts.append(host)
+    if not hosts:
+        raise _Invalid("spec.hosts", "a ServiceEntry needs at least one host")
+    addresses = []
+    for path, raw in spec.items("addresses"):
+        if isinstance(raw, str) and "/" in raw:
+            try:
+                network = ipaddress.ip_network(raw, strict=False)
+            except ValueError:
+                raise _Invalid(path, f"{raw!r} is not an IP address or CIDR") from None
+            if network.num_addresses == 1:
+                addresses.append(str(network.network_address))
+        else:
+            addresses.append(_ip(path, raw))
+    resolution = spec.text("resolution", "NONE").upper() or "NONE"
+    if resolution not in RESOLUTIONS:
+        raise _Invalid("spec.resolution", f"{resolution!r} is not one of {sorted(RESOLUTIONS)}")
+    endpoints = []
+    for path, raw in spec.items("endpoints"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+        endpoint = _Document(raw, path + ".")
+        address = endpoint.text("address")
+        if address:
+            address = _ip(path + ".address", address)
+        port_map = {}
+        for name, number in endpoint.mapping("ports").raw.items():
+            port_map[str(name)] = _port_number(f"{path}.ports.{name}", number)
+        if address:
+            endpoints.append(Endpoint(address, port_map))
+    return ServiceEntry(
+        origin=origin,
+        hosts=tuple(hosts),
+        addresses=tuple(dict.fromkeys(addresses)),
+        ports=_ports(spec),
+        resolution=resolution,
+        endpoints=tuple(endpoints),
+        export_to=spec.texts("exportTo"),
+        labels=doc.mapping("metadata").string_map("labels"),
+    )
+
+
+def _service(doc: _Document, origin: Origin) -> Service:
+    spec = doc.mapping("spec")
+    cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
+    addresses = []
+    for index, raw in enumerate(cluster_ips):
+        if raw in ("", "None"):
+            continue
+        path = f"spec.clusterIPs[{index}]" if spec.raw.get("clusterIPs") else "spec.clusterIP"
+        addresses.append(_ip(path, raw))
+    return Service(origin=origin, cluster_ips=tuple(dict.fromkeys(addresses)), ports=_ports(spec))
+
+
+def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice:
+    labels = doc.mapping("metadata").string_map("labels")
+    addresses = []
+    for path, raw in doc.items("endpoints"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+        endpoint = _Document(raw, path + ".")
+        ready = endpoint.mapping("conditions").raw.get("ready")
+        if ready is False:
+            continue
+        for address_path, address in endpoint.items("addresses"):
+            addresses.append(_ip(address_path, address))
+    return EndpointSlice(
+        origin=origin,
+        service_name=labels.get(SERVICE_NAME_LABEL, ""),
+        addresses=tuple(dict.fromkeys(addresses)),
+    )
+
+
+class _Collector:
+    """Accumulates model objects, notes and problems over many files."""
+
+    def __init__(self) -> None:
+        self.service_entries: list[ServiceEntry] = []
+        self.services: list[Service] = []
+        self.endpoint_slices: list[EndpointSlice] = []
+        self.notes: list[str] = []
+        self.problems: list[Problem] = []
+
+    def document(self, raw: Any, file: str, index: int, prefix: str = "") -> None:
+        """Read one document (or, recursively, the items of a C{kind: List})."""
+        if raw is None:
+            return
+        if not isinstance(raw, dict):
+            self.problems.append(Problem(file, index, prefix or None, "expected a mapping"))
+            return
+        doc = _Document(raw, prefix)
+        try:
+            kind = doc.text("kind")
+            api = doc.text("apiVersion")
+            if kind == "List" or kind.endswith("List") and isinstance(raw.get("items"), list):
+                for path, item in doc.items("items"):
+                    self.document(item, file, index, path + ".")
+                return
+            metadata = doc.mapping("metadata")
+            origin = Origin(
+                file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
+            )
+            if kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS:
+                self.service_entries.append(_service_entry(doc, origin))
+            elif kind == "Service" and api == "v1":
+                self.services.append(_service(doc, origin))
+            elif kind == "EndpointSlice" and api == "discovery.k8s.io/v1":
+                self.endpoint_slices.append(_endpoint_slice(doc, origin))
+            else:
+                self.notes.append(f"{file}: document {index}: skipped {api or '?'} {kind or '?'}")
+        except _Invalid as e:
+            path, message = e.args
+            if prefix and not path.startswith(prefix):
+                path = prefix + path
+            self.problems.append(Problem(file, index, path, message))
+
+    def text(self, text: str, file: str) -> None:
+        """Read every document of one file's text."""
+        index = 0
+        try:
+            for index, raw in enumerate(yaml.safe_load_all(text)):  # noqa: B007
+                self.document(raw, file, index)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            self.problems.append(Problem(file, None, None, f"{line}invalid YAML: {problem}"))
+
+    def path(self, path: str) -> None:
+        """Read a file, or every entry file directly inside a folder."""
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                child = os.path.join(path, name)
+                if name.startswith(".") or not name.endswith(ENTRY_FILE_SUFFIXES):
+                    continue
+                if os.path.isfile(child):
+                    self.file(child)
+        elif os.path.exists(path):
+            self.file(path)
+        else:
+            self.notes.append(f"{path}: does not exist (no entries from it)")
+
+    def file(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            self.problems.append(Problem(path, None, None, f"cannot read: {e}"))
+            return
+        self.text(text, path)
+
+    def result(self) -> Entries:
+        if self.problems:
+            raise EntriesError(self.problems)
+        return Entries(
+            tuple(self.service_entries),
+            tuple(self.services),
+            tuple(self.endpoint_slices),
+            tuple(self.notes),
+        )
+
+
+def load_entries(paths: Iterable[str]) -> Entries:
+    """
+    Read every entry file and folder.
+
+    A path that does not exist contributes nothing (a note, not an error):
+    deleting every entry file is a valid, empty mesh.
+
+    @raise EntriesError: listing every problem, if any document is invalid.
+    """
+    collector = _Collector()
+    for path in paths:
+        collector.path(path)
+    return collector.result()
+
+
+def parse_entries(text: str, file: str = "<string>") -> Entries:
+    """
+    Read the documents of one YAML text (for tests and the embedding API).
+
+    @raise EntriesError: listing every problem, if any document is invalid.
+    """
+    collector = _Collector()
+    collector.text(text, file)
+    return collector.result()

@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The DNS server: a L{DNSServerFactory} subclass and its UDP and TCP protocols.
+
+Stock L{twisted.names.server.DNSServerFactory} is the reference, but it is
+wrong for a proxy in ways this module fixes, each in the method named:
+  - L{MeshDNSServerFactory.gotResolverError}: an upstream SERVFAIL, REFUSED or
+    timeout reaches the client as such, not as NXDOMAIN; NXDOMAIN carries the
+    upstream SOA so that clients can cache it (RFC 2308);
+  - L{MeshDNSServerFactory._responseFromMessage}: RD is echoed, AA is set on
+    every mesh answer (empty ones included), EDNS is answered with EDNS;
+  - L{MeshDNSServerFactory._reply}: UDP answers longer than 512 bytes (or
+    the client's EDNS size) are truncated with TC=1, whole records only;
+  - L{MeshDNSServerFactory.messageReceived}: QR=1 packets are dropped, and
+    REFUSED, NOTIMP and FORMERR replies are real responses (QR=1), where stock
+    Twisted echoes the query back with only the rcode changed;
+  - no cache here: the L{CachingForwarder} caches, so a hit is not re-cached
+    (stock Twisted re-caches every hit, losing a TTL second each time).
+The protocols never let an exception out: a packet that cannot be parsed gets
+FORMERR when its header is readable, and is dropped otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.names import dns, error, server
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
+
+from meshdns_plugin.authority import MeshAnswer
+
+#: The largest UDP answer we send, whatever the client offers: DNS Flag Day
+#: 2020's value, which avoids IP fragmentation on common paths.
+MAX_UDP_PAYLOAD = 1232
+#: The UDP limit for clients without EDNS (RFC 1035).
+CLASSIC_UDP_PAYLOAD = 512
+
+_HEADER = struct.Struct("!HHHHHH")
+
+_log = Logger()
+
+_RCODE_FOR_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (error.DNSNameError, dns.ENAME),
+    (error.AuthoritativeDomainError, dns.ENAME),
+    (error.DNSQueryRefusedError, dns.EREFUSED),
+    (error.DNSNotImplementedError, dns.ENOTIMP),
+    (error.DNSServerError, dns.ESERVER),
+    (error.DNSFormatError, dns.ESERVER),
+    (error.DNSUnknownError, dns.ESERVER),
+    # Nobody in the chain would answer: we are neither authoritative nor able
+    # to recurse for this name.
+    (error.DomainError, dns.EREFUSED),
+)
+
+
+def udp_limit(query: dns._EDNSMessage) -> int:
+    """The most bytes a UDP answer to C{query} may have."""
+    if query.ednsVersion is None:
+        return CLASSIC_UDP_PAYLOAD
+    return max(CLASSIC_UDP_PAYLOAD, min(query.maxSize, MAX_UDP_PAYLOAD))
+
+
+def encode(message: dns._EDNSMessage, limit: int | None) -> bytes:
+    """
+    Encode C{message}; if it is over C{limit} bytes, drop every record and set
+    TC=1, so the client retries over TCP (RFC 2181 section 9: a truncated
+    answer must not be taken for a whole one).
+
+    Stock L{dns.Message.toStr} truncates by cutting bytes, mid-record.
+    """
+    raw = message._toMessage()
+    raw.maxSize = 0
+    data = raw.toStr()
+    if limit is None or len(data) <= limit:
+        return data
+    raw.answers, raw.authority = [], []
+    raw.additional = [r for r in raw.additional if r.type == dns.OPT]
+    raw.trunc = 1
+    return raw.toStr()
+
+
+def error_reply(data: bytes, rcode: int) -> bytes | None:
+    """
+    A header-only reply with C{rcode} to the packet C{data}, or L{None} if
+    C{data} has no readable header or is itself a response.
+    """
+    if len(data) < _HEADER.size:
+        return None
+    ident, flags, *_ = _HEADER.unpack_from(data)
+    if flags & 0x8000:
+        return None
+    opcode_and_rd = flags & 0x7900
+    return _HEADER.pack(ident, 0x8000 | opcode_and_rd | rcode, 0, 0, 0, 0)
+
+
+def parse_query(data: bytes) -> dns._EDNSMessage:
+    """
+    Decode a query packet.
+
+    @raise ValueError: for anything that is not a well-formed message; Twisted's
+        decoder raises several unrelated types, all folded into this one.
+    """
+    message = dns._EDNSMessage()
+    try:
+        message.fromStr(data)
+    except Exception as e:
+        raise ValueError(f"malformed DNS message: {e!r}") from None
+    return message
+
+
+class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
+    """DNS over UDP, serving side only."""
+
+    def __init__(self, controller: MeshDNSServerFactory) -> None:
+        self.controller = controller
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.controller.packetReceived(data, self, addr)
+
+    def writeBytes(self, data: bytes, address: tuple[str, int]) -> None:
+        self.transport.write(data, address)
+
+
+class MeshDNSStreamProtocol(Int16StringReceiver):
+    """DNS over TCP (two-byte length prefix), serving side only."""
+
+    def __init__(self, controller: MeshDNSServerFactory) -> None:
+        self.controller = controller
+
+    def connectionMade(self) -> None:
+        self.controller.connectionMade(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.controller.connectionLost(self)
+
+    def stringReceived(self, data: bytes) -> None:
+        self.controller.packetReceived(data, self)
+
+    def writeBytes(self, data: bytes) -> None:
+        if self.transport is not None and self.connected:
+            self.sendString(data)
+
+
+class MeshDNSServerFactory(server.DNSServerFactory):
+    """
+    A L{DNSServerFactory} with the fixes listed in this module's docstring.
+    """
+
+    _messageFactory = dns._EDNSMessage
+    protocol = MeshDNSStreamProtocol
+
+    def __init__(self, authorities=None, clients=None, verbose: int = 0) -> None:
+        """
+        @param authorities: resolvers that answer authoritatively (the mesh).
+        @param clients: resolvers that recurse (the caching forwarder); their
+            presence sets RA.
+        """
+        super().__init__(authorities=authorities, clients=clients, verbose=verbose)
+
+    def _responseFromMessage(self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False):
+        answers = answers or []
+        response = dns._EDNSMessage(
+            id=message.id,
+            answer=True,
+            opCode=message.opCode,
+            recDes=message.recDes,
+            recAv=self.canRecurse,
+            rCode=rCode,
+            auth=auth or any(r.isAuthoritative() for r in answers),
+            ednsVersion=None if message.ednsVersion is None else 0,
+            maxSize=MAX_UDP_PAYLOAD,
+        )
+        response.queries = message.queries[:]
+        response.answers = answers
+        response.authority = authority or []
+        response.additional = additional or []
+        return response
+
+    def _reply(self, protocol, query, address, **kwargs) -> None:
+        """
+        Answer C{query}: every reply goes through here (stock C{sendReply}
+        is not used), so every reply is encoded and truncated the same way.
+        """
+        response = self._responseFromMessage(query, **kwargs)
+        if address is None:
+            protocol.writeBytes(encode(response, None))
+        else:
+            protocol.writeBytes(encode(response, udp_limit(query)), address)
+
+    def gotResolverResponse(self, response, protocol, message, address) -> None:
+        answers, authority, additional = response
+        self._reply(
+            protocol,
+            message,
+            address,
+            answers=answers,
+            authority=authority,
+            additional=additional,
+            auth=isinstance(response, MeshAnswer),
+        )
+
+    def gotResolverError(self, failure: Failure, protocol, message, address) -> None:
+        authority = []
+        for kind, rcode in _RCODE_FOR_ERROR:
+            if failure.check(kind):
+                if rcode == dns.ENAME and failure.value.args:
+                    authority = list(getattr(failure.value.args[0], "authority", []))
+                break
+        else:
+            rcode = dns.ESERVER
+            if not failure.check(TimeoutError, error.DNSQueryTimeoutError):
+                _log.failure("Unexpected error resolving {query}", failure, query=message.queries)
+        self._reply(protocol, message, address, rCode=rcode, authority=authority)
+
+    def messageReceived(self, message, proto, address=None) -> None:
+        if message.answer:
+            return
+        if message.opCode != dns.OP_QUERY:
+            self._reply(proto, message, address, rCode=dns.ENOTIMP)
+        elif len(message.queries) != 1:
+            self._reply(proto, message, address, rCode=dns.EFORMAT)
+        elif message.queries[0].cls != dns.IN:
+            self._reply(proto, message, address, rCode=dns.EREFUSED)
+        else:
+            self.handleQuery(message, proto, address)
+
+    def packetReceived(self, data: bytes, proto, address=None) -> None:
+        """
+        Decode C{data} and dispatch it; the single entry point of both
+        protocols, so that no decoding error escapes either.
+        """
+        try:
+            message = parse_query(data)
+        except ValueError:
+            reply = error_reply(data, dns.EFORMAT)
+            if reply is not None:
+                proto.writeBytes(reply, *(() if address is None else (address,)))
+            return
+        self.messageReceived(message, proto, address)
+
+

@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.test_table -*-
+"""
+The name table: an immutable snapshot of every name the mesh answers.
+
+A table is built whole from the parsed entries and an allocation, then never
+changed: a reload builds a new one beside it and swaps one reference, so a
+query sees either the old table or the new one, never half of each.
+
+Names are kept as lowercase ASCII C{bytes} without the trailing dot, the form
+the wire path can produce from a packet with one C{bytes.lower()}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from meshdns_plugin.allocator import Allocation
+from meshdns_plugin.entries import Entries, ServiceEntry
+
+
+@dataclass(frozen=True)
+class HostRecords:
+    """
+    The addresses one name answers with.
+
+    @ivar name: the owner name (lowercase, no trailing dot); for a wildcard,
+        the wildcard itself (C{*.example.com}).
+    @ivar sources: the entries the addresses came from, for C{/debug/table}.
+    @ivar vip: whether the addresses are allocated VIPs.
+    """
+
+    name: bytes
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+    sources: tuple[str, ...]
+    vip: bool = False
+
+    def addresses(self, family: int) -> tuple[str, ...]:
+        """The addresses of IP version C{family} (4 or 6)."""
+        return self.ipv4 if family == 4 else self.ipv6
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """
+    How a queried name is answered.
+
+    @ivar owner: the name the address records are given for.
+    @ivar alias: the queried name when it is answered through the search-suffix
+        shortcut (C{alias CNAME owner}, then owner's records), else L{None}.
+    """
+
+    owner: bytes
+    records: HostRecords
+    alias: bytes | None = None
+
+
+class NameTable:
+    """
+    An immutable index of mesh names; build one with L{build_table}.
+    """
+
+    def __init__(
+        self,
+        names: Mapping[bytes, HostRecords],
+        wildcards: Mapping[bytes, HostRecords],
+        pointers: Mapping[bytes, tuple[bytes, ...]],
+        search_suffix: bytes | None,
+        ttl: int,
+        vips: Mapping[str, tuple[str | None, str | None]],
+    ) -> None:
+        """
+        @param names: exact names -> records.
+        @param wildcards: the suffix of each C{*.suffix} host -> records.
+        @param pointers: reverse names (C{1.0.240.240.in-addr.arpa}) -> hosts.
+        @param search_suffix: the first search domain, for the CNAME shortcut.
+        @param ttl: the TTL of every answer.
+        @param vips: host -> (IPv4 VIP, IPv6 VIP), for reporting.
+        """
+        self.names = dict(names)
+        self.wildcards = dict(wildcards)
+        self.pointers = dict(pointers)
+        self.search_suffix = search_suffix
+        self.ttl = ttl
+        self.vips = dict(vips)
+
+    def __len__(self) -> int:
+        return len(self.names) + len(self.wildcards)
+
+    def _direct(self, name: bytes) -> Resolution | None:
+        records = self.names.get(name)
+        if records is not None:
+            return Resolution(name, records)
+        labels = name.split(b".")
+        for start in range(1, len(labels)):
+            records = self.wildcards.get(b".".join(labels[start:]))
+            if records is not None:
+                return Resolution(name, records)
+        return None
+
+    def resolve(self, name: bytes) -> Resolution | None:
+        """
+        Find how C{name} (lowercase, no trailing dot) is answered, or L{None}
+        if the mesh does not know it.
+
+        Order: the exact name; then the search-suffix shortcut (C{n.s1} for a
+        known C{n}); then the most specific wildcard.
+        """
+        records = self.names.get(name)
+        if records is not None:
+            return Resolution(name, records)
+        suffix = self.search_suffix
+        if suffix is not None and name.endswith(b"." + suffix):
+            base = name[: -len(suffix) - 1]
+            if not base.endswith(b"." + suffix):
+                found = self._direct(base)
+                if found is not None:
+                    return Resolution(found.owner, found.records, alias=name)
+        return self._direct(name)
+
+    def __iter__(self) -> Iterator[HostRecords]:
+        """Every exact name, then every wildcard, in name order."""
+        yield from (self.names[n] for n in sorted(self.names))
+        yield from (self.wildcards[n] for n in sorted(self.wildcards))
+
+
+def _family_split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ipv4, ipv6 = [], []
+    for address in addresses:
+        (ipv4 if ipaddress.ip_address(address).version == 4 else ipv6).append(address)
+    return tuple(sorted(set(ipv4), key=ipaddress.ip_address)), tuple(
+        sorted(set(ipv6), key=ipaddress.ip_address)
+    )
+
+
+def vip_hosts(entries: Entries, namespace: str) -> set[str]:
+    """
+    The hosts that get VIPs: non-wildcard hosts of visible, eligible entries.
+    """
+    return {
+        host
+        for entry in entries.service_entries
+        if entry.visible_from(namespace) and entry.auto_allocatable
+        for host in entry.hosts
+        if not host.startswith("*.")
+    }
+
+
+class _Builder:
+    """Accumulates addresses per name while a table is built."""
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, list[str]] = {}
+        self.sources: dict[str, list[str]] = {}
+        self.vip: set[str] = set()
+
+    def add(self, name: str, addresses: Iterable[str], source: str, vip: bool = False) -> None:
+        self.addresses.setdefault(name, []).extend(addresses)
+        if source not in self.sources.setdefault(name, []):
+            self.sources[name].append(source)
+        if vip:
+            self.vip.add(name)
+
+    def records(self) -> Iterator[HostRecords]:
+        for name, addresses in self.addresses.items():
+            ipv4, ipv6 = _family_split(addresses)
+            yield HostRecords(
+                name.encode("ascii", "replace"),
+                ipv4,
+                ipv6,
+                tuple(self.sources[name]),
+                vip=name in self.vip,
+            )
+
+
+def _service_entry_names(
+    entries: Iterable[ServiceEntry], allocation: Allocation, auto_allocate: bool
+) -> _Builder:
+    """
+    Addresses per ServiceEntry host: explicit addresses first; without any,
+    the endpoints of C{resolution: NONE} entries, else the host's VIPs.
+    """
+    explicit, fallback = _Builder(), _Builder()
+    for entry in entries:
+        source = str(entry.origin)
+        for host in entry.hosts:
+            if entry.addresses:
+                explicit.add(host, entry.addresses, source)
+            elif entry.resolution == "NONE":
+                fallback.add(host, (e.address for e in entry.endpoints), source)
+            elif auto_allocate and entry.auto_allocatable and host in allocation.vips:
+                vips = allocation.vips[host]
+                assigned = [a for a in (vips.ipv4, vips.ipv6) if a is not None]
+                fallback.add(host, assigned, source, vip=True)
+    for host in list(fallback.addresses):
+        if host in explicit.addresses:
+            continue
+        explicit.add(host, fallback.addresses[host], fallback.sources[host][0], host in fallback.vip)
+        for source in fallback.sources[host][1:]:
+            explicit.add(host, (), source)
+    return explicit
+
+
+def build_table(
+    entries: Entries,
+    allocation: Allocation,
+    *,
+    namespace: str,
+    cluster_domain: str,
+    search: tuple[str, ...],
+    ttl: int,
+    auto_allocate: bool,
+) -> NameTable:
+    """
+    Build the table a proxy in C{namespace} answers from (DESIGN.md, "Names
+    the mesh answers").
+
+    A name with no address of either family is left out, so that queries for
+    it are forwarded rather than answered empty.
+    """
+    visible = [e for e in entries.service_entries if e.visible_from(namespace)]
+    names = _service_entry_names(visible, allocation, auto_allocate)
+
+    endpoints: dict[tuple[str, str], list[str]] = {}
+    for endpoint_slice in entries.endpoint_slices:
+        key = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
+        endpoints.setdefault(key, []).extend(endpoint_slice.addresses)
+    services = _Builder()
+    canonical: dict[str, str] = {}
+    for service in entries.services:
+        addresses = service.cluster_ips or tuple(
+            endpoints.get((service.namespace, service.name), ())
+        )
+        fqdn = f"{service.name}.{service.namespace}.svc.{cluster_domain}"
+        aliases = [fqdn, f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc"]
+        if service.namespace == namespace:
+            aliases.append(service.name)
+        for alias in aliases:
+            services.add(alias, addresses, str(service.origin))
+            canonical.setdefault(alias, fqdn)
+
+    exact: dict[bytes, HostRecords] = {}
+    wildcards: dict[bytes, HostRecords] = {}
+    # A Kubernetes Service wins over a ServiceEntry for the same name.
+    for builder in (names, services):
+        for records in builder.records():
+            if not records.ipv4 and not records.ipv6:
+                continue
+            if records.name.startswith(b"*."):
+                wildcards[records.name[2:]] = records
+            else:
+                exact[records.name] = records
+
+    pointers: dict[bytes, set[bytes]] = {}
+    for records in exact.values():
+        host = canonical.get(records.name.decode(), records.name.decode()).encode()
+        for address in records.ipv4 + records.ipv6:
+            reverse = ipaddress.ip_address(address).reverse_pointer.encode()
+            pointers.setdefault(reverse, set()).add(host)
+
+    return NameTable(
+        exact,
+        wildcards,
+        {name: tuple(sorted(hosts)) for name, hosts in pointers.items()},
+        search[0].encode() if search else None,
+        ttl,
+        {h: (v.ipv4, v.ipv6) for h, v in allocation.vips.items()},
+    )

@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+CachingForwarder: a bounded, TTL-correct cache in front of
+L{twisted.names.client.Resolver}.
+
+It fixes what stock Twisted Names gets wrong for a forwarding proxy:
+  - L{twisted.names.cache.CacheResolver} re-caches every hit, so a TTL loses a
+    second per hit; here a TTL only counts down with wall time, from the
+    moment the upstream answered, and is never extended;
+  - it is unbounded with one timer per entry; here an LRU of
+    C{max_entries} with lazy expiry, and no timer at all;
+  - it caches no negative answers; here NXDOMAIN and NODATA are cached per
+    RFC 2308 (the SOA's TTL, capped by its MINIMUM field);
+  - C{client.Resolver} re-reads resolv.conf on a timer and has no overall
+    deadline; here servers are fixed at construction (meshdns reads resolv.conf
+    itself) and the whole forward, failover included, is bounded by C{timeout}.
+Identical questions in flight are merged into one upstream query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.names import client, common, dns
+from twisted.names.error import DNSNameError, DNSServerError
+from twisted.python.failure import Failure
+
+CacheKey = tuple[bytes, int, int]
+Records = list[dns.RRHeader]
+
+
+@dataclass
+class CachedResponse:
+    """
+    One upstream answer as it arrived.
+
+    @ivar stored_at: wall-clock time of arrival.
+    @ivar ttl: seconds it stays fresh (the smallest TTL of its records, or the
+        negative TTL of RFC 2308).
+    @ivar rcode: C{dns.OK} or C{dns.ENAME}.
+    """
+
+    stored_at: float
+    ttl: int
+    rcode: int
+    answers: Records
+    authority: Records
+    additional: Records
+
+    def aged(self, now: float) -> tuple[Records, Records, Records]:
+        """The sections with every TTL reduced by the time spent in the cache."""
+        elapsed = int(now - self.stored_at)
+
+        def age(records: Records) -> Records:
+            return [
+                dns.RRHeader(r.name.name, r.type, r.cls, max(r.ttl - elapsed, 0), r.payload, r.auth)
+                for r in records
+            ]
+
+        return age(self.answers), age(self.authority), age(self.additional)
+
+
+def negative_ttl(authority: Records) -> int | None:
+    """
+    RFC 2308 section 5: a negative answer is cached for the SOA record's TTL
+    capped by the SOA MINIMUM field; without an SOA it is not cached.
+    """
+    for record in authority:
+        if record.type == dns.SOA:
+            return min(record.ttl, record.payload.minimum)
+    return None
+
+
+class ResponseCache:
+    """
+    A bounded LRU of upstream answers, expired lazily when looked at.
+
+    @ivar evictions: how many fresh-or-stale entries the bound pushed out.
+    """
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self.evictions = 0
+        self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> CachedResponse | None:
+        """A fresh entry for C{key}, or L{None} (an expired one is dropped)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self.clock() - entry.stored_at >= entry.ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: CacheKey, entry: CachedResponse) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+
+def _nxdomain(authority: Records) -> DNSNameError:
+    """The error stock resolvers raise for NXDOMAIN, carrying the SOA."""
+    message = dns.Message(rCode=dns.ENAME, answer=True)
+    message.authority = authority
+    return DNSNameError(message)
+
+
+class CachingForwarder(common.ResolverBase):
+    """
+    Forwards questions to upstream servers, in order with failover, and caches
+    the answers.
+
+    @ivar cache: the L{ResponseCache}.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        timeout: float = 5.0,
+        max_entries: int = 100000,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param servers: C{(ip, port)} pairs, tried in this order.
+        @param timeout: seconds that bound a whole forward; each server gets an
+            equal share of it before the next one is tried.
+        @param max_entries: the cache bound.
+        """
+        common.ResolverBase.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self.servers = tuple(servers)
+        self.timeout = timeout
+        self.cache = ResponseCache(max_entries, clock=reactor.seconds)
+        self._inflight: dict[CacheKey, list[defer.Deferred]] = {}
+        self._client: client.Resolver | None = None
+        if self.servers:
+            share = max(timeout / len(self.servers), 0.1)
+            self._client = client.Resolver(servers=list(self.servers), timeout=(share,), reactor=reactor)
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
+        key = (name.lower().rstrip(b"."), type, cls)
+        entry = self.cache.get(key)
+        if entry is not None:
+            return self._fromEntry(entry)
+        if self._client is None:
+            return defer.fail(DNSServerError("no upstream servers configured"))
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            d: defer.Deferred = defer.Deferred()
+            waiting.append(d)
+            return d
+        self._inflight[key] = []
+        upstream = self._client.query(dns.Query(name, type, cls))
+        upstream.addTimeout(self.timeout, self._reactor)
+        upstream.addCallbacks(self._cachePositive, self._cacheNegative, (key,), None, (key,), None)
+        upstream.addBoth(self._release, key)
+        return upstream
+
+    def _fromEntry(self, entry: CachedResponse) -> defer.Deferred:
+        answers, authority, additional = entry.aged(self.cache.clock())
+        if entry.rcode == dns.ENAME:
+            return defer.fail(_nxdomain(authority))
+        return defer.succeed((answers, authority, additional))
+
+    def _cachePositive(
+        self, result: tuple[Records, Records, Records], key: CacheKey
+    ) -> tuple[Records, Records, Records]:
+        answers, authority, additional = result
+        ttl = min((r.ttl for r in answers), default=None) if answers else negative_ttl(authority)
+        if ttl:
+            now = self.cache.clock()
+            self.cache.put(key, CachedResponse(now, ttl, dns.OK, answers, authority, additional))
+        return result
+
+    def _cacheNegative(self, reason: Failure, key: CacheKey) -> Failure:
+        if reason.check(DNSNameError) and reason.value.args:
+            message = reason.value.args[0]
+            authority = list(getattr(message, "authority", []))
+            ttl = negative_ttl(authority)
+            if ttl:
+                now = self.cache.clock()
+                self.cache.put(key, CachedResponse(now, ttl, dns.ENAME, [], authority, []))
+        return reason
+
+    def _release(self, result: object, key: CacheKey) -> object:
+        """Give the result to every merged question too."""
+        for d in self._inflight.pop(key, []):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        return result
