@@ -48,7 +48,13 @@ def address_records(
     owner = resolution.owner
     if resolution.alias is not None:
         answers.append(
-            dns.RRHeader(resolution.alias, dns.CNAME, ttl=ttl, payload=dns.Record_CNAME(owner, ttl), auth=True)
+            dns.RRHeader(
+                resolution.alias,
+                dns.CNAME,
+                ttl=ttl,
+                payload=dns.Record_CNAME(owner, ttl),
+                auth=True,
+            )
         )
     addresses = resolution.records.addresses(family)
     if addresses:
@@ -56,7 +62,8 @@ def address_records(
         ordered = addresses[start:] + addresses[:start]
         record = dns.Record_A if family == 4 else dns.Record_AAAA
         answers.extend(
-            dns.RRHeader(owner, record.TYPE, ttl=ttl, payload=record(a, ttl), auth=True) for a in ordered
+            dns.RRHeader(owner, record.TYPE, ttl=ttl, payload=record(a, ttl), auth=True)
+            for a in ordered
         )
     return answers
 
@@ -90,7 +97,9 @@ class MeshAuthority(common.ResolverBase):
             hosts = table.pointers.get(key)
             if hosts:
                 answers = [
-                    dns.RRHeader(key, dns.PTR, ttl=table.ttl, payload=dns.Record_PTR(h, table.ttl), auth=True)
+                    dns.RRHeader(
+                        key, dns.PTR, ttl=table.ttl, payload=dns.Record_PTR(h, table.ttl), auth=True
+                    )
                     for h in hosts
                 ]
                 return defer.succeed(MeshAnswer((answers, [], [])))

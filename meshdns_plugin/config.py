@@ -280,7 +280,9 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
     if unknown:
         known = ", ".join([*sections, "entries"])
         raise ConfigError(f"{source}: {unknown[0]}: unknown key (known keys: {known})")
-    built = {name: _section(cls, raw.get(name), f"{source}: {name}") for name, cls in sections.items()}
+    built = {
+        name: _section(cls, raw.get(name), f"{source}: {name}") for name, cls in sections.items()
+    }
     try:
         entries = _list_of(_text)(raw.get("entries") or [])
     except _Invalid as e:

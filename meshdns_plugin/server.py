@@ -18,6 +18,10 @@ wrong for a proxy in ways this module fixes, each in the method named:
     (stock Twisted re-caches every hit, losing a TTL second each time).
 The protocols never let an exception out: a packet that cannot be parsed gets
 FORMERR when its header is readable, and is dropped otherwise.
+
+Before any of that, L{MeshDNSServerFactory.packetReceived} tries the wire fast
+path (L{meshdns_plugin.wire}): a plain query for a mesh name or a fresh cache
+entry is answered from pre-encoded bytes; everything else takes the path above.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from twisted.names import dns, error, server
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
-from meshdns_plugin.authority import MeshAnswer
+from meshdns_plugin import stats, wire
+from meshdns_plugin.authority import MeshAnswer, MeshAuthority
+from meshdns_plugin.upstream import CachedNameError, CacheHit, CachingForwarder
 
 #: The largest UDP answer we send, whatever the client offers: DNS Flag Day
 #: 2020's value, which avoids IP fragmentation on common paths.
@@ -41,6 +47,22 @@ CLASSIC_UDP_PAYLOAD = 512
 _HEADER = struct.Struct("!HHHHHH")
 
 _log = Logger()
+
+#: Query types counted under their own name; others are counted as OTHER so
+#: that junk cannot grow the metrics without bound.
+_COUNTED_TYPES = {
+    code: dns.QUERY_TYPES[code]
+    for code in (dns.A, dns.AAAA, dns.CNAME, dns.MX, dns.NS, dns.PTR, dns.SOA, dns.SRV, dns.TXT)
+}
+_COUNTED_TYPES[dns.ALL_RECORDS] = "ANY"
+_COUNTED_TYPES[65] = "HTTPS"
+_COUNTED_TYPES[64] = "SVCB"
+
+
+def type_name(qtype: int) -> str:
+    """The metrics label of a query type."""
+    return _COUNTED_TYPES.get(qtype, "OTHER")
+
 
 _RCODE_FOR_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (error.DNSNameError, dns.ENAME),
@@ -157,10 +179,69 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         @param authorities: resolvers that answer authoritatively (the mesh).
         @param clients: resolvers that recurse (the caching forwarder); their
             presence sets RA.
+
+        The fast path answers mesh names only when a L{MeshAuthority} is the
+        first resolver of the chain, and cache hits only when a
+        L{CachingForwarder} is the last: exactly the cases where the full
+        path would give the same answer.
         """
         super().__init__(authorities=authorities, clients=clients, verbose=verbose)
+        resolvers = self.resolver.resolvers
+        first = resolvers[0] if resolvers else None
+        last = resolvers[-1] if resolvers else None
+        self.mesh: MeshAuthority | None = first if isinstance(first, MeshAuthority) else None
+        self.forwarder: CachingForwarder | None = (
+            last if isinstance(last, CachingForwarder) else None
+        )
+        self.stats = stats.ServerStats()
+        self._recursion = wire.RA if self.canRecurse else 0
+        self._rotation = 0
+        self._opt = wire.opt_record(MAX_UDP_PAYLOAD)
 
-    def _responseFromMessage(self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False):
+    def fastReply(self, q: wire.Question, udp: bool) -> bytes | None:
+        """
+        The reply to C{q} from pre-encoded bytes, or L{None} when the full
+        path must answer (not a mesh name or fresh cache entry, or the reply
+        would need truncation).
+        """
+        if q.qclass != wire.CLASS_IN:
+            return None
+        limit = wire.udp_limit(q.edns_payload, MAX_UDP_PAYLOAD) if udp else None
+        mesh = self.mesh
+        if mesh is not None and (q.qtype == wire.TYPE_A or q.qtype == wire.TYPE_AAAA):
+            rings = mesh.table.wire.lookup(q.key, q.qtype)
+            if rings is not None:
+                self._rotation += 1
+                section, count = rings[self._rotation % len(rings)]
+                data = wire.reply(
+                    q, wire.QR | wire.AA | self._recursion, (count, 0, 0), section, self._opt, limit
+                )
+                if data is not None:
+                    self.stats.queries[type_name(q.qtype), stats.MESH] += 1
+                return data
+        forwarder = self.forwarder
+        if forwarder is not None:
+            entry = forwarder.cache.get((q.key, q.qtype, q.qclass))
+            if entry is not None and entry.encoded is not None:
+                elapsed = int(forwarder.cache.clock() - entry.stored_at)
+                encoded = entry.encoded
+                data = wire.reply(
+                    q,
+                    wire.QR | self._recursion | entry.rcode,
+                    encoded.counts,
+                    encoded.aged(elapsed),
+                    self._opt,
+                    limit,
+                )
+                if data is not None:
+                    forwarder.stats.cache_hits += 1
+                    self.stats.queries[type_name(q.qtype), stats.CACHE_HIT] += 1
+                return data
+        return None
+
+    def _responseFromMessage(
+        self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False
+    ):
         answers = answers or []
         response = dns._EDNSMessage(
             id=message.id,
@@ -190,7 +271,17 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         else:
             protocol.writeBytes(encode(response, udp_limit(query)), address)
 
+    def _count(self, message, outcome: str) -> None:
+        qtype = message.queries[0].type if message.queries else 0
+        self.stats.queries[type_name(qtype), outcome] += 1
+
     def gotResolverResponse(self, response, protocol, message, address) -> None:
+        if isinstance(response, MeshAnswer):
+            self._count(message, stats.MESH)
+        elif isinstance(response, CacheHit):
+            self._count(message, stats.CACHE_HIT)
+        else:
+            self._count(message, stats.FORWARDED)
         answers, authority, additional = response
         self._reply(
             protocol,
@@ -213,32 +304,56 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             rcode = dns.ESERVER
             if not failure.check(TimeoutError, error.DNSQueryTimeoutError):
                 _log.failure("Unexpected error resolving {query}", failure, query=message.queries)
+        if rcode != dns.ENAME:
+            self._count(message, stats.ERROR)
+        elif failure.check(CachedNameError):
+            self._count(message, stats.CACHE_HIT)
+        else:
+            self._count(message, stats.FORWARDED)
         self._reply(protocol, message, address, rCode=rcode, authority=authority)
 
     def messageReceived(self, message, proto, address=None) -> None:
         if message.answer:
+            self.stats.dropped += 1
             return
         if message.opCode != dns.OP_QUERY:
-            self._reply(proto, message, address, rCode=dns.ENOTIMP)
+            rcode = dns.ENOTIMP
         elif len(message.queries) != 1:
-            self._reply(proto, message, address, rCode=dns.EFORMAT)
+            rcode = dns.EFORMAT
         elif message.queries[0].cls != dns.IN:
-            self._reply(proto, message, address, rCode=dns.EREFUSED)
+            rcode = dns.EREFUSED
         else:
             self.handleQuery(message, proto, address)
+            return
+        self._count(message, stats.ERROR)
+        self._reply(proto, message, address, rCode=rcode)
 
     def packetReceived(self, data: bytes, proto, address=None) -> None:
         """
-        Decode C{data} and dispatch it; the single entry point of both
-        protocols, so that no decoding error escapes either.
+        Answer C{data} on the fast path if possible, else decode it and
+        dispatch it; the single entry point of both protocols, so that no
+        decoding error escapes either.
         """
+        question = wire.parse_question(data)
+        if question is not None:
+            fast = self.fastReply(question, address is not None)
+            if fast is not None:
+                if address is None:
+                    proto.writeBytes(fast)
+                else:
+                    proto.writeBytes(fast, address)
+                return
         try:
             message = parse_query(data)
         except ValueError:
             reply = error_reply(data, dns.EFORMAT)
-            if reply is not None:
-                proto.writeBytes(reply, *(() if address is None else (address,)))
+            if reply is None:
+                self.stats.dropped += 1
+                return
+            self.stats.queries["OTHER", stats.ERROR] += 1
+            if address is None:
+                proto.writeBytes(reply)
+            else:
+                proto.writeBytes(reply, address)
             return
         self.messageReceived(message, proto, address)
-
-

@@ -85,6 +85,11 @@ class NameTable:
         self.search_suffix = search_suffix
         self.ttl = ttl
         self.vips = dict(vips)
+        # Pre-encoded answers for the wire fast path, built with the table so
+        # that a reload swaps both in one assignment.
+        from meshdns_plugin.wire import WireIndex
+
+        self.wire = WireIndex(self)
 
     def __len__(self) -> int:
         return len(self.names) + len(self.wildcards)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_upstream -*-
 """
-CachingForwarder: a bounded, TTL-correct cache in front of
-L{twisted.names.client.Resolver}.
+CachingForwarder: a bounded, TTL-correct cache in front of the upstream
+servers (asked through L{meshdns_plugin.client.UpstreamClient}).
 
 It fixes what stock Twisted Names gets wrong for a forwarding proxy:
   - L{twisted.names.cache.CacheResolver} re-caches every hit, so a TTL loses a
@@ -14,6 +14,8 @@ It fixes what stock Twisted Names gets wrong for a forwarding proxy:
   - C{client.Resolver} re-reads resolv.conf on a timer and has no overall
     deadline; here servers are fixed at construction (meshdns reads resolv.conf
     itself) and the whole forward, failover included, is bounded by C{timeout}.
+    An upstream SERVFAIL or REFUSED fails over to the next server; when every
+    server fails, the client gets the last rcode seen (SERVFAIL if none).
 Identical questions in flight are merged into one upstream query.
 """
 
@@ -26,10 +28,16 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.names import client, common, dns
+from twisted.names import common, dns
 from twisted.names.error import DNSNameError, DNSServerError
 from twisted.python.failure import Failure
 
+from meshdns_plugin.client import UpstreamClient, UpstreamFailure
+from meshdns_plugin.stats import UpstreamStats
+from meshdns_plugin.wire import EncodedSections, encode_sections, name_to_wire
+
+#: (lowercase wire-format name, type, class): the form the wire fast path
+#: has at hand without decoding the name.
 CacheKey = tuple[bytes, int, int]
 Records = list[dns.RRHeader]
 
@@ -43,6 +51,7 @@ class CachedResponse:
     @ivar ttl: seconds it stays fresh (the smallest TTL of its records, or the
         negative TTL of RFC 2308).
     @ivar rcode: C{dns.OK} or C{dns.ENAME}.
+    @ivar encoded: the three sections pre-encoded for the wire fast path.
     """
 
     stored_at: float
@@ -51,6 +60,11 @@ class CachedResponse:
     answers: Records
     authority: Records
     additional: Records
+    encoded: EncodedSections | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoded is None:
+            self.encoded = encode_sections((self.answers, self.authority, self.additional))
 
     def aged(self, now: float) -> tuple[Records, Records, Records]:
         """The sections with every TTL reduced by the time spent in the cache."""
@@ -74,6 +88,16 @@ def negative_ttl(authority: Records) -> int | None:
         if record.type == dns.SOA:
             return min(record.ttl, record.payload.minimum)
     return None
+
+
+class CacheHit(tuple):
+    """C{(answers, authority, additional)} served from the cache."""
+
+    __slots__ = ()
+
+
+class CachedNameError(DNSNameError):
+    """An NXDOMAIN served from the cache."""
 
 
 class ResponseCache:
@@ -115,7 +139,7 @@ def _nxdomain(authority: Records) -> DNSNameError:
     """The error stock resolvers raise for NXDOMAIN, carrying the SOA."""
     message = dns.Message(rCode=dns.ENAME, answer=True)
     message.authority = authority
-    return DNSNameError(message)
+    return CachedNameError(message)
 
 
 class CachingForwarder(common.ResolverBase):
@@ -124,6 +148,7 @@ class CachingForwarder(common.ResolverBase):
     the answers.
 
     @ivar cache: the L{ResponseCache}.
+    @ivar stats: request, failure, hit and latency counters.
     """
 
     def __init__(
@@ -148,17 +173,20 @@ class CachingForwarder(common.ResolverBase):
         self.servers = tuple(servers)
         self.timeout = timeout
         self.cache = ResponseCache(max_entries, clock=reactor.seconds)
+        self.stats = UpstreamStats()
         self._inflight: dict[CacheKey, list[defer.Deferred]] = {}
-        self._client: client.Resolver | None = None
+        self._client: UpstreamClient | None = None
         if self.servers:
             share = max(timeout / len(self.servers), 0.1)
-            self._client = client.Resolver(servers=list(self.servers), timeout=(share,), reactor=reactor)
+            self._client = UpstreamClient(self.servers, share, reactor)
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
-        key = (name.lower().rstrip(b"."), type, cls)
+        key = (name_to_wire(name.lower()), type, cls)
         entry = self.cache.get(key)
         if entry is not None:
+            self.stats.cache_hits += 1
             return self._fromEntry(entry)
+        self.stats.cache_misses += 1
         if self._client is None:
             return defer.fail(DNSServerError("no upstream servers configured"))
         waiting = self._inflight.get(key)
@@ -167,17 +195,40 @@ class CachingForwarder(common.ResolverBase):
             waiting.append(d)
             return d
         self._inflight[key] = []
+        self.stats.requests += 1
+        started = self._reactor.seconds()
         upstream = self._client.query(dns.Query(name, type, cls))
         upstream.addTimeout(self.timeout, self._reactor)
+        upstream.addCallbacks(self._sections, self._failure)
         upstream.addCallbacks(self._cachePositive, self._cacheNegative, (key,), None, (key,), None)
-        upstream.addBoth(self._release, key)
+        upstream.addBoth(self._release, key, started)
         return upstream
+
+    def close(self) -> None:
+        """Release the upstream sockets."""
+        if self._client is not None:
+            self._client.close()
+
+    def _sections(self, message: dns.Message) -> tuple[Records, Records, Records]:
+        """A reply -> its sections, or the error Twisted resolvers raise for its rcode."""
+        if message.rCode != dns.OK:
+            raise self.exceptionForCode(message.rCode)(message)
+        return (message.answers, message.authority, message.additional)
+
+    def _failure(self, reason: Failure) -> Failure:
+        """Every upstream failed: the last rcode seen, else SERVFAIL."""
+        if reason.check(UpstreamFailure) and reason.value.message is not None:
+            message = reason.value.message
+            return Failure(self.exceptionForCode(message.rCode)(message))
+        if reason.check(UpstreamFailure):
+            return Failure(DNSServerError(str(reason.value)))
+        return reason
 
     def _fromEntry(self, entry: CachedResponse) -> defer.Deferred:
         answers, authority, additional = entry.aged(self.cache.clock())
         if entry.rcode == dns.ENAME:
             return defer.fail(_nxdomain(authority))
-        return defer.succeed((answers, authority, additional))
+        return defer.succeed(CacheHit((answers, authority, additional)))
 
     def _cachePositive(
         self, result: tuple[Records, Records, Records], key: CacheKey
@@ -190,7 +241,9 @@ class CachingForwarder(common.ResolverBase):
         return result
 
     def _cacheNegative(self, reason: Failure, key: CacheKey) -> Failure:
-        if reason.check(DNSNameError) and reason.value.args:
+        if not reason.check(DNSNameError):
+            self.stats.failures += 1
+        elif reason.value.args:
             message = reason.value.args[0]
             authority = list(getattr(message, "authority", []))
             ttl = negative_ttl(authority)
@@ -199,8 +252,9 @@ class CachingForwarder(common.ResolverBase):
                 self.cache.put(key, CachedResponse(now, ttl, dns.ENAME, [], authority, []))
         return reason
 
-    def _release(self, result: object, key: CacheKey) -> object:
+    def _release(self, result: object, key: CacheKey, started: float) -> object:
         """Give the result to every merged question too."""
+        self.stats.latency.observe(self._reactor.seconds() - started)
         for d in self._inflight.pop(key, []):
             if isinstance(result, Failure):
                 d.errback(result)

@@ -1,0 +1,86 @@
+# -*- test-case-name: tests.test_stats -*-
+"""
+Counters of what meshdns does, kept as plain integers.
+
+The query path only adds to dictionaries and integers (tens of nanoseconds);
+turning them into Prometheus metrics happens when C{/metrics} is scraped, not
+per query.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+#: Outcomes a query is counted under.
+MESH = "mesh"  # answered from the name table
+CACHE_HIT = "cache_hit"  # answered from the forwarder's cache
+FORWARDED = "forwarded"  # answered after an upstream round trip
+ERROR = "error"  # SERVFAIL, REFUSED, FORMERR or NOTIMP
+OUTCOMES = (MESH, CACHE_HIT, FORWARDED, ERROR)
+
+
+@dataclass
+class ServerStats:
+    """
+    Query counters of one server factory.
+
+    @ivar queries: C{(query type name, outcome)} -> count.
+    @ivar dropped: packets dropped unanswered (responses, unreadable junk).
+    """
+
+    queries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dropped: int = 0
+
+
+#: Upper bounds (seconds) of the upstream latency histogram buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """
+    A cumulative-on-export histogram: C{counts[i]} counts observations in
+    bucket C{i} alone (the last one is C{+Inf}).
+    """
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = 0
+        while index < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[index]:
+            index += 1
+        self.counts[index] += 1
+        self.total += seconds
+
+
+@dataclass
+class UpstreamStats:
+    """
+    Counters of one caching forwarder.
+
+    @ivar failures: upstream requests that ended in timeout or SERVFAIL-like
+        errors (an NXDOMAIN is an answer, not a failure).
+    """
+
+    requests: int = 0
+    failures: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass
+class ReloadStats:
+    """
+    Table reload counters.
+
+    @ivar last_ok: whether the last reload succeeded (start-up counts).
+    @ivar last_time: wall-clock time of the last successful load.
+    """
+
+    ok: int = 0
+    failed: int = 0
+    last_ok: bool = True
+    last_time: float = 0.0
