@@ -19,7 +19,20 @@ from typing import Any, TypeVar
 
 import yaml
 
-DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "meshdns.yaml")
+
+
+def default_config_path() -> str:
+    """
+    The embedded default config: inside the package when installed from a
+    wheel (which carries C{conf/} as C{meshdns_plugin/conf/}), else the
+    source tree's C{conf/} (editable installs and checkouts).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "conf", "meshdns.yaml")
+    if os.path.exists(installed):
+        return installed
+    return os.path.normpath(os.path.join(here, os.pardir, "conf", "meshdns.yaml"))
+
 
 
 class ConfigError(Exception):
@@ -86,6 +99,48 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """
+    The admin HTTP endpoint (C{/healthz}, C{/readyz}, C{/metrics},
+    C{/debug/table}); loopback by default, since the table dump shows every
+    mesh name.
+
+    @ivar port: TCP port; 0 disables the endpoint.
+    """
+
+    address: str = "127.0.0.1"
+    port: int = 15020
+
+
+@dataclass(frozen=True)
+class ReloadConfig:
+    """
+    How changes to the entry files are noticed (inotify, then this polling).
+
+    @ivar poll_interval: seconds between checks of the files' fingerprint, the
+        fallback for file systems that send no inotify events (NFS, FUSE).
+    @ivar debounce: seconds to wait after a file event before reloading, so
+        that a burst of events (an editor's save, a ConfigMap swap) costs one
+        reload.
+    """
+
+    poll_interval: float = 2.0
+    debounce: float = 0.2
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """
+    What is logged besides start-up, reloads and problems.
+
+    @ivar queries: one line per query; off by default, since formatting a
+        line costs more than answering from the table.
+    """
+
+    queries: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration.
@@ -99,6 +154,9 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     entries: tuple[str, ...] = ()
     cache: CacheConfig = field(default_factory=CacheConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    reload: ReloadConfig = field(default_factory=ReloadConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
 
 
@@ -232,6 +290,17 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     CacheConfig: {
         "max_entries": _integer(1, 100_000_000),
     },
+    AdminConfig: {
+        "address": _ip,
+        "port": _integer(0, 65535),
+    },
+    ReloadConfig: {
+        "poll_interval": _seconds,
+        "debounce": _seconds,
+    },
+    LogConfig: {
+        "queries": _boolean,
+    },
 }
 
 _Section = TypeVar("_Section")
@@ -275,6 +344,9 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         "upstream": UpstreamConfig,
         "mesh": MeshConfig,
         "cache": CacheConfig,
+        "admin": AdminConfig,
+        "reload": ReloadConfig,
+        "log": LogConfig,
     }
     unknown = sorted(set(raw) - set(sections) - {"entries"}, key=str)
     if unknown:
@@ -298,7 +370,7 @@ def load_config(path: str | None) -> Config:
     @raise ConfigError: if the file cannot be read, parsed or validated.
     """
     if path is None:
-        path = os.path.normpath(DEFAULT_CONFIG_PATH)
+        path = default_config_path()
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)

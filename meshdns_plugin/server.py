@@ -209,8 +209,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         limit = wire.udp_limit(q.edns_payload, MAX_UDP_PAYLOAD) if udp else None
         mesh = self.mesh
         if mesh is not None and (q.qtype == wire.TYPE_A or q.qtype == wire.TYPE_AAAA):
-            rings = mesh.table.wire.lookup(q.key, q.qtype)
-            if rings is not None:
+            found = mesh.table.wire.lookup(q.key, q.qtype)
+            if found is not None:
+                rings = found[0] if q.question[:-4] == q.key else found[1]
                 self._rotation += 1
                 section, count = rings[self._rotation % len(rings)]
                 data = wire.reply(

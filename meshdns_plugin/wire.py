@@ -173,9 +173,54 @@ def reply(
     return data
 
 
-def _address_rr(owner: bytes, qtype: int, address: str, ttl: int) -> bytes:
-    packed = ipaddress.ip_address(address).packed
-    return owner + _RR_FIXED.pack(qtype, CLASS_IN, ttl, len(packed)) + packed
+def _pointer(offset: int) -> bytes:
+    """A compression pointer to C{offset} (RFC 1035 section 4.1.4)."""
+    return bytes((0xC0 | offset >> 8, offset & 0xFF))
+
+
+def encode_answer(
+    qname_wire: bytes,
+    owner_wire: bytes,
+    addresses: tuple[str, ...],
+    qtype: int,
+    ttl: int,
+    lowercase_question: bool,
+    alias: bool = False,
+) -> bytes:
+    """
+    Encode an answer section as it follows a question for C{qname_wire}.
+
+    Names are compressed as Twisted's encoder would for a lowercase question
+    (owners point at the question); for a question in mixed case, the owner
+    is written once in lowercase and pointed at afterwards, so the section is
+    never smaller than the full path's, and a reply the fast path finds small
+    enough is small enough for the full path too.
+
+    @param alias: whether to start with C{qname CNAME owner}.
+    """
+    answer_start = 12 + len(qname_wire) + 4
+    question_pointer = _pointer(12)
+    section = b""
+    if alias:
+        cname_owner = question_pointer if lowercase_question else qname_wire
+        section = cname_owner + _RR_FIXED.pack(TYPE_CNAME, CLASS_IN, ttl, len(owner_wire))
+        owner_reference = _pointer(answer_start + len(section))
+        section += owner_wire
+        first_owner = owner_reference
+    elif lowercase_question:
+        owner_reference = first_owner = question_pointer
+    else:
+        owner_reference, first_owner = _pointer(answer_start), owner_wire
+    for index, address in enumerate(addresses):
+        packed = ipaddress.ip_address(address).packed
+        owner = first_owner if index == 0 else owner_reference
+        section += owner + _RR_FIXED.pack(qtype, CLASS_IN, ttl, len(packed)) + packed
+    return section
+
+
+#: Pre-encoded answers for one name and type: C{(section, record count)} per
+#: rotation, for a lowercase question and for one in mixed case.
+Rings = tuple[tuple[tuple[bytes, int], ...], tuple[tuple[bytes, int], ...]]
 
 
 def address_answer(
@@ -184,31 +229,32 @@ def address_answer(
     qtype: int,
     ttl: int,
     alias_wire: bytes | None = None,
-) -> tuple[tuple[bytes, int], ...]:
+) -> Rings:
     """
     Pre-encode the answer section for one name and type, in up to
     L{ROTATIONS} address orders (round-robin without per-query encoding).
 
     @param owner_wire: the owner of the address records (lowercase wire name).
     @param alias_wire: the queried name, when answered through a CNAME.
-    @return: C{(section bytes, record count)} per rotation.
     """
     addresses = records.addresses(4 if qtype == TYPE_A else 6)
-    prefix = b""
-    if alias_wire is not None:
-        prefix = (
-            alias_wire + _RR_FIXED.pack(TYPE_CNAME, CLASS_IN, ttl, len(owner_wire)) + owner_wire
+    qname_wire = alias_wire or owner_wire
+    count = len(addresses) + (1 if alias_wire else 0)
+    n = len(addresses)
+    starts = sorted({(i * n) // ROTATIONS for i in range(ROTATIONS)}) if n > 1 else [0]
+    orders = [addresses[start:] + addresses[:start] for start in starts]
+    return tuple(
+        tuple(
+            (
+                encode_answer(
+                    qname_wire, owner_wire, order, qtype, ttl, lowercase, alias_wire is not None
+                ),
+                count,
+            )
+            for order in orders
         )
-    count = len(addresses)
-    if count == 0:
-        return ((prefix, 1 if prefix else 0),)
-    starts = sorted({(i * count) // ROTATIONS for i in range(ROTATIONS)}) if count > 1 else [0]
-    rings = []
-    for start in starts:
-        ordered = addresses[start:] + addresses[:start]
-        body = b"".join(_address_rr(owner_wire, qtype, a, ttl) for a in ordered)
-        rings.append((prefix + body, count + (1 if prefix else 0)))
-    return tuple(rings)
+        for lowercase in (True, False)
+    )  # type: ignore[return-value]
 
 
 class WireIndex:
@@ -225,15 +271,15 @@ class WireIndex:
 
     def __init__(self, table: NameTable) -> None:
         self.table = table
-        self._derived: dict[tuple[bytes, int], tuple[tuple[bytes, int], ...] | None] = {}
+        self._derived: dict[tuple[bytes, int], Rings | None] = {}
         self._needs_derivation = bool(table.wildcards) or table.search_suffix is not None
-        self.answers: dict[tuple[bytes, int], tuple[tuple[bytes, int], ...]] = {}
+        self.answers: dict[tuple[bytes, int], Rings] = {}
         for name, records in table.names.items():
             wire = name_to_wire(name)
             for qtype in (TYPE_A, TYPE_AAAA):
                 self.answers[(wire, qtype)] = address_answer(wire, records, qtype, table.ttl)
 
-    def lookup(self, key: bytes, qtype: int) -> tuple[tuple[bytes, int], ...] | None:
+    def lookup(self, key: bytes, qtype: int) -> Rings | None:
         """
         The encoded answers of an A or AAAA question for C{key}, or L{None}
         if the mesh does not know the name.

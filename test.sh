@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, then runs the whole test suite.
+#
+# Debian packages (iptables, iproute2 for the capture and network-namespace
+# tests, dnsperf for the benchmark smoke test) are installed with apt-get when
+# missing and we are root; without them those tests skip with a reason.
+# Python packages go into .venv beside this file. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing=()
+    for pair in iptables:iptables iproute2:ip dnsperf:dnsperf; do
+        command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "test.sh: installing ${missing[*]}"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,109 @@
+"""
+Shared test data: the entries of issue 2's examples, and a helper that turns
+YAML text into a L{NameTable} the way a load does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshdns_plugin.allocator import allocate
+from meshdns_plugin.entries import parse_entries
+from meshdns_plugin.table import NameTable, build_table, vip_hosts
+
+#: A proxy in namespace ns1 with the Kubernetes search list.
+NAMESPACE = "ns1"
+SEARCH = ("ns1.svc.cluster.local", "svc.cluster.local", "cluster.local")
+
+ENTRIES = """
+apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: ns1}
+spec: {clusterIP: 10.96.0.10}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: example, namespace: ns2}
+spec: {clusterIPs: [10.96.0.20, "fd00::20"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: ns1}
+spec: {clusterIP: None}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: headless-abc
+  namespace: ns1
+  labels: {kubernetes.io/service-name: headless}
+endpoints:
+- addresses: [10.1.0.1]
+  conditions: {ready: true}
+- addresses: [10.1.0.2]
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: google}
+spec:
+  hosts: [www.google.com]
+  addresses: [192.0.2.7]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wildcard}
+spec:
+  hosts: ["*.wildcard"]
+  addresses: [192.0.2.8]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: ipv4only}
+spec:
+  hosts: [ipv4only.example]
+  addresses: [192.0.2.9]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: many}
+spec:
+  hosts: [many.example]
+  addresses: [192.0.2.21, 192.0.2.22, 192.0.2.23, 192.0.2.24, "2001:db8::21", "2001:db8::22"]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: auto}
+spec:
+  hosts: [auto.internal, tcp-echo.external-1.svc.cluster.local]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: big}
+spec:
+  hosts: [big.example]
+  addresses: [%s]
+""" % ", ".join(str(ipaddress.ip_address("198.18.0.1") + i) for i in range(60))
+
+
+def make_table(text: str = ENTRIES, ttl: int = 30) -> NameTable:
+    """Build the table a proxy in L{NAMESPACE} with L{SEARCH} would serve."""
+    entries = parse_entries(text, "samples.yaml")
+    allocation = allocate(
+        vip_hosts(entries, NAMESPACE),
+        ipaddress.IPv4Network("240.240.0.0/16"),
+        ipaddress.IPv6Network("2001:2::/48"),
+    )
+    return build_table(
+        entries,
+        allocation,
+        namespace=NAMESPACE,
+        cluster_domain="cluster.local",
+        search=SEARCH,
+        ttl=ttl,
+        auto_allocate=True,
+    )

@@ -1,0 +1,484 @@
+"""
+Tests for L{meshdns_plugin.capture}: the pure rule builders, the command line's
+errors, and the real thing (iptables, routes, redirected packets) inside a
+network namespace made for each test, so the host's tables are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshdns_plugin import capture
+from meshdns_plugin.capture import (
+    CHAIN,
+    CaptureError,
+    NatState,
+    capture_rules,
+    install_commands,
+    parse_nat_state,
+    remove_commands,
+    route_commands,
+    split_nameservers,
+)
+from tests.netns import Netns, network_namespace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it.
+CLI = """
+import argparse, sys
+from meshdns_plugin.capture import register
+parser = argparse.ArgumentParser(prog="meshdns")
+register(parser.add_subparsers(required=True))
+args = parser.parse_args()
+sys.exit(args.func(args))
+"""
+
+#: Echoes UDP datagrams and one TCP message per connection, on ADDRESS:PORT.
+ECHO_SERVER = """
+import socket, sys, threading
+address, port = sys.argv[1], int(sys.argv[2])
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((address, port))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.bind((address, port))
+tcp.listen()
+def serve_tcp():
+    while True:
+        conn, _ = tcp.accept()
+        with conn:
+            conn.sendall(b"echo:" + conn.recv(512))
+threading.Thread(target=serve_tcp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    data, peer = udp.recvfrom(512)
+    udp.sendto(b"echo:" + data, peer)
+"""
+
+#: Sends "ping" to ADDRESS:PORT over PROTOCOL, optionally as uid/gid ID, and
+#: prints the answer, "refused" or "timeout".
+CLIENT = """
+import os, socket, sys
+protocol, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if len(sys.argv) > 4:
+    os.setgid(int(sys.argv[4]))
+    os.setuid(int(sys.argv[4]))
+kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+s = socket.socket(socket.AF_INET, kind)
+s.settimeout(3)
+try:
+    s.connect((address, port))
+    s.send(b"ping")
+    print(s.recv(512).decode())
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
+ECHO_PORT = 25353
+
+
+# -- pure builders ---------------------------------------------------------
+
+
+def test_rules_exclude_proxy_owner_before_redirect() -> None:
+    """
+    meshdns's own uid and gid return before any REDIRECT, or its upstream
+    queries would loop back to it.
+    """
+    rules = capture_rules(15053, 1337, 1338, ["10.0.0.2"])
+    assert rules[0] == ["-A", CHAIN, "-m", "owner", "--uid-owner", "1337", "-j", "RETURN"]
+    assert rules[1] == ["-A", CHAIN, "-m", "owner", "--gid-owner", "1338", "-j", "RETURN"]
+    assert all("REDIRECT" in rule for rule in rules[2:])
+
+
+def test_rules_dns_servers_redirect_udp_and_tcp_per_server() -> None:
+    rules = capture_rules(25353, 1337, 1337, ["10.0.0.2", "10.0.0.3"])
+    redirect = ["--dport", "53", "-j", "REDIRECT", "--to-ports", "25353"]
+    assert rules[2:] == [
+        ["-A", CHAIN, "-d", "10.0.0.2", "-p", "udp", *redirect],
+        ["-A", CHAIN, "-d", "10.0.0.2", "-p", "tcp", *redirect],
+        ["-A", CHAIN, "-d", "10.0.0.3", "-p", "udp", *redirect],
+        ["-A", CHAIN, "-d", "10.0.0.3", "-p", "tcp", *redirect],
+    ]
+
+
+def test_rules_all_destinations_have_no_address_match() -> None:
+    rules = capture_rules(15053, 1337, 1337, None)
+    assert len(rules) == 4
+    assert all("-d" not in rule for rule in rules)
+    assert [rule[rule.index("-p") + 1] for rule in rules[2:]] == ["udp", "tcp"]
+
+
+def test_split_nameservers_by_version() -> None:
+    """IPv6 rules come only from IPv6 servers; zone ids and duplicates go."""
+    servers = [("10.0.0.2", 53), ("fe80::1%eth0", 53), ("10.0.0.2", 53), ("::1", 53)]
+    assert split_nameservers(servers) == {4: ["10.0.0.2"], 6: ["fe80::1", "::1"]}
+    assert split_nameservers([("10.0.0.2", 53)]) == {4: ["10.0.0.2"], 6: []}
+
+
+LISTING = """\
+-P PREROUTING ACCEPT
+-P OUTPUT ACCEPT
+-N MESHDNS_OUTPUT
+-N OTHER
+-A OUTPUT -j MESHDNS_OUTPUT
+-A OUTPUT -p tcp -m tcp --dport 9999 -j OTHER
+-A OUTPUT -p udp -m comment --comment "by hand" -j MESHDNS_OUTPUT
+-A MESHDNS_OUTPUT -m owner --uid-owner 1337 -j RETURN
+-A OTHER -j RETURN
+"""
+
+
+def test_parse_nat_state_finds_chain_and_every_jump() -> None:
+    state = parse_nat_state(LISTING)
+    assert state.chain_rules == (
+        "-N MESHDNS_OUTPUT",
+        "-A MESHDNS_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+    )
+    assert state.jumps == (
+        ("-j", CHAIN),
+        ("-p", "udp", "-m", "comment", "--comment", "by hand", "-j", CHAIN),
+    )
+    assert state.installed
+    assert not parse_nat_state("-P OUTPUT ACCEPT\n").installed
+
+
+def test_install_on_clean_table_creates_chain_and_jump() -> None:
+    rules = capture_rules(15053, 1337, 1337, None)
+    commands = install_commands("iptables", rules, NatState())
+    prefix = ["iptables", "-w", "-t", "nat"]
+    assert commands == [
+        [*prefix, "-N", CHAIN],
+        [*prefix, "-F", CHAIN],
+        *([*prefix, *rule] for rule in rules),
+        [*prefix, "-I", "OUTPUT", "1", "-j", CHAIN],
+    ]
+
+
+def test_install_again_refills_chain_only() -> None:
+    """Idempotence: no second chain creation, no second jump."""
+    rules = capture_rules(15053, 1337, 1337, None)
+    commands = install_commands("ip6tables", rules, parse_nat_state(LISTING))
+    assert ["-N", CHAIN] not in [c[4:] for c in commands]
+    assert not any("OUTPUT" in c for c in commands)
+    assert commands[0] == ["ip6tables", "-w", "-t", "nat", "-F", CHAIN]
+
+
+def test_install_nothing_to_capture_removes() -> None:
+    """A version with no server left loses its old rules on a new install."""
+    state = parse_nat_state(LISTING)
+    assert install_commands("ip6tables", [], state) == remove_commands("ip6tables", state)
+
+
+def test_remove_deletes_jumps_then_chain() -> None:
+    prefix = ["iptables", "-w", "-t", "nat"]
+    assert remove_commands("iptables", parse_nat_state(LISTING)) == [
+        [*prefix, "-D", "OUTPUT", "-j", CHAIN],
+        [*prefix, "-D", "OUTPUT", "-p", "udp", "-m", "comment", "--comment", "by hand",
+         "-j", CHAIN],
+        [*prefix, "-F", CHAIN],
+        [*prefix, "-X", CHAIN],
+    ]
+    assert remove_commands("iptables", NatState()) == []
+
+
+def test_route_commands() -> None:
+    ranges = ["240.240.0.0/16", "2001:2::/48"]
+    assert route_commands(ranges, (), install=True) == [
+        ["ip", "route", "replace", "local", "240.240.0.0/16", "dev", "lo"],
+        ["ip", "-6", "route", "replace", "local", "2001:2::/48", "dev", "lo"],
+    ]
+    assert route_commands(ranges, ["2001:2::/48"], install=False) == [
+        ["ip", "-6", "route", "del", "local", "2001:2::/48", "dev", "lo", "table", "local"],
+    ]
+    assert route_commands(ranges, [], install=False) == []
+
+
+def test_failed_command_is_one_line_with_command_and_stderr() -> None:
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('boom\\nmore'); sys.exit(2)"]
+    with pytest.raises(CaptureError) as caught:
+        capture._run(argv)
+    assert str(caught.value).endswith("failed: boom")
+    assert sys.executable in str(caught.value)
+
+
+# -- command line, without touching anything ---------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    """Parse C{argv} with a parser made as C{cli.py} makes it."""
+    parser = argparse.ArgumentParser(prog="meshdns")
+    capture.register(parser.add_subparsers(required=True))
+    return parser.parse_args(argv)
+
+
+def test_parser_defaults() -> None:
+    args = parse("capture", "install")
+    assert (args.capture_all, args.proxy_uid, args.proxy_gid) == (False, 1337, 1337)
+    assert (args.port, args.resolv_conf, args.config, args.vip_routes) == (None, None, None, False)
+    assert parse("capture", "install", "--all").capture_all
+    with pytest.raises(SystemExit):
+        parse("capture", "install", "--all", "--dns-servers")
+    with pytest.raises(SystemExit):
+        parse("capture", "install", "--port", "70000")
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """
+    Make sure a CLI test run in the host's namespace can execute nothing:
+    an empty PATH, and a runner that fails the test if reached.
+    """
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    def refuse(argv: list[str]) -> str:
+        pytest.fail(f"would have run {argv}")
+
+    monkeypatch.setattr(capture, "_run", refuse)
+
+
+@pytest.mark.usefixtures("isolated")
+@pytest.mark.parametrize("action", ["install", "remove", "show"])
+def test_not_root(
+    action: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 1000)
+    args = parse("capture", action)
+    assert args.func(args) == 1
+    assert capsys.readouterr().err == (
+        "meshdns capture: error: must run as root (iptables needs CAP_NET_ADMIN)\n"
+    )
+
+
+@pytest.mark.usefixtures("isolated")
+def test_iptables_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 0)
+    args = parse("capture", "install", "--all")
+    assert args.func(args) == 1
+    assert capsys.readouterr().err == (
+        "meshdns capture: error: iptables not found; install the iptables package\n"
+    )
+
+
+@pytest.mark.usefixtures("isolated")
+def test_no_nameserver(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 0)
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("search example.com\n")
+    args = parse("capture", "install", "--resolv-conf", str(resolv_conf))
+    assert args.func(args) == 1
+    assert capsys.readouterr().err == (
+        f"meshdns capture: error: no nameserver in {resolv_conf}; fix it or use --all\n"
+    )
+
+
+def test_ipv6_unusable_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A kernel without IPv6 nat must not stop IPv4 capture; the user is told."""
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    ran: list[list[str]] = []
+    monkeypatch.setattr(capture, "_run", ran.append)
+
+    def find(version: int) -> tuple[str, NatState]:
+        if version == 6:
+            raise CaptureError("ip6tables -w -t nat -S failed: no nat table")
+        return "iptables", NatState()
+
+    monkeypatch.setattr(capture, "_find_iptables", find)
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.53\nnameserver ::1\n")
+    args = parse("capture", "install", "--resolv-conf", str(resolv_conf))
+    assert args.func(args) == 0
+    assert capsys.readouterr().err == (
+        "meshdns capture: warning: IPv6 DNS is not captured: "
+        "ip6tables -w -t nat -S failed: no nat table\n"
+    )
+    assert {command[0] for command in ran} == {"iptables"}
+    assert ran[-1][-2:] == ["-j", CHAIN]
+
+
+# -- the real thing, inside a network namespace ------------------------------
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    """A fresh network namespace with iptables usable inside it."""
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed (apt-get install iptables)")
+    with network_namespace() as ns:
+        yield ns
+
+
+def meshdns(ns: Netns, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run C{meshdns capture ARGV} inside C{ns}."""
+    return ns.run([sys.executable, "-c", CLI, "capture", *argv], check=False, cwd=REPO_ROOT)
+
+
+def ok(ns: Netns, *argv: str) -> str:
+    """Run C{meshdns capture ARGV} inside C{ns}; it must succeed quietly on stderr."""
+    result = meshdns(ns, *argv)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    return result.stdout
+
+
+def saved(ns: Netns, version: int = 4) -> list[str]:
+    """
+    C{iptables-save -t nat} inside C{ns}, with the backend capture picks,
+    without comments and counters (which change with traffic and time).
+    """
+    for name in capture.IPTABLES_CANDIDATES[version]:
+        result = ns.run([f"{name}-save", "-t", "nat"], check=False)
+        if result.returncode == 0:
+            break
+    else:
+        pytest.fail(f"no working {version} iptables-save: {result.stderr}")
+    return [
+        re.sub(r"\s*\[\d+:\d+\]$", "", line)
+        for line in result.stdout.splitlines()
+        if not line.startswith("#")
+    ]
+
+
+@pytest.fixture
+def resolv_conf(tmp_path: Path) -> Path:
+    """A resolv.conf naming loopback servers only: nothing can leave the namespace."""
+    path = tmp_path / "resolv.conf"
+    path.write_text("search example.com\nnameserver 127.0.0.53\nnameserver ::1\n")
+    return path
+
+
+def test_install_creates_chain_and_jump(ns: Netns, resolv_conf: Path) -> None:
+    ok(ns, "install", "--resolv-conf", str(resolv_conf), "--port", str(ECHO_PORT))
+    chain = ns.run(["iptables", "-t", "nat", "-S", CHAIN]).stdout.splitlines()
+    assert chain == [
+        f"-N {CHAIN}",
+        f"-A {CHAIN} -m owner --uid-owner 1337 -j RETURN",
+        f"-A {CHAIN} -m owner --gid-owner 1337 -j RETURN",
+        f"-A {CHAIN} -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 25353",
+        f"-A {CHAIN} -d 127.0.0.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 25353",
+    ]
+    assert f"-A OUTPUT -j {CHAIN}" in ns.run(["iptables", "-t", "nat", "-S", "OUTPUT"]).stdout
+    chain6 = ns.run(["ip6tables", "-t", "nat", "-S", CHAIN]).stdout
+    assert "-d ::1/128 -p udp -m udp --dport 53 -j REDIRECT --to-ports 25353" in chain6
+
+
+def test_install_is_idempotent_and_remove_restores(ns: Netns, resolv_conf: Path) -> None:
+    # Something of the user's own, which must come through untouched.
+    ns.run(["iptables", "-t", "nat", "-N", "USER_CHAIN"])
+    ns.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999",
+            "-j", "USER_CHAIN"])
+    before = saved(ns), saved(ns, 6)
+
+    ok(ns, "install", "--resolv-conf", str(resolv_conf))
+    once = saved(ns), saved(ns, 6)
+    assert once != before
+    ok(ns, "install", "--resolv-conf", str(resolv_conf))
+    assert (saved(ns), saved(ns, 6)) == once
+
+    ok(ns, "remove")
+    assert (saved(ns), saved(ns, 6)) == before
+    ok(ns, "remove")
+    assert (saved(ns), saved(ns, 6)) == before
+
+
+def test_reinstall_converges_to_new_options(ns: Netns, resolv_conf: Path) -> None:
+    """--all then IPv4 servers only: the IPv6 rules of --all go away."""
+    ok(ns, "install", "--all")
+    assert "REDIRECT" in ns.run(["ip6tables", "-t", "nat", "-S"]).stdout
+    resolv_conf.write_text("nameserver 127.0.0.53\n")
+    ok(ns, "install", "--resolv-conf", str(resolv_conf))
+    assert CHAIN not in ns.run(["ip6tables", "-t", "nat", "-S"]).stdout
+    assert "-d 127.0.0.53/32" in ns.run(["iptables", "-t", "nat", "-S", CHAIN]).stdout
+
+
+def test_show(ns: Netns, resolv_conf: Path) -> None:
+    assert ok(ns, "show") == "capture is not installed\n"
+    ok(ns, "install", "--all", "--proxy-uid", "1001", "--proxy-gid", "1002")
+    shown = ok(ns, "show").splitlines()
+    assert f"-A OUTPUT -j {CHAIN}" in shown
+    assert f"-A {CHAIN} -m owner --uid-owner 1001 -j RETURN" in shown
+    assert f"-A {CHAIN} -m owner --gid-owner 1002 -j RETURN" in shown
+    assert f"-A {CHAIN} -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in shown
+    ok(ns, "remove")
+    assert ok(ns, "show") == "capture is not installed\n"
+
+
+def test_vip_routes(ns: Netns, resolv_conf: Path) -> None:
+    ok(ns, "install", "--resolv-conf", str(resolv_conf), "--vip-routes")
+    ok(ns, "install", "--resolv-conf", str(resolv_conf), "--vip-routes")
+    assert "local 240.240.0.0/16 dev lo" in ns.run(["ip", "route", "show", "table", "local"]).stdout
+    v6 = ns.run(["ip", "-6", "route", "show", "table", "local"]).stdout
+    assert "local 2001:2::/48 dev lo" in v6
+    shown = ok(ns, "show")
+    assert "local 240.240.0.0/16 dev lo\nlocal 2001:2::/48 dev lo\n" in shown
+
+    # A VIP is now an address of this (namespaced) host.
+    server = ns.popen([sys.executable, "-c", ECHO_SERVER, "0.0.0.0", str(ECHO_PORT)])
+    assert server.stdout is not None and server.stdout.readline() == "ready\n"
+    answer = ns.run([sys.executable, "-c", CLIENT, "tcp", "240.240.3.4", str(ECHO_PORT)])
+    assert answer.stdout == "echo:ping\n"
+
+    ok(ns, "remove")
+    assert "240.240.0.0" not in ns.run(["ip", "route", "show", "table", "local"]).stdout
+    assert "2001:2::" not in ns.run(["ip", "-6", "route", "show", "table", "local"]).stdout
+    ok(ns, "remove")
+
+
+def test_config_gives_port_resolv_conf_and_ranges(
+    ns: Netns, resolv_conf: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("meshdns_plugin.config")
+    config = tmp_path / "meshdns.yaml"
+    config.write_text(
+        f"listen: {{port: 25354}}\n"
+        f"upstream: {{resolv_conf: {resolv_conf}}}\n"
+        f"mesh: {{ipv4_range: 240.241.0.0/16, ipv6_range: '2001:3::/48'}}\n"
+    )
+    ok(ns, "install", "--config", str(config), "--vip-routes")
+    chain = ns.run(["iptables", "-t", "nat", "-S", CHAIN]).stdout
+    assert "-d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 25354" in chain
+    assert "local 240.241.0.0/16 dev lo" in ns.run(["ip", "route", "show", "table", "local"]).stdout
+    ok(ns, "remove", "--config", str(config))
+    assert "240.241.0.0" not in ns.run(["ip", "route", "show", "table", "local"]).stdout
+
+    bad = meshdns(ns, "install", "--config", str(tmp_path / "missing.yaml"))
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("meshdns capture: error: ")
+    assert len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_dns_traffic_is_redirected(ns: Netns, resolv_conf: Path, protocol: str) -> None:
+    """
+    A query to the resolv.conf server reaches meshdns's port instead, and the
+    answer comes back as from the server; meshdns's own uid is not captured.
+    """
+    server = ns.popen([sys.executable, "-c", ECHO_SERVER, "127.0.0.1", str(ECHO_PORT)])
+    assert server.stdout is not None and server.stdout.readline() == "ready\n"
+
+    def ask(*as_id: str) -> str:
+        argv = [sys.executable, "-c", CLIENT, protocol, "127.0.0.53", "53", *as_id]
+        return ns.run(argv).stdout
+
+    assert ask() == "refused\n"
+    ok(ns, "install", "--resolv-conf", str(resolv_conf), "--port", str(ECHO_PORT))
+    assert ask() == "echo:ping\n"
+    assert ask("1337") == "refused\n"
+    ok(ns, "remove")
+    assert ask() == "refused\n"
