@@ -211,6 +211,10 @@ class CachingForwarder(common.ResolverBase):
 
     def _sections(self, message: dns.Message) -> tuple[Records, Records, Records]:
         """A reply -> its sections, or the error Twisted resolvers raise for its rcode."""
+        # Twisted marks decoded records authoritative when the upstream set AA;
+        # a forwarder's answer is not authoritative (RFC 1035 section 4.1.1).
+        for record in (*message.answers, *message.authority, *message.additional):
+            record.auth = False
         if message.rCode != dns.OK:
             raise self.exceptionForCode(message.rCode)(message)
         return (message.answers, message.authority, message.additional)

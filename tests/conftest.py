@@ -272,19 +272,61 @@ def wait_until_answering(meshdns: MeshdnsProcess, timeout: float = MESHDNS_READY
     pytest.fail(f"meshdns did not answer within {timeout} s:\n{meshdns.log()}")
 
 
-@pytest.fixture
-def start_meshdns(tmp_path: Path) -> Iterator[Callable[..., MeshdnsProcess]]:
+def launch_meshdns(
+    directory: Path,
+    config: dict[str, Any],
+    entries: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> MeshdnsProcess:
     """
-    C{(config, entries=None, extra_args=()) -> MeshdnsProcess}: write
-    C{meshdns.yaml} and the entry files into C{tmp_path}, start C{twistd -n
-    meshdns} there and wait until it answers.
+    Write C{meshdns.yaml} and the entry files into C{directory}, start
+    C{twistd -n meshdns} there and wait until it answers.
 
-    Filled in unless the test gives them:
+    Filled in unless the caller gives them:
       - C{listen}: C{127.0.0.1} and a free port;
-      - C{entries}: the names of the C{entries} files (relative to C{tmp_path});
+      - C{entries}: the names of the C{entries} files (relative to C{directory});
       - C{upstream.resolv_conf}: an empty file, so that neither the host's
         nameservers nor its search list leak into a test (and nothing is ever
         forwarded off the machine): pass C{upstream.servers} to forward.
+    """
+    config = copy.deepcopy(config)
+    listen = config.setdefault("listen", {})
+    listen.setdefault("address", LOOPBACK)
+    listen.setdefault("port", free_port(listen["address"]))
+    upstream = config.setdefault("upstream", {})
+    if "resolv_conf" not in upstream:
+        empty = directory / "resolv.conf"
+        empty.write_text("# meshdns tests: no host nameservers, no search list\n")
+        upstream["resolv_conf"] = str(empty)
+    for relative, text in (entries or {}).items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if entries:
+        config.setdefault("entries", list(entries))
+    config_path = directory / "meshdns.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log_path = directory / f"meshdns-{listen['port']}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*TWISTD, "meshdns", "--config", str(config_path), *extra_args],
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
+    meshdns = MeshdnsProcess(
+        listen["address"], listen["port"], process, directory, config_path, log_path
+    )
+    wait_until_answering(meshdns)
+    return meshdns
+
+
+@pytest.fixture
+def start_meshdns(tmp_path: Path) -> Iterator[Callable[..., MeshdnsProcess]]:
+    """
+    C{(config, entries=None, extra_args=()) -> MeshdnsProcess}: L{launch_meshdns}
+    in C{tmp_path}; every process started is stopped at teardown.
     """
     started: list[MeshdnsProcess] = []
 
@@ -293,37 +335,8 @@ def start_meshdns(tmp_path: Path) -> Iterator[Callable[..., MeshdnsProcess]]:
         entries: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
     ) -> MeshdnsProcess:
-        config = copy.deepcopy(config)
-        listen = config.setdefault("listen", {})
-        listen.setdefault("address", LOOPBACK)
-        listen.setdefault("port", free_port(listen["address"]))
-        upstream = config.setdefault("upstream", {})
-        if "resolv_conf" not in upstream:
-            empty = tmp_path / "resolv.conf"
-            empty.write_text("# meshdns tests: no host nameservers, no search list\n")
-            upstream["resolv_conf"] = str(empty)
-        for relative, text in (entries or {}).items():
-            path = tmp_path / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        if entries:
-            config.setdefault("entries", list(entries))
-        config_path = tmp_path / "meshdns.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = tmp_path / f"meshdns-{len(started) + 1}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [*TWISTD, "meshdns", "--config", str(config_path), *extra_args],
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=child_env(),
-            )
-        meshdns = MeshdnsProcess(
-            listen["address"], listen["port"], process, tmp_path, config_path, log_path
-        )
+        meshdns = launch_meshdns(tmp_path, config, entries, extra_args)
         started.append(meshdns)
-        wait_until_answering(meshdns)
         return meshdns
 
     yield start

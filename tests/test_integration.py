@@ -1,0 +1,259 @@
+"""
+The real C{twistd -n meshdns} process, queried over real UDP and TCP sockets,
+forwarding to a real (fake) upstream DNS server on loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import time
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.reversename
+import pytest
+
+from tests.conftest import free_port, launch_meshdns, run_twistd
+from tests.samples import ENTRIES, SEARCH
+
+CONF_ENTRIES = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "entries")
+
+
+@pytest.fixture(scope="module")
+def meshdns(module_upstream, tmp_path_factory):
+    """One meshdns for the read-only tests: issue 2's examples plus the guide's entries."""
+    process = launch_meshdns(
+        tmp_path_factory.mktemp("meshdns"),
+        {
+            "upstream": {"servers": [module_upstream.server], "timeout": 2},
+            "mesh": {"namespace": "ns1", "search": list(SEARCH)},
+            "entries": ["samples.yaml", os.path.abspath(CONF_ENTRIES)],
+        },
+        {"samples.yaml": ENTRIES},
+    )
+    yield process
+    process.stop()
+
+
+def _addresses(reply: dns.message.Message, rdtype: str = "A") -> list[str]:
+    wanted = dns.rdatatype.from_text(rdtype)
+    return sorted(r.address for rrset in reply.answer if rrset.rdtype == wanted for r in rrset)
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_istio_guide_examples(meshdns, tcp) -> None:
+    """address.internal has its address; auto.internal and the tcp-echo hosts get VIPs."""
+    assert _addresses(meshdns.query("address.internal", tcp=tcp)) == ["198.51.100.1"]
+    vips = {}
+    for host in (
+        "auto.internal",
+        "tcp-echo.external-1.svc.cluster.local",
+        "tcp-echo.external-2.svc.cluster.local",
+    ):
+        (vip,) = _addresses(meshdns.query(host, tcp=tcp))
+        assert ipaddress.ip_address(vip) in ipaddress.ip_network("240.240.0.0/16")
+        assert not vip.endswith((".0", ".255"))
+        (vip6,) = _addresses(meshdns.query(host, "AAAA", tcp=tcp), "AAAA")
+        assert ipaddress.ip_address(vip6) in ipaddress.ip_network("2001:2::/48")
+        vips[host] = vip
+    assert len(set(vips.values())) == 3
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+def test_issue_examples(meshdns, tcp) -> None:
+    """The answers of issue 2 item 5, for a proxy in ns1."""
+    for name in ("productpage.ns1.svc.cluster.local", "productpage.ns1", "productpage"):
+        reply = meshdns.query(name, tcp=tcp)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert reply.flags & dns.flags.AA
+        assert _addresses(reply) == ["10.96.0.10"]
+        assert {r.ttl for r in reply.answer} == {30}
+    assert _addresses(meshdns.query("example.ns2", tcp=tcp)) == ["10.96.0.20"]
+    # example. (a Service in another namespace) is not a mesh name: forwarded,
+    # and the fake upstream does not know it.
+    assert meshdns.query("example", tcp=tcp).rcode() == dns.rcode.NXDOMAIN
+
+    reply = meshdns.query("www.google.com.ns1.svc.cluster.local", tcp=tcp)
+    assert [r.to_text() for r in reply.answer] == [
+        "www.google.com.ns1.svc.cluster.local. 30 IN CNAME www.google.com.",
+        "www.google.com. 30 IN A 192.0.2.7",
+    ]
+    reply = meshdns.query("FOO.wildcard", tcp=tcp)
+    assert [r.to_text() for r in reply.answer] == ["foo.wildcard. 30 IN A 192.0.2.8"]
+    assert reply.question[0].name.to_text() == "FOO.wildcard."
+    reply = meshdns.query("foo.wildcard.ns1.svc.cluster.local", tcp=tcp)
+    assert [r.to_text() for r in reply.answer] == [
+        "foo.wildcard.ns1.svc.cluster.local. 30 IN CNAME foo.wildcard.",
+        "foo.wildcard. 30 IN A 192.0.2.8",
+    ]
+    reply = meshdns.query("ipv4only.example", "AAAA", tcp=tcp)
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer == []
+    assert reply.flags & dns.flags.AA
+    assert _addresses(meshdns.query("headless.ns1.svc.cluster.local", tcp=tcp)) == [
+        "10.1.0.1",
+        "10.1.0.2",
+    ]
+
+
+def test_ptr_of_vip_answered_locally(meshdns, module_upstream) -> None:
+    (vip,) = _addresses(meshdns.query("auto.internal"))
+    reverse = dns.reversename.from_address(vip).to_text()
+    reply = meshdns.query(reverse, "PTR")
+    assert [r.target.to_text() for rrset in reply.answer for r in rrset] == ["auto.internal."]
+    assert module_upstream.count(reverse.lower(), "PTR") == 0
+
+
+def test_other_types_of_mesh_names_are_forwarded(meshdns, module_upstream) -> None:
+    before = module_upstream.count("address.internal.", "MX")
+    meshdns.query("address.internal", "MX")
+    assert module_upstream.count("address.internal.", "MX") == before + 1
+
+
+def test_rotation(meshdns) -> None:
+    firsts = {meshdns.query("many.example").answer[0][0].address for _ in range(24)}
+    assert len(firsts) > 1
+
+
+def test_forwarded_and_cached(meshdns, module_upstream) -> None:
+    """A name outside the mesh goes upstream once, then comes from the cache."""
+    name = "cache-me.upstream.test"
+    first = meshdns.query(name)
+    second = meshdns.query(name)
+    assert _addresses(first) == _addresses(second) == ["127.0.0.10"]
+    assert not first.flags & dns.flags.AA
+    assert first.flags & dns.flags.RA
+    assert module_upstream.count(name + ".") == 1
+
+
+def test_ttl_counts_down_with_time_not_hits(meshdns) -> None:
+    name = "ttl5.upstream.test"
+    ttls = [meshdns.query(name).answer[0].ttl for _ in range(5)]
+    assert ttls == [5] * 5 or (min(ttls) >= 4 and ttls == sorted(ttls, reverse=True))
+    time.sleep(2.1)
+    later = meshdns.query(name).answer[0].ttl
+    assert later <= ttls[0] - 2
+
+
+def test_nxdomain_with_soa_is_cached(meshdns, module_upstream) -> None:
+    name = "nx-cached.upstream.test"
+    for _ in range(3):
+        reply = meshdns.query(name)
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+        assert reply.authority and reply.authority[0].rdtype == dns.rdatatype.SOA
+    assert module_upstream.count(name + ".") == 1
+
+
+def test_nodata_is_cached(meshdns, module_upstream) -> None:
+    for _ in range(2):
+        reply = meshdns.query("nodata.upstream.test", "A")
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+    assert module_upstream.count("nodata.upstream.test.", "A") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "rcode"),
+    [("servfail.upstream.test", dns.rcode.SERVFAIL), ("refused.upstream.test", dns.rcode.REFUSED)],
+)
+def test_upstream_errors_pass_through(meshdns, name, rcode) -> None:
+    """Stock Twisted turns these into NXDOMAIN; meshdns does not."""
+    assert meshdns.query(name).rcode() == rcode
+
+
+def test_big_answer_truncated_over_udp_whole_over_tcp(meshdns) -> None:
+    udp = meshdns.query("big.upstream.test", use_edns=False)
+    assert udp.flags & dns.flags.TC and not udp.answer
+    tcp = meshdns.query("big.upstream.test", tcp=True)
+    assert len(tcp.answer[0]) == 60
+    edns = meshdns.query("big.upstream.test", use_edns=0, payload=1232)
+    assert not edns.flags & dns.flags.TC and len(edns.answer[0]) == 60
+    assert edns.edns == 0
+
+
+def test_local_big_answer_truncated(meshdns) -> None:
+    udp = meshdns.query("big.example", use_edns=False)
+    assert udp.flags & dns.flags.TC
+    assert len(meshdns.query("big.example", tcp=True).answer[0]) == 60
+
+
+def test_truncated_upstream_answer_retried_over_tcp(meshdns, module_upstream) -> None:
+    reply = meshdns.query("tc.upstream.test")
+    assert _addresses(reply) == ["127.0.0.11"]
+    assert module_upstream.count("tc.upstream.test.", "A", "tcp") == 1
+
+
+def test_rd_echoed(meshdns) -> None:
+    query = dns.message.make_query("productpage", "A")
+    query.flags &= ~dns.flags.RD
+    reply = dns.query.udp(query, "127.0.0.1", port=meshdns.port, timeout=5)
+    assert not reply.flags & dns.flags.RD
+    assert meshdns.query("productpage").flags & dns.flags.RD
+
+
+def _raw_udp(port: int, data: bytes, timeout: float = 1.0) -> bytes | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(data, ("127.0.0.1", port))
+        try:
+            return s.recv(65535)
+        except TimeoutError:
+            return None
+
+
+def test_bad_packets(meshdns) -> None:
+    """Responses and short junk are dropped; junk with a header gets FORMERR."""
+    response = dns.message.make_response(dns.message.make_query("productpage", "A"))
+    assert _raw_udp(meshdns.port, response.to_wire(), 0.5) is None
+    assert _raw_udp(meshdns.port, b"\x01\x02\x03", 0.5) is None
+    reply = _raw_udp(meshdns.port, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff")
+    assert reply is not None
+    assert reply[:2] == b"\x12\x34" and reply[2] & 0x80 and reply[3] & 0x0F == dns.rcode.FORMERR
+    # NOTIMP is a real response.
+    query = dns.message.make_query("productpage", "A")
+    query.set_opcode(dns.opcode.NOTIFY)
+    reply = dns.message.from_wire(_raw_udp(meshdns.port, query.to_wire()))
+    assert reply.rcode() == dns.rcode.NOTIMP and reply.flags & dns.flags.QR
+    # Still serving.
+    assert _addresses(meshdns.query("productpage")) == ["10.96.0.10"]
+
+
+def test_timeout_gives_servfail_in_time(meshdns) -> None:
+    started = time.monotonic()
+    reply = meshdns.query("blackhole.upstream.test", timeout=10)
+    assert reply.rcode() == dns.rcode.SERVFAIL
+    assert time.monotonic() - started < 2 + 1
+
+
+def test_failover_to_second_server(start_meshdns, upstream) -> None:
+    dead = free_port()
+    process = start_meshdns(
+        {"upstream": {"servers": [f"127.0.0.1:{dead}", upstream.server], "timeout": 2}}
+    )
+    reply = process.query("failover.upstream.test")
+    assert _addresses(reply) == ["127.0.0.10"]
+
+
+def test_bad_config_one_line(tmp_path) -> None:
+    config = tmp_path / "meshdns.yaml"
+    config.write_text("listen: {port: 99999}\n")
+    code, output = run_twistd(["--config", str(config)])
+    assert code != 0
+    assert "Traceback" not in output
+    assert f"{config}: listen.port: 99999 is out of range" in output.strip().splitlines()[-1]
+
+
+def test_bad_entries_stop_startup(tmp_path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: x}\nspec: {hosts: [a.b], addresses: [1.2.3]}\n"
+    )
+    config = tmp_path / "meshdns.yaml"
+    config.write_text(f"entries: [bad.yaml]\nlisten: {{port: {free_port()}}}\n")
+    code, output = run_twistd(["--config", str(config)])
+    assert code != 0
+    assert "Traceback" not in output
+    assert "bad.yaml: document 0: spec.addresses[0]: '1.2.3' is not an IP address" in output
