@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import yaml
 
 
-
 def default_config_path() -> str:
     """
     The embedded default config: inside the package when installed from a

@@ -15,6 +15,8 @@ from meshdns_plugin.table import NameTable, build_table, vip_hosts
 NAMESPACE = "ns1"
 SEARCH = ("ns1.svc.cluster.local", "svc.cluster.local", "cluster.local")
 
+BIG_ADDRESSES = ", ".join(str(ipaddress.ip_address("198.18.0.1") + i) for i in range(60))
+
 ENTRIES = """
 apiVersion: v1
 kind: Service
@@ -86,8 +88,8 @@ kind: ServiceEntry
 metadata: {name: big}
 spec:
   hosts: [big.example]
-  addresses: [%s]
-""" % ", ".join(str(ipaddress.ip_address("198.18.0.1") + i) for i in range(60))
+  addresses: [@BIG@]
+""".replace("@BIG@", BIG_ADDRESSES)
 
 
 def make_table(text: str = ENTRIES, ttl: int = 30) -> NameTable:
