@@ -75,10 +75,16 @@ def _usable(network: Network, offset: int) -> bool:
 
 
 def _capacity(network: Network) -> int:
-    """How many usable addresses C{network} has (IPv6 ranges: effectively unbounded)."""
-    if network.version == 6 and network.num_addresses > 2**32:
-        return 2**64
-    return sum(1 for offset in range(network.num_addresses) if _usable(network, offset))
+    """
+    How many usable addresses C{network} has, by arithmetic (counting them one
+    by one would stall start-up for a large range such as an IPv4 /8).
+    """
+    if network.version == 4 and network.prefixlen <= 24:
+        # Every /24 block loses its .0 and .255, which include the range's
+        # own first and last addresses.
+        return network.num_addresses // 256 * 254
+    # Inside one /24 (or in IPv6) only the range's first and last are unusable.
+    return max(network.num_addresses - 2, 0)
 
 
 def _first_choice(host: str, network: Network) -> int:

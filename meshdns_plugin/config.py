@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from meshdns_plugin import yamltext
+
 
 def default_config_path() -> str:
     """
@@ -46,11 +48,17 @@ class ListenConfig:
     Where meshdns serves DNS: UDP and TCP on the same address and port.
 
     @ivar allow: networks whose clients may query; empty means loopback only.
+    @ivar tcp_idle_timeout: seconds a TCP connection may stay silent.
+    @ivar tcp_max_connections: concurrent TCP connections; more are closed.
+    @ivar tcp_max_queries: queries per TCP connection before it is closed.
     """
 
     address: str = "127.0.0.1"
     port: int = 15053
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 256
+    tcp_max_queries: int = 100
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,14 @@ class UpstreamConfig:
 
     @ivar servers: C{(ip, port)} pairs that replace resolv.conf's nameservers.
     @ivar timeout: seconds that bound a whole forward, failover included.
+    @ivar max_concurrent: distinct questions forwarded at once; beyond it,
+        SERVFAIL at once instead of queueing without bound.
     """
 
     resolv_conf: str = "/etc/resolv.conf"
     servers: tuple[tuple[str, int], ...] = ()
     timeout: float = 5.0
+    max_concurrent: int = 1000
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,12 @@ class CacheConfig:
     The forwarder's cache.
 
     @ivar max_entries: the LRU bound, in cached questions.
+    @ivar serve_stale: seconds past expiry an answer may still be served
+        (with TTL 30, RFC 8767) when every upstream fails; 0 = never.
     """
 
     max_entries: int = 100000
+    serve_stale: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,22 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class VipListenersConfig:
+    """
+    Per-VIP TCP listeners (L{meshdns_plugin.listeners}): connections to a
+    ServiceEntry's VIP or address and TCP port are forwarded to the real
+    service, as Envoy does in Istio's guide. Off by default: it binds
+    sockets on every VIP, which needs the VIP ranges routed to this host.
+
+    @ivar connect_timeout: seconds a TCP connect to the real service may
+        take before the client's connection is closed.
+    """
+
+    enabled: bool = False
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration.
@@ -156,6 +186,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    vip_listeners: VipListenersConfig = field(default_factory=VipListenersConfig)
     source: str = "<defaults>"
 
 
@@ -270,11 +301,15 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "address": _ip,
         "port": _integer(0, 65535),
         "allow": _list_of(_network),
+        "tcp_idle_timeout": _seconds,
+        "tcp_max_connections": _integer(1, 1_000_000),
+        "tcp_max_queries": _integer(1, 1_000_000),
     },
     UpstreamConfig: {
         "resolv_conf": _text,
         "servers": _list_of(_server),
         "timeout": _seconds,
+        "max_concurrent": _integer(1, 1_000_000),
     },
     MeshConfig: {
         "namespace": _text,
@@ -288,6 +323,7 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     },
     CacheConfig: {
         "max_entries": _integer(1, 100_000_000),
+        "serve_stale": _integer(0, 7 * 86400),
     },
     AdminConfig: {
         "address": _ip,
@@ -299,6 +335,10 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     },
     LogConfig: {
         "queries": _boolean,
+    },
+    VipListenersConfig: {
+        "enabled": _boolean,
+        "connect_timeout": _seconds,
     },
 }
 
@@ -346,6 +386,7 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         "admin": AdminConfig,
         "reload": ReloadConfig,
         "log": LogConfig,
+        "vip_listeners": VipListenersConfig,
     }
     unknown = sorted(set(raw) - set(sections) - {"entries"}, key=str)
     if unknown:
@@ -355,11 +396,29 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         name: _section(cls, raw.get(name), f"{source}: {name}") for name, cls in sections.items()
     }
     try:
-        entries = _list_of(_text)(raw.get("entries") or [])
+        listed = raw.get("entries")
+        entries = () if listed is None else _list_of(_text)(listed)
     except _Invalid as e:
         raise ConfigError(f"{source}: entries: {e}") from None
     absolute = tuple(os.path.normpath(os.path.join(base_dir, p)) for p in entries)
-    return Config(entries=absolute, source=source, **built)
+    config = Config(entries=absolute, source=source, **built)
+    check_exposure(config)
+    return config
+
+
+def check_exposure(config: Config) -> None:
+    """
+    Refuse to serve beyond loopback with no C{listen.allow} list: a DNS
+    forwarder open to the network is an open resolver and a reflector.
+
+    @raise ConfigError: naming the file and C{listen.allow}.
+    """
+    listen = config.listen
+    if not ipaddress.ip_address(listen.address).is_loopback and not listen.allow:
+        raise ConfigError(
+            f"{config.source}: listen.allow: required when listening on {listen.address}, "
+            "which is not loopback (list the client networks, e.g. [10.0.0.0/8])"
+        )
 
 
 def load_config(path: str | None) -> Config:
@@ -371,13 +430,13 @@ def load_config(path: str | None) -> Config:
     if path is None:
         path = default_config_path()
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        text = yamltext.read_text(path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}: {yamltext.describe(e, text)}") from None
     return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))

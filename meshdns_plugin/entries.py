@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,11 @@ RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
+# A host label: ASCII only, so a name is the same bytes in the table and on the wire.
+_HOST_LABEL = re.compile(r"[a-z0-9_-]+")
+# A Kubernetes object name used in DNS names (RFC 1123 label, as the API server enforces).
+_K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class Endpoint:
     """
     A ServiceEntry endpoint (a C{WorkloadEntry} spec inline).
 
+    @ivar address: an IP address; for C{resolution: DNS} or C{DNS_ROUND_ROBIN}
+        it may also be a host name (lowercase, no trailing dot).
     @ivar ports: port name -> port number overrides.
     """
 
@@ -81,6 +89,8 @@ class ServiceEntry:
 
     @ivar addresses: IP addresses of C{spec.addresses}, normalised; CIDRs
         are validated but left out, since they cannot be a DNS answer.
+    @ivar networks: the CIDRs of C{spec.addresses}, normalised: they are not
+        answered, but they still make the entry ineligible for a VIP.
     """
 
     origin: Origin
@@ -91,6 +101,7 @@ class ServiceEntry:
     endpoints: tuple[Endpoint, ...] = ()
     export_to: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    networks: tuple[str, ...] = ()
 
     @property
     def namespace(self) -> str:
@@ -109,6 +120,7 @@ class ServiceEntry:
         """Whether this entry's non-wildcard hosts get VIPs (DESIGN.md)."""
         return (
             not self.addresses
+            and not self.networks
             and self.resolution != "NONE"
             and self.labels.get(AUTOALLOCATE_LABEL, "true").lower() != "false"
         )
@@ -265,6 +277,14 @@ def _ip(path: str, value: Any) -> str:
         raise _Invalid(path, f"{value!r} is not an IP address") from None
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _port_number(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise _Invalid(path, f"{value!r} is not a port number (1-65535)")
@@ -278,8 +298,12 @@ def _host(path: str, value: Any) -> str:
     host = value.strip().rstrip(".").lower()
     labels = host.split(".")
     if "*" in host and (labels[0] != "*" or "*" in ".".join(labels[1:]) or len(labels) < 2):
-        raise _Invalid(path, f"{value!r}: a wildcard must be the whole first label, as in *.example.com")
-    if len(host) > 253 or any(not label or len(label) > 63 for label in labels):
+        raise _Invalid(
+            path, f"{value!r}: a wildcard must be the whole first label, as in *.example.com"
+        )
+    if len(host) > 253 or any(
+        len(label) > 63 or not (label == "*" or _HOST_LABEL.fullmatch(label)) for label in labels
+    ):
         raise _Invalid(path, f"{value!r} is not a valid host name")
     return host
 
@@ -315,7 +339,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
         hosts.append(host)
     if not hosts:
         raise _Invalid("spec.hosts", "a ServiceEntry needs at least one host")
-    addresses = []
+    addresses, networks = [], []
     for path, raw in spec.items("addresses"):
         if isinstance(raw, str) and "/" in raw:
             try:
@@ -324,6 +348,8 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
                 raise _Invalid(path, f"{raw!r} is not an IP address or CIDR") from None
             if network.num_addresses == 1:
                 addresses.append(str(network.network_address))
+            else:
+                networks.append(str(network))
         else:
             addresses.append(_ip(path, raw))
     resolution = spec.text("resolution", "NONE").upper() or "NONE"
@@ -335,7 +361,11 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             raise _Invalid(path, f"expected a mapping, got {raw!r}")
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
-        if address:
+        if address and resolution in DNS_RESOLUTIONS and not _is_ip(address):
+            address = _host(path + ".address", address)
+            if address.startswith("*."):
+                raise _Invalid(path + ".address", f"{address!r}: an endpoint cannot be a wildcard")
+        elif address:
             address = _ip(path + ".address", address)
         port_map = {}
         for name, number in endpoint.mapping("ports").raw.items():
@@ -351,10 +381,16 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
         endpoints=tuple(endpoints),
         export_to=spec.texts("exportTo"),
         labels=doc.mapping("metadata").string_map("labels"),
+        networks=tuple(dict.fromkeys(networks)),
     )
 
 
 def _service(doc: _Document, origin: Origin) -> Service:
+    # The name and namespace become DNS names: an empty or odd one would put
+    # a bogus name (even the root) in the table.
+    for key, value in (("name", origin.name), ("namespace", origin.namespace)):
+        if len(value) > 63 or not _K8S_LABEL.fullmatch(value):
+            raise _Invalid(f"metadata.{key}", f"{value!r} is not a valid Service {key}")
     spec = doc.mapping("spec")
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
     addresses = []

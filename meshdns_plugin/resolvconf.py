@@ -32,7 +32,8 @@ def parse_resolv_conf(text: str) -> ResolvConf:
     """
     Parse the text of a resolv.conf file.
 
-    Unparseable nameserver addresses are skipped, as the C library does. A later
+    Unparseable nameserver addresses are skipped, as the C library does;
+    addresses are normalised, keeping an IPv6 zone id. A later
     C{search} or C{domain} line replaces an earlier one, as in glibc.
     """
     nameservers: list[tuple[str, int]] = []
@@ -43,9 +44,10 @@ def parse_resolv_conf(text: str) -> ResolvConf:
             continue
         keyword, values = words[0], words[1:]
         if keyword == "nameserver":
-            address = values[0].split("%", 1)[0]
+            # Keep an IPv6 zone id (fe80::1%eth0): a link-local server cannot
+            # be reached without it.
             try:
-                ipaddress.ip_address(address)
+                address = str(ipaddress.ip_address(values[0]))
             except ValueError:
                 continue
             nameservers.append((address, DNS_PORT))

@@ -26,12 +26,15 @@ entry is answered from pre-encoded bytes; everything else takes the path above.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
+from collections.abc import Sequence
 
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.names import dns, error, server
 from twisted.protocols.basic import Int16StringReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from meshdns_plugin import stats, wire
@@ -146,19 +149,42 @@ class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
         self.transport.write(data, address)
 
 
-class MeshDNSStreamProtocol(Int16StringReceiver):
-    """DNS over TCP (two-byte length prefix), serving side only."""
+class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
+    """
+    DNS over TCP (two-byte length prefix), serving side only.
+
+    A connection that stays silent (or stalls in the middle of a query) for
+    the factory's C{tcp_idle_timeout} is aborted, and one is closed after
+    C{tcp_max_queries} queries, so slow or greedy clients cannot hold
+    connections and buffers for ever.
+    """
 
     def __init__(self, controller: MeshDNSServerFactory) -> None:
         self.controller = controller
+        self.queries = 0
+        self.peer_allowed = True
 
     def connectionMade(self) -> None:
         self.controller.connectionMade(self)
+        self.peer_allowed = self.controller.allowed(self.transport.getPeer().host)
+        self.setTimeout(self.controller.tcp_idle_timeout)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.setTimeout(None)
         self.controller.connectionLost(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()
+
     def stringReceived(self, data: bytes) -> None:
+        self.queries += 1
+        if self.queries > self.controller.tcp_max_queries:
+            self.transport.loseConnection()
+            return
         self.controller.packetReceived(data, self)
 
     def writeBytes(self, data: bytes) -> None:
@@ -174,11 +200,27 @@ class MeshDNSServerFactory(server.DNSServerFactory):
     _messageFactory = dns._EDNSMessage
     protocol = MeshDNSStreamProtocol
 
-    def __init__(self, authorities=None, clients=None, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        authorities=None,
+        clients=None,
+        verbose: int = 0,
+        *,
+        allow: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        tcp_idle_timeout: float = 10.0,
+        tcp_max_connections: int = 256,
+        tcp_max_queries: int = 100,
+    ) -> None:
         """
         @param authorities: resolvers that answer authoritatively (the mesh).
         @param clients: resolvers that recurse (the caching forwarder); their
             presence sets RA.
+        @param allow: client networks that may query besides loopback; others
+            get REFUSED before any resolver, cache or upstream is touched.
+        @param tcp_idle_timeout: seconds a TCP connection may stay silent.
+        @param tcp_max_connections: concurrent TCP connections; more are
+            closed as soon as they are accepted.
+        @param tcp_max_queries: queries per TCP connection.
 
         The fast path answers mesh names only when a L{MeshAuthority} is the
         first resolver of the chain, and cache hits only when a
@@ -194,9 +236,41 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             last if isinstance(last, CachingForwarder) else None
         )
         self.stats = stats.ServerStats()
+        self.allow = tuple(allow)
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_max_connections = tcp_max_connections
+        self.tcp_max_queries = tcp_max_queries
+        self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
         self._rotation = 0
         self._opt = wire.opt_record(MAX_UDP_PAYLOAD)
+
+    #: Bound of the memo of per-address access decisions.
+    MAX_ACCESS_MEMO = 4096
+
+    def allowed(self, host: str) -> bool:
+        """Whether a client at C{host} may query: loopback, or in C{allow}."""
+        decision = self._allowed.get(host)
+        if decision is None:
+            try:
+                address = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                decision = False
+            else:
+                if address.version == 6 and address.ipv4_mapped is not None:
+                    address = address.ipv4_mapped
+                decision = address.is_loopback or any(address in n for n in self.allow)
+            if len(self._allowed) >= self.MAX_ACCESS_MEMO:
+                self._allowed.clear()
+            self._allowed[host] = decision
+        return decision
+
+    def buildProtocol(self, addr):
+        """A TCP protocol, or L{None} (close at once) past C{tcp_max_connections}."""
+        if len(self.connections) >= self.tcp_max_connections:
+            self.stats.dropped += 1
+            return None
+        return super().buildProtocol(addr)
 
     def fastReply(self, q: wire.Question, udp: bool) -> bytes | None:
         """
@@ -323,11 +397,49 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             rcode = dns.EFORMAT
         elif message.queries[0].cls != dns.IN:
             rcode = dns.EREFUSED
+        elif message.queries[0].type == dns.ALL_RECORDS:
+            self._answerAny(message, proto, address)
+            return
         else:
             self.handleQuery(message, proto, address)
             return
         self._count(message, stats.ERROR)
         self._reply(proto, message, address, rCode=rcode)
+
+    def _answerAny(self, message, proto, address) -> None:
+        """
+        RFC 8482: answer ANY with one synthesized HINFO record, never forwarded
+        (ANY is the favourite query of reflection attacks).
+        """
+        query = message.queries[0]
+        ttl = self.mesh.table.ttl if self.mesh is not None else 30
+        hinfo = dns.RRHeader(
+            query.name.name.lower(),
+            dns.HINFO,
+            ttl=ttl,
+            payload=dns.Record_HINFO(b"RFC8482", b"", ttl),
+            auth=True,
+        )
+        self._count(message, stats.MESH)
+        self._reply(proto, message, address, answers=[hinfo])
+
+    def _refuse(self, data: bytes, proto, address) -> None:
+        """REFUSED for a client outside C{allow}, echoing the question if readable."""
+        question = wire.parse_question(data)
+        if question is not None:
+            reply = wire.reply(question, wire.QR | dns.EREFUSED, (0, 0, 0), b"", self._opt, None)
+        else:
+            reply = error_reply(data, dns.EREFUSED)
+        if reply is None:
+            self.stats.dropped += 1
+            return
+        self.stats.queries[
+            "OTHER" if question is None else type_name(question.qtype), stats.ERROR
+        ] += 1
+        if address is None:
+            proto.writeBytes(reply)
+        else:
+            proto.writeBytes(reply, address)
 
     def packetReceived(self, data: bytes, proto, address=None) -> None:
         """
@@ -335,6 +447,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         dispatch it; the single entry point of both protocols, so that no
         decoding error escapes either.
         """
+        if not (self.allowed(address[0]) if address is not None else proto.peer_allowed):
+            self._refuse(data, proto, address)
+            return
         question = wire.parse_question(data)
         if question is not None:
             fast = self.fastReply(question, address is not None)

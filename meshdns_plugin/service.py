@@ -17,10 +17,12 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
 
+from meshdns_plugin.admin import AdminService
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config
-from meshdns_plugin.entries import EntriesError
-from meshdns_plugin.reload import TableLoader
+from meshdns_plugin.listeners import VipListeners
+from meshdns_plugin.querylog import QueryLoggingFactory
+from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.server import MeshDNSDatagramProtocol, MeshDNSServerFactory
 from meshdns_plugin.stats import ReloadStats
@@ -46,7 +48,12 @@ def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
             path=config.upstream.resolv_conf,
         )
     return CachingForwarder(
-        servers, config.upstream.timeout, config.cache.max_entries, reactor=reactor
+        servers,
+        config.upstream.timeout,
+        config.cache.max_entries,
+        reactor=reactor,
+        serve_stale=config.cache.serve_stale,
+        max_concurrent=config.upstream.max_concurrent,
     )
 
 
@@ -59,6 +66,8 @@ class MeshService(service.MultiService):
     @ivar forwarder: the caching forwarder.
     @ivar loader: builds new tables from the configured files.
     @ivar reloads: reload counters.
+    @ivar vipListeners: the per-VIP TCP listeners (their C{stats} too), or
+        L{None} when C{vip_listeners.enabled} is off.
     """
 
     def __init__(self, config: Config, reactor=None) -> None:
@@ -70,10 +79,26 @@ class MeshService(service.MultiService):
         self.config = config
         self.loader = TableLoader(config)
         self.reloads = ReloadStats(ok=1, last_time=time.time())
-        self.authority = MeshAuthority(self.loader.load())
         self.forwarder = makeCachingForwarder(config, reactor)
+        self.vipListeners: VipListeners | None = None
+        if config.vip_listeners.enabled:
+            # Before the first load, so that it follows that load as it
+            # follows every reload; it resolves through the forwarder alone.
+            self.vipListeners = VipListeners.forConfig(config, self.forwarder, reactor)
+            self.vipListeners.setServiceParent(self)
+            self.loader.observers.append(self.vipListeners.follow)
+        self.authority = MeshAuthority(self.loader.load())
         self.resolver = ResolverChain([self.authority, self.forwarder])
-        self.factory = MeshDNSServerFactory(authorities=[self.authority], clients=[self.forwarder])
+        factory_type = QueryLoggingFactory if config.log.queries else MeshDNSServerFactory
+        listen = config.listen
+        self.factory = factory_type(
+            authorities=[self.authority],
+            clients=[self.forwarder],
+            allow=listen.allow,
+            tcp_idle_timeout=listen.tcp_idle_timeout,
+            tcp_max_connections=listen.tcp_max_connections,
+            tcp_max_queries=listen.tcp_max_queries,
+        )
         self.factory.noisy = False
         _log.info(
             "meshdns: {names} mesh names, {vips} VIP hosts, serving on {address} port {port}",
@@ -83,34 +108,20 @@ class MeshService(service.MultiService):
             port=config.listen.port,
         )
         self._listen(reactor)
+        self.reloader = Reloader(self.loader, self.authority, self.reloads, reactor)
+        TableWatcher.forConfig(config, self.reloader, reactor).setServiceParent(self)
+        if config.admin.port:
+            AdminService(self, config.admin, reactor).setServiceParent(self)
 
     def reload(self) -> bool:
         """
         Rebuild the table from the files and swap it in with one assignment;
         if any entry is invalid, log every problem and keep the current table.
+        (The watcher does the same with the parsing in a thread.)
 
         @return: whether the new table is now serving.
         """
-        started = time.monotonic()
-        try:
-            table = self.loader.load()
-        except EntriesError as e:
-            for problem in e.problems:
-                _log.error("Reload rejected, keeping the current table: {problem}", problem=problem)
-            self.reloads.failed += 1
-            self.reloads.last_ok = False
-            return False
-        self.authority.table = table
-        self.reloads.ok += 1
-        self.reloads.last_ok = True
-        self.reloads.last_time = time.time()
-        _log.info(
-            "Reloaded: {names} mesh names, {vips} VIP hosts in {seconds:.3f} s",
-            names=len(table),
-            vips=len(table.vips),
-            seconds=time.monotonic() - started,
-        )
-        return True
+        return self.reloader.reload()
 
     def stopService(self):
         self.forwarder.close()

@@ -62,10 +62,15 @@ class UpstreamStats:
 
     @ivar failures: upstream requests that ended in timeout or SERVFAIL-like
         errors (an NXDOMAIN is an answer, not a failure).
+    @ivar rejected: questions answered SERVFAIL at once because
+        C{max_concurrent} questions were already in flight.
+    @ivar stale_served: expired answers served because every upstream failed.
     """
 
     requests: int = 0
     failures: int = 0
+    rejected: int = 0
+    stale_served: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -84,3 +89,25 @@ class ReloadStats:
     failed: int = 0
     last_ok: bool = True
     last_time: float = 0.0
+
+
+@dataclass
+class ListenerStats:
+    """
+    Counters of the VIP listeners (L{meshdns_plugin.listeners}), all
+    listeners together.
+
+    @ivar listening: listening sockets open now (a gauge).
+    @ivar bind_failures: listeners that could not be opened (address in use,
+        a port below 1024 without the privilege, ...).
+    @ivar accepted: connections accepted.
+    @ivar active: connections being relayed now (a gauge).
+    @ivar connect_failures: connections closed because their backend could
+        not be resolved or connected to.
+    """
+
+    listening: int = 0
+    bind_failures: int = 0
+    accepted: int = 0
+    active: int = 0
+    connect_failures: int = 0

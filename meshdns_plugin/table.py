@@ -202,7 +202,9 @@ def _service_entry_names(
     for host in list(fallback.addresses):
         if host in explicit.addresses:
             continue
-        explicit.add(host, fallback.addresses[host], fallback.sources[host][0], host in fallback.vip)
+        explicit.add(
+            host, fallback.addresses[host], fallback.sources[host][0], host in fallback.vip
+        )
         for source in fallback.sources[host][1:]:
             explicit.add(host, (), source)
     return explicit
@@ -239,7 +241,11 @@ def build_table(
             endpoints.get((service.namespace, service.name), ())
         )
         fqdn = f"{service.name}.{service.namespace}.svc.{cluster_domain}"
-        aliases = [fqdn, f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc"]
+        aliases = [
+            fqdn,
+            f"{service.name}.{service.namespace}",
+            f"{service.name}.{service.namespace}.svc",
+        ]
         if service.namespace == namespace:
             aliases.append(service.name)
         for alias in aliases:

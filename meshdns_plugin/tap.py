@@ -13,7 +13,7 @@ import ipaddress
 
 from twisted.python import usage
 
-from meshdns_plugin.config import Config, ConfigError, load_config
+from meshdns_plugin.config import Config, ConfigError, check_exposure, load_config
 from meshdns_plugin.entries import EntriesError
 
 
@@ -44,7 +44,12 @@ class Options(usage.Options):
                     f"--interface: {self['interface']!r} is not an IP address"
                 ) from None
             listen = dataclasses.replace(listen, address=address)
-        self["meshConfig"] = dataclasses.replace(config, listen=listen)
+        config = dataclasses.replace(config, listen=listen)
+        try:
+            check_exposure(config)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self["meshConfig"] = config
 
 
 def makeService(options: Options):

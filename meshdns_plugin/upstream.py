@@ -11,6 +11,10 @@ It fixes what stock Twisted Names gets wrong for a forwarding proxy:
     C{max_entries} with lazy expiry, and no timer at all;
   - it caches no negative answers; here NXDOMAIN and NODATA are cached per
     RFC 2308 (the SOA's TTL, capped by its MINIMUM field);
+  - with C{serve_stale}, an expired answer is kept that much longer and served
+    with TTL 30 when every upstream fails (RFC 8767);
+  - at most C{max_concurrent} distinct questions are forwarded at once; past
+    that, SERVFAIL at once rather than an unbounded queue;
   - C{client.Resolver} re-reads resolv.conf on a timer and has no overall
     deadline; here servers are fixed at construction (meshdns reads resolv.conf
     itself) and the whole forward, failover included, is bounded by C{timeout}.
@@ -35,6 +39,9 @@ from twisted.python.failure import Failure
 from meshdns_plugin.client import UpstreamClient, UpstreamFailure
 from meshdns_plugin.stats import UpstreamStats
 from meshdns_plugin.wire import EncodedSections, encode_sections, name_to_wire
+
+#: TTL of an answer served stale (RFC 8767 section 4).
+STALE_TTL = 30
 
 #: (lowercase wire-format name, type, class): the form the wire fast path
 #: has at hand without decoding the name.
@@ -107,9 +114,15 @@ class ResponseCache:
     @ivar evictions: how many fresh-or-stale entries the bound pushed out.
     """
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, max_entries: int, clock: Callable[[], float] = time.time, serve_stale: int = 0
+    ) -> None:
+        """
+        @param serve_stale: seconds an expired entry is kept for L{stale}.
+        """
         self.max_entries = max_entries
         self.clock = clock
+        self.serve_stale = serve_stale
         self.evictions = 0
         self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
 
@@ -117,15 +130,30 @@ class ResponseCache:
         return len(self._entries)
 
     def get(self, key: CacheKey) -> CachedResponse | None:
-        """A fresh entry for C{key}, or L{None} (an expired one is dropped)."""
+        """
+        A fresh entry for C{key}, or L{None}; an expired one is dropped unless
+        it may still be served stale.
+        """
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if self.clock() - entry.stored_at >= entry.ttl:
-            del self._entries[key]
+        age = self.clock() - entry.stored_at
+        if age >= entry.ttl:
+            if age >= entry.ttl + self.serve_stale:
+                del self._entries[key]
             return None
         self._entries.move_to_end(key)
         return entry
+
+    def stale(self, key: CacheKey) -> CachedResponse | None:
+        """An expired entry still within the C{serve_stale} window, or L{None}."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        age = self.clock() - entry.stored_at
+        if entry.ttl <= age < entry.ttl + self.serve_stale:
+            return entry
+        return None
 
     def put(self, key: CacheKey, entry: CachedResponse) -> None:
         self._entries[key] = entry
@@ -157,12 +185,18 @@ class CachingForwarder(common.ResolverBase):
         timeout: float = 5.0,
         max_entries: int = 100000,
         reactor: IReactorTime | None = None,
+        *,
+        serve_stale: int = 0,
+        max_concurrent: int = 1000,
     ) -> None:
         """
         @param servers: C{(ip, port)} pairs, tried in this order.
         @param timeout: seconds that bound a whole forward; each server gets an
             equal share of it before the next one is tried.
         @param max_entries: the cache bound.
+        @param serve_stale: seconds past expiry an answer may be served when
+            every upstream fails; 0 = never.
+        @param max_concurrent: distinct questions forwarded at once.
         """
         common.ResolverBase.__init__(self)
         if reactor is None:
@@ -172,7 +206,8 @@ class CachingForwarder(common.ResolverBase):
         self._reactor = reactor
         self.servers = tuple(servers)
         self.timeout = timeout
-        self.cache = ResponseCache(max_entries, clock=reactor.seconds)
+        self.cache = ResponseCache(max_entries, clock=reactor.seconds, serve_stale=serve_stale)
+        self.max_concurrent = max_concurrent
         self.stats = UpstreamStats()
         self._inflight: dict[CacheKey, list[defer.Deferred]] = {}
         self._client: UpstreamClient | None = None
@@ -194,6 +229,9 @@ class CachingForwarder(common.ResolverBase):
             d: defer.Deferred = defer.Deferred()
             waiting.append(d)
             return d
+        if len(self._inflight) >= self.max_concurrent:
+            self.stats.rejected += 1
+            return defer.fail(DNSServerError("too many questions forwarded at once"))
         self._inflight[key] = []
         self.stats.requests += 1
         started = self._reactor.seconds()
@@ -201,6 +239,7 @@ class CachingForwarder(common.ResolverBase):
         upstream.addTimeout(self.timeout, self._reactor)
         upstream.addCallbacks(self._sections, self._failure)
         upstream.addCallbacks(self._cachePositive, self._cacheNegative, (key,), None, (key,), None)
+        upstream.addErrback(self._serveStale, key)
         upstream.addBoth(self._release, key, started)
         return upstream
 
@@ -255,6 +294,25 @@ class CachingForwarder(common.ResolverBase):
                 now = self.cache.clock()
                 self.cache.put(key, CachedResponse(now, ttl, dns.ENAME, [], authority, []))
         return reason
+
+    def _serveStale(self, reason: Failure, key: CacheKey) -> object:
+        """Every upstream failed: an expired answer, if still allowed, with TTL 30."""
+        if reason.check(DNSNameError) and not reason.check(CachedNameError):
+            return reason
+        entry = self.cache.stale(key)
+        if entry is None:
+            return reason
+        self.stats.stale_served += 1
+
+        def fresh(records: Records) -> Records:
+            return [
+                dns.RRHeader(r.name.name, r.type, r.cls, STALE_TTL, r.payload, False)
+                for r in records
+            ]
+
+        if entry.rcode == dns.ENAME:
+            return Failure(_nxdomain(fresh(entry.authority)))
+        return (fresh(entry.answers), fresh(entry.authority), fresh(entry.additional))
 
     def _release(self, result: object, key: CacheKey, started: float) -> object:
         """Give the result to every merged question too."""

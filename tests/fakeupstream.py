@@ -49,6 +49,11 @@ fail mode, so it works even while the server plays dead:
   - C{reset.control.}: sets every count back to zero, NOERROR;
   - any other name below C{control.}: NOERROR, empty (a harmless probe).
 
+Extra names (C{--record NAME=IP}, repeatable), for tests that need real
+addresses, such as the backends of meshdns's VIP listeners: NAME, in any zone,
+answers A (for an IPv4 IP) or AAAA (for an IPv6 one) with TTL 300; the
+other type, and other types, are NODATA. They are counted as the zone is.
+
 Fail modes (C{--fail-mode}), for fault tests: C{servfail-all} answers every
 counted query with SERVFAIL; C{drop-all} never answers; C{wrong-id} sends the
 normal answer with the ID plus one (a spoofing attempt a client must ignore).
@@ -137,13 +142,20 @@ class FakeUpstream:
     it can be reasoned about (and tested) one query at a time.
     """
 
-    def __init__(self, fail_mode: str | None = None) -> None:
+    def __init__(
+        self, fail_mode: str | None = None, records: dict[str, list[str]] | None = None
+    ) -> None:
         """
         @param fail_mode: one of L{FAIL_MODES}, or L{None} to behave.
+        @param records: extra names -> their IP addresses (C{--record}).
         """
         if fail_mode is not None and fail_mode not in FAIL_MODES:
             raise ValueError(f"unknown fail mode {fail_mode!r}")
         self.fail_mode = fail_mode
+        self.records = {
+            dns.name.from_text(name): [ipaddress.ip_address(a) for a in addresses]
+            for name, addresses in (records or {}).items()
+        }
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
 
@@ -192,7 +204,8 @@ class FakeUpstream:
             return Reply(None)
         if self.fail_mode == "servfail-all":
             return Reply(_response(query, dns.rcode.SERVFAIL))
-        reply = answer(query, transport)
+        recorded = self.records.get(qname)
+        reply = answer(query, transport) if recorded is None else _recorded(query, recorded)
         if self.fail_mode == "wrong-id" and reply.message is not None:
             reply.message.id = (query.id + 1) & 0xFFFF
         return reply
@@ -208,6 +221,21 @@ class FakeUpstream:
             rdata = TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks)
             response.answer.append(dns.rrset.from_rdata(qname, 0, rdata))
         return response
+
+
+def _recorded(
+    query: dns.message.Message, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+) -> Reply:
+    """The answer for a C{--record} name: its addresses of the asked family."""
+    response = _response(query, dns.rcode.NOERROR)
+    rdtype = query.question[0].rdtype
+    version = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}.get(rdtype)
+    matching = [str(a) for a in addresses if a.version == version]
+    if matching:
+        response.answer.append(
+            dns.rrset.from_text_list(query.question[0].name, TTL, "IN", rdtype, matching)
+        )
+    return Reply(response)
 
 
 def _response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
@@ -457,9 +485,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True, help="UDP and TCP port; 0 picks one")
     parser.add_argument("--address", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--fail-mode", choices=FAIL_MODES, help="misbehave, for fault tests")
+    parser.add_argument(
+        "--record",
+        action="append",
+        default=[],
+        metavar="NAME=IP",
+        help="answer NAME with IP (A or AAAA), in any zone; repeatable",
+    )
     args = parser.parse_args(argv)
+    records: dict[str, list[str]] = {}
+    for record in args.record:
+        name, sep, address = record.partition("=")
+        if not sep or not name:
+            parser.error(f"--record {record!r}: expected NAME=IP")
+        records.setdefault(name, []).append(address)
     try:
-        server = Server(FakeUpstream(args.fail_mode), args.address, args.port)
+        server = Server(FakeUpstream(args.fail_mode, records), args.address, args.port)
     except (ValueError, OSError) as e:
         parser.error(str(e))
     stop = threading.Event()

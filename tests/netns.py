@@ -56,7 +56,11 @@ class Netns:
     ) -> subprocess.CompletedProcess[str]:
         """Run C{argv} inside the namespace, capturing its output as text."""
         return subprocess.run(
-            self.argv(argv), capture_output=True, text=True, check=check, timeout=timeout,
+            self.argv(argv),
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
             **kwargs,
         )
 
@@ -66,7 +70,10 @@ class Netns:
         pipes for stdout and stderr; it is stopped when the namespace goes.
         """
         process = subprocess.Popen(
-            self.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            self.argv(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             **kwargs,
         )
         self._processes.append(process)

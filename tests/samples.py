@@ -6,10 +6,16 @@ YAML text into a L{NameTable} the way a load does.
 from __future__ import annotations
 
 import ipaddress
+import os
 
 from meshdns_plugin.allocator import allocate
 from meshdns_plugin.entries import parse_entries
 from meshdns_plugin.table import NameTable, build_table, vip_hosts
+
+#: The Istio guide's ServiceEntries shipped in conf/.
+CONF_ENTRIES = os.path.abspath(
+    os.path.join(os.path.dirname(__file__), os.pardir, "conf", "entries")
+)
 
 #: A proxy in namespace ns1 with the Kubernetes search list.
 NAMESPACE = "ns1"

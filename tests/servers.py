@@ -20,6 +20,9 @@ CLIENT = ("127.0.0.1", 40000)
 class RecordingProtocol:
     """Stands in for the UDP or TCP protocol: keeps what would be sent."""
 
+    #: Set by the TCP protocol when the connection is made.
+    peer_allowed = True
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 

@@ -184,8 +184,19 @@ def test_remove_deletes_jumps_then_chain() -> None:
     prefix = ["iptables", "-w", "-t", "nat"]
     assert remove_commands("iptables", parse_nat_state(LISTING)) == [
         [*prefix, "-D", "OUTPUT", "-j", CHAIN],
-        [*prefix, "-D", "OUTPUT", "-p", "udp", "-m", "comment", "--comment", "by hand",
-         "-j", CHAIN],
+        [
+            *prefix,
+            "-D",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-m",
+            "comment",
+            "--comment",
+            "by hand",
+            "-j",
+            CHAIN,
+        ],
         [*prefix, "-F", CHAIN],
         [*prefix, "-X", CHAIN],
     ]
@@ -381,8 +392,21 @@ def test_install_creates_chain_and_jump(ns: Netns, resolv_conf: Path) -> None:
 def test_install_is_idempotent_and_remove_restores(ns: Netns, resolv_conf: Path) -> None:
     # Something of the user's own, which must come through untouched.
     ns.run(["iptables", "-t", "nat", "-N", "USER_CHAIN"])
-    ns.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999",
-            "-j", "USER_CHAIN"])
+    ns.run(
+        [
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "9999",
+            "-j",
+            "USER_CHAIN",
+        ]
+    )
     before = saved(ns), saved(ns, 6)
 
     ok(ns, "install", "--resolv-conf", str(resolv_conf))

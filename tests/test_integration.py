@@ -6,7 +6,6 @@ forwarding to a real (fake) upstream DNS server on loopback.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import time
 
@@ -19,9 +18,7 @@ import dns.reversename
 import pytest
 
 from tests.conftest import free_port, launch_meshdns, run_twistd
-from tests.samples import ENTRIES, SEARCH
-
-CONF_ENTRIES = os.path.join(os.path.dirname(__file__), os.pardir, "conf", "entries")
+from tests.samples import CONF_ENTRIES, ENTRIES, SEARCH
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def meshdns(module_upstream, tmp_path_factory):
         {
             "upstream": {"servers": [module_upstream.server], "timeout": 2},
             "mesh": {"namespace": "ns1", "search": list(SEARCH)},
-            "entries": ["samples.yaml", os.path.abspath(CONF_ENTRIES)],
+            "entries": ["samples.yaml", CONF_ENTRIES],
         },
         {"samples.yaml": ENTRIES},
     )

@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin HTTP endpoint (twisted.web): what Kubernetes probes, Prometheus
+scrapes and an operator curls.
+
+  - C{/healthz}: 200 while the process runs (liveness);
+  - C{/readyz}: 200 once the table is loaded and DNS is being served, 503
+    before and while shutting down (readiness). A rejected reload does not
+    make it unready: the previous table is still served;
+  - C{/metrics}: Prometheus text from the service's own registry
+    (L{meshdns_plugin.metrics});
+  - C{/debug/table}: the name table as JSON (L{table_document}).
+
+It listens on loopback by default (C{admin.address}); C{admin.port: 0}
+disables it. Failing to listen is logged and leaves DNS serving: the endpoint
+is for observing, and DNS matters more.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from meshdns_plugin.config import AdminConfig
+from meshdns_plugin.metrics import registry_for
+from meshdns_plugin.table import NameTable
+
+if TYPE_CHECKING:
+    from meshdns_plugin.service import MeshService
+
+_log = Logger()
+
+_TEXT = b"text/plain; charset=utf-8"
+
+
+def table_document(table: NameTable) -> dict[str, Any]:
+    """
+    The table as JSON-able data, for C{/debug/table} and C{meshdns table
+    --json}: every name with its addresses, whether they are VIPs and the
+    entries they came from. Names under the search suffix are not listed one
+    by one: each listed name C{n} also answers as C{n.<search_suffix>}.
+    """
+    return {
+        "ttl": table.ttl,
+        "search_suffix": table.search_suffix.decode() if table.search_suffix else None,
+        "names": [
+            {
+                "name": records.name.decode(),
+                "A": list(records.ipv4),
+                "AAAA": list(records.ipv6),
+                "vip": records.vip,
+                "sources": list(records.sources),
+            }
+            for records in table
+        ],
+        "vips": {host: {"ipv4": v4, "ipv6": v6} for host, (v4, v6) in sorted(table.vips.items())},
+    }
+
+
+class _Leaf(Resource):
+    """A resource that answers GET (and HEAD) itself, whatever follows its path."""
+
+    isLeaf = True
+
+
+class _Folder(Resource):
+    """
+    A resource with children; an unknown child is a plain 404 (the stock
+    default is a deprecated page that does not escape the path).
+    """
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return notFound()
+
+
+class Index(_Folder):
+    """C{/}: the list of endpoints, for whoever curls the port first."""
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _TEXT)
+        return b"meshdns admin: /healthz /readyz /metrics /debug/table\n"
+
+
+class Health(_Leaf):
+    """C{/healthz}: answering at all is the proof of life."""
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _TEXT)
+        return b"ok\n"
+
+
+class Readiness(_Leaf):
+    """C{/readyz}: whether DNS queries are being answered from a table."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _TEXT)
+        if self._mesh.running and self._mesh.authority.table is not None:
+            return b"ready\n"
+        request.setResponseCode(503)
+        return b"not ready\n"
+
+
+class Metrics(_Leaf):
+    """C{/metrics}: the Prometheus text format of one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._registry)
+
+
+class TableDump(_Leaf):
+    """C{/debug/table}: the live table as JSON."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        document = table_document(self._mesh.authority.table)
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
+    """The resource tree of the endpoint."""
+    root = Index()
+    root.putChild(b"", root)
+    root.putChild(b"healthz", Health())
+    root.putChild(b"readyz", Readiness(mesh))
+    root.putChild(b"metrics", Metrics(registry))
+    debug = _Folder()
+    debug.putChild(b"table", TableDump(mesh))
+    root.putChild(b"debug", debug)
+    return root
+
+
+class AdminSite(Site):
+    """
+    A L{Site} without an access log: Twisted logs every request by default,
+    and probes plus scrapes every few seconds would drown the reload lines.
+    """
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+class AdminService(service.Service):
+    """
+    Serves L{admin_resource} on C{admin.address}:C{admin.port}.
+
+    @ivar registry: the Prometheus registry holding this service's collector.
+    @ivar port: the listening port once listening, else L{None}.
+    """
+
+    def __init__(self, mesh: MeshService, config: AdminConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.registry = registry_for(mesh)
+        self.site = AdminSite(admin_resource(mesh, self.registry))
+        self.config = config
+        self.port: IListeningPort | None = None
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        address, port = self.config.address, self.config.port
+        endpoint_type = (
+            endpoints.TCP6ServerEndpoint
+            if ipaddress.ip_address(address).version == 6
+            else endpoints.TCP4ServerEndpoint
+        )
+        listening = endpoint_type(self._reactor, port, interface=address).listen(self.site)
+        listening.addCallbacks(self._listening, self._notListening)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        host = port.getHost()
+        _log.info("Admin endpoint on {address} port {port}", address=host.host, port=host.port)
+
+    def _notListening(self, reason: Failure) -> None:
+        _log.error(
+            "Admin endpoint disabled: cannot listen on {address} port {port}: {error}",
+            address=self.config.address,
+            port=self.config.port,
+            error=reason.getErrorMessage(),
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening)

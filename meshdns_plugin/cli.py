@@ -1,0 +1,311 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{meshdns} command: look at what a meshdns server would serve, without
+starting one.
+
+  - C{meshdns check}: validate the config and entries exactly as a reload
+    does (the same L{load_config} and L{TableLoader}, no second parser), for
+    CI before shipping a ConfigMap;
+  - C{meshdns table [--json]}: the name table;
+  - C{meshdns listeners}: one line per (address, port) of each ServiceEntry,
+    as C{istioctl proxy-config listener} shows them in Istio's guide;
+  - C{meshdns query NAME [TYPE]}: one query, printed the way dig prints it;
+  - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.capture}).
+
+Each takes C{--config PATH} as C{twistd meshdns} does (default: the embedded
+config). Every expected failure is one line on stderr per problem and exit
+code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from meshdns_plugin import capture
+from meshdns_plugin.admin import table_document
+from meshdns_plugin.config import Config, ConfigError, _server, load_config
+from meshdns_plugin.entries import EntriesError
+from meshdns_plugin.reload import PreparedTable, TableLoader
+
+Command = Callable[[argparse.Namespace], int]
+
+#: The EDNS payload size C{meshdns query} offers, as dig does since 9.16.
+QUERY_PAYLOAD = 1232
+
+
+class CommandError(Exception):
+    """A failure whose message, one line, is all the user needs."""
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Config, PreparedTable]:
+    """Load the config and build the table as the server would, changing nothing."""
+    config = load_config(args.config)
+    return config, TableLoader(config).prepare()
+
+
+def check(args: argparse.Namespace) -> int:
+    """Validate config and entries; a one-line summary."""
+    config, prepared = _prepare(args)
+    for note in prepared.entries.notes:
+        print(f"meshdns: note: {note}", file=sys.stderr)
+    for error in prepared.errors:
+        print(f"meshdns: {error}", file=sys.stderr)
+    table = prepared.table
+    print(
+        f"OK {config.source}: {prepared.entry_count} entries, "
+        f"{len(table)} names, {len(table.vips)} VIP hosts"
+    )
+    return 0
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as columns two spaces apart (the last column unpadded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def table(args: argparse.Namespace) -> int:
+    """The name table: one row per (name, type), or JSON as C{/debug/table} serves it."""
+    _, prepared = _prepare(args)
+    if args.json:
+        print(json.dumps(table_document(prepared.table), indent=1))
+        return 0
+    rows = [("NAME", "TYPE", "ADDRESSES", "SOURCE")]
+    for records in prepared.table:
+        vip = " (VIP)" if records.vip else ""
+        for rtype, addresses in (("A", records.ipv4), ("AAAA", records.ipv6)):
+            if addresses:
+                rows.append(
+                    (
+                        records.name.decode(),
+                        rtype,
+                        ", ".join(addresses) + vip,
+                        ", ".join(records.sources),
+                    )
+                )
+    print(_aligned(rows))
+    return 0
+
+
+def _address_order(address: str) -> tuple[int, int]:
+    """IPv4 before IPv6, each in numeric order."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+def listener_lines(config: Config, prepared: PreparedTable) -> list[str]:
+    """
+    C{ADDRESS=..., DESTINATION=Cluster: outbound|PORT||HOST} for each address
+    and port of each ServiceEntry the proxy sees: its own addresses, else its
+    host's VIPs, else C{0.0.0.0} (Istio's shared listener for that port).
+    """
+    vips = prepared.allocation.vips
+    found: set[tuple[str, int, str]] = set()
+    for entry in prepared.entries.service_entries:
+        if not entry.visible_from(config.mesh.namespace):
+            continue
+        for host in entry.hosts:
+            if entry.addresses:
+                addresses: Sequence[str] = entry.addresses
+            elif config.mesh.auto_allocate and entry.auto_allocatable and host in vips:
+                addresses = [a for a in (vips[host].ipv4, vips[host].ipv6) if a is not None]
+            else:
+                addresses = ["0.0.0.0"]
+            for port in entry.ports:
+                found.update((host, port.number, address) for address in addresses)
+    ordered = sorted(found, key=lambda hpa: (hpa[0], hpa[1], _address_order(hpa[2])))
+    return [
+        f"ADDRESS={address}, DESTINATION=Cluster: outbound|{port}||{host}"
+        for host, port, address in ordered
+    ]
+
+
+def listeners(args: argparse.Namespace) -> int:
+    """One line per (VIP or address, port) of each ServiceEntry."""
+    config, prepared = _prepare(args)
+    for line in listener_lines(config, prepared):
+        print(line)
+    return 0
+
+
+def _default_server(args: argparse.Namespace) -> tuple[str, int]:
+    """The config's DNS listener, with a wildcard address asked on loopback."""
+    listen = load_config(args.config).listen
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.address, listen.address)
+    return address, listen.port
+
+
+def dig_text(reply: dns.message.Message, server: str, transport: str, seconds: float) -> str:
+    """C{reply} laid out as dig prints one."""
+    counts = [len(reply.question)] + [
+        sum(len(rrset) for rrset in section)
+        for section in (reply.answer, reply.authority, reply.additional)
+    ]
+    if reply.edns >= 0:
+        counts[3] += 1
+    lines = [
+        f";; ->>HEADER<<- opcode: {dns.opcode.to_text(reply.opcode())}, "
+        f"status: {dns.rcode.to_text(reply.rcode())}, id: {reply.id}",
+        f";; flags: {dns.flags.to_text(reply.flags).lower()}; QUERY: {counts[0]}, "
+        f"ANSWER: {counts[1]}, AUTHORITY: {counts[2]}, ADDITIONAL: {counts[3]}",
+    ]
+    if reply.edns >= 0:
+        lines += ["", ";; OPT PSEUDOSECTION:"]
+        lines += [f"; EDNS: version: {reply.edns}, udp: {reply.payload}"]
+    lines += ["", ";; QUESTION SECTION:"]
+    lines += [
+        f";{q.name}\t\t{dns.rdataclass.to_text(q.rdclass)}\t{dns.rdatatype.to_text(q.rdtype)}"
+        for q in reply.question
+    ]
+    for title, section in (
+        ("ANSWER", reply.answer),
+        ("AUTHORITY", reply.authority),
+        ("ADDITIONAL", reply.additional),
+    ):
+        if section:
+            lines += ["", f";; {title} SECTION:"]
+            for rrset in section:
+                lines += ["\t".join(line.split(" ", 4)) for line in rrset.to_text().splitlines()]
+    if reply.flags & dns.flags.TC:
+        lines += ["", ";; Truncated: ask again with --tcp for the whole answer"]
+    lines += [
+        "",
+        f";; Query time: {seconds * 1000:.0f} msec",
+        f";; SERVER: {server}({transport})",
+    ]
+    return "\n".join(lines)
+
+
+def query(args: argparse.Namespace) -> int:
+    """Send one query with dnspython and print the reply."""
+    try:
+        rdtype = dns.rdatatype.from_text(args.type)
+    except dns.exception.DNSException:
+        raise CommandError(f"{args.type!r} is not a DNS query type") from None
+    try:
+        request = dns.message.make_query(args.name, rdtype, use_edns=0, payload=QUERY_PAYLOAD)
+    except dns.exception.DNSException as e:
+        raise CommandError(f"{args.name!r} is not a domain name: {e}") from None
+    host, port = args.server if args.server is not None else _default_server(args)
+    transport = "tcp" if args.tcp else "udp"
+    send = dns.query.tcp if args.tcp else dns.query.udp
+    started = time.monotonic()
+    try:
+        reply = send(request, host, port=port, timeout=args.timeout)
+    except dns.exception.Timeout:
+        raise CommandError(f"no answer from {host}#{port} within {args.timeout:g} s") from None
+    print(dig_text(reply, f"{host}#{port}", transport, time.monotonic() - started))
+    return 0
+
+
+def _guarded(command: Command) -> Command:
+    """
+    Run C{command}, turning every expected failure into lines on stderr and
+    exit code 1.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except EntriesError as e:
+            for problem in e.problems:
+                print(f"meshdns: {problem}", file=sys.stderr)
+            print(
+                f"meshdns: {len(e.problems)} problem(s): a reload would be rejected",
+                file=sys.stderr,
+            )
+        except (ConfigError, CommandError, dns.exception.DNSException) as e:
+            print(f"meshdns: {e}", file=sys.stderr)
+        except BrokenPipeError:
+            # The reader went away (`meshdns table | head`): not an error to
+            # report, and stdout must not be flushed again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"meshdns: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+
+    return run
+
+
+def _server_option(text: str) -> tuple[str, int]:
+    """C{--server}: IP, IP:PORT or [IPv6]:PORT, as C{upstream.servers} takes them."""
+    try:
+        return _server(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds_option(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 60]")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, C{capture} included."""
+    parser = argparse.ArgumentParser(
+        prog="meshdns", description="Inspect and operate a meshdns DNS proxy."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, command: Command, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="meshdns.yaml to read (default: the embedded conf/meshdns.yaml)",
+        )
+        sub.set_defaults(func=_guarded(command))
+        return sub
+
+    add("check", check, "validate the config and entries exactly as a reload would")
+    add_table = add("table", table, "print the name table")
+    add_table.add_argument("--json", action="store_true", help="as JSON, like /debug/table")
+    add("listeners", listeners, "print the address and port of each ServiceEntry listener")
+    add_query = add("query", query, "send one DNS query and print the answer like dig")
+    add_query.add_argument("name", help="the name to ask for")
+    add_query.add_argument("type", nargs="?", default="A", help="the query type (default: A)")
+    add_query.add_argument(
+        "--server",
+        type=_server_option,
+        help="IP, IP:PORT or [IPv6]:PORT to ask (default: the config's listen address)",
+    )
+    add_query.add_argument("--tcp", action="store_true", help="ask over TCP")
+    add_query.add_argument(
+        "--timeout", type=_seconds_option, default=2.0, help="seconds to wait (default: 2)"
+    )
+    capture.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parse, run, return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,162 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, made from the plain counters of L{meshdns_plugin.stats}
+at scrape time.
+
+The query path only adds to integers; calling C{prometheus_client} there
+(a lock and a label lookup per increment) would cost more than answering from
+the table. L{MeshCollector} is a custom collector instead: a scrape reads the
+counters, the cache and the table, and builds the metric families then.
+
+Each L{MeshCollector} goes into its own L{CollectorRegistry} (see
+L{registry_for}), not the global one, so that several services in one process
+(tests, embedding) never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from meshdns_plugin.stats import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from meshdns_plugin.service import MeshService
+
+
+class MeshCollector(Collector):
+    """
+    Every C{meshdns_*} metric of one L{MeshService}.
+    """
+
+    def __init__(self, mesh: MeshService) -> None:
+        self._mesh = mesh
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._queries()
+        yield from self._upstream()
+        yield from self._cache()
+        yield from self._table()
+        yield from self._reloads()
+
+    def _queries(self) -> Iterator[Metric]:
+        server = self._mesh.factory.stats
+        queries = CounterMetricFamily(
+            "meshdns_queries",
+            "DNS queries answered, by query type and outcome "
+            "(mesh, cache_hit, forwarded, error).",
+            labels=("type", "outcome"),
+        )
+        for (qtype, outcome), count in sorted(server.queries.items()):
+            queries.add_metric((qtype, outcome), count)
+        yield queries
+        yield CounterMetricFamily(
+            "meshdns_queries_dropped",
+            "Packets dropped unanswered (responses, unreadable junk).",
+            value=server.dropped,
+        )
+
+    def _upstream(self) -> Iterator[Metric]:
+        upstream = self._mesh.forwarder.stats
+        yield CounterMetricFamily(
+            "meshdns_upstream_requests",
+            "Questions sent to the upstream servers (after cache and merging).",
+            value=upstream.requests,
+        )
+        yield CounterMetricFamily(
+            "meshdns_upstream_failures",
+            "Upstream questions that got no usable answer (timeout, SERVFAIL, REFUSED).",
+            value=upstream.failures,
+        )
+        yield CounterMetricFamily(
+            "meshdns_upstream_rejected",
+            "Questions answered SERVFAIL at once: upstream.max_concurrent were in flight.",
+            value=upstream.rejected,
+        )
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, upstream.latency.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "meshdns_upstream_latency_seconds",
+            "Time from sending a question upstream to its answer or failure.",
+            buckets=buckets,
+            sum_value=upstream.latency.total,
+        )
+
+    def _cache(self) -> Iterator[Metric]:
+        forwarder = self._mesh.forwarder
+        yield GaugeMetricFamily(
+            "meshdns_cache_entries", "Upstream answers in the cache.", value=len(forwarder.cache)
+        )
+        yield CounterMetricFamily(
+            "meshdns_cache_hits",
+            "Questions answered from the cache.",
+            value=forwarder.stats.cache_hits,
+        )
+        yield CounterMetricFamily(
+            "meshdns_cache_misses",
+            "Questions the cache could not answer.",
+            value=forwarder.stats.cache_misses,
+        )
+        yield CounterMetricFamily(
+            "meshdns_cache_stale_served",
+            "Expired answers served because every upstream failed (cache.serve_stale).",
+            value=forwarder.stats.stale_served,
+        )
+        yield CounterMetricFamily(
+            "meshdns_cache_evictions",
+            "Cache entries pushed out by the size bound.",
+            value=forwarder.cache.evictions,
+        )
+
+    def _table(self) -> Iterator[Metric]:
+        table = self._mesh.authority.table
+        yield GaugeMetricFamily(
+            "meshdns_table_names",
+            "Names (and wildcards) the mesh answers, search-suffix aliases not counted.",
+            value=len(table),
+        )
+        vips = GaugeMetricFamily(
+            "meshdns_vips_allocated", "Virtual IPs allocated, by family.", labels=("family",)
+        )
+        for family, index in (("ipv4", 0), ("ipv6", 1)):
+            vips.add_metric((family,), sum(1 for v in table.vips.values() if v[index] is not None))
+        yield vips
+
+    def _reloads(self) -> Iterator[Metric]:
+        reloads = self._mesh.reloads
+        total = CounterMetricFamily(
+            "meshdns_reloads",
+            "Table loads, by result (start-up included); a failed one keeps the old table.",
+            labels=("result",),
+        )
+        total.add_metric(("success",), reloads.ok)
+        total.add_metric(("failure",), reloads.failed)
+        yield total
+        yield GaugeMetricFamily(
+            "meshdns_last_reload_success",
+            "1 if the last reload was applied, 0 if it was rejected.",
+            value=int(reloads.last_ok),
+        )
+        yield GaugeMetricFamily(
+            "meshdns_last_reload_timestamp_seconds",
+            "Unix time of the last successful table load.",
+            value=reloads.last_time,
+        )
+
+
+def registry_for(mesh: MeshService) -> CollectorRegistry:
+    """A registry of its own holding C{mesh}'s collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MeshCollector(mesh))
+    return registry

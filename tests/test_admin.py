@@ -1,0 +1,147 @@
+"""
+Tests for L{meshdns_plugin.admin}: each endpoint rendered in memory against a
+real L{MeshService} built on a fake reactor, and the service's listening.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
+
+from meshdns_plugin.admin import AdminService, admin_resource, table_document
+from meshdns_plugin.config import parse_config
+from meshdns_plugin.service import MeshService
+from tests.samples import make_table
+from tests.test_reload import entry
+
+ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> MeshService:
+    (tmp_path / "entries.yaml").write_text(ENTRIES)
+    config = parse_config(
+        {
+            "entries": ["entries.yaml"],
+            "mesh": {"search": ["default.svc.cluster.local"]},
+            "upstream": {"servers": ["127.0.0.1:1"]},
+            "listen": {"port": 0},
+            "admin": {"port": 15999},
+        },
+        "meshdns.yaml",
+        str(tmp_path),
+    )
+    return MeshService(config, reactor=MemoryReactorClock())
+
+
+def admin_of(mesh: MeshService) -> AdminService:
+    (admin,) = [child for child in mesh if isinstance(child, AdminService)]
+    return admin
+
+
+def get(mesh: MeshService, path: str) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a GET of C{path}."""
+    request = DummyRequest(path.lstrip("/").encode().split(b"/"))
+    resource = getChildForRequest(admin_resource(mesh, admin_of(mesh).registry), request)
+    body = resource.render(request)
+    (content_type,) = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
+    return request.responseCode or 200, content_type.decode(), body
+
+
+def test_healthz(mesh: MeshService) -> None:
+    assert get(mesh, "/healthz") == (200, "text/plain; charset=utf-8", b"ok\n")
+
+
+def test_readyz_follows_the_service(mesh: MeshService) -> None:
+    assert get(mesh, "/readyz")[:1] == (503,)
+    mesh.running = True  # what startService sets before starting the listeners
+    assert get(mesh, "/readyz")[::2] == (200, b"ready\n")
+
+
+def test_readyz_stays_ready_after_a_rejected_reload(mesh: MeshService, tmp_path: Path) -> None:
+    mesh.running = True
+    (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
+    assert mesh.reload() is False
+    assert get(mesh, "/readyz")[0] == 200
+
+
+def test_metrics_is_prometheus_text(mesh: MeshService) -> None:
+    status, content_type, body = get(mesh, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain; version=")
+    names = {family.name for family in text_string_to_metric_families(body.decode())}
+    assert {"meshdns_queries", "meshdns_table_names", "meshdns_reloads"} <= names
+
+
+def test_debug_table_is_json_of_the_live_table(mesh: MeshService) -> None:
+    status, content_type, body = get(mesh, "/debug/table")
+    assert (status, content_type) == (200, "application/json")
+    document = json.loads(body)
+    assert document["search_suffix"] == "default.svc.cluster.local"
+    by_name = {n["name"]: n for n in document["names"]}
+    assert by_name["address.internal"] == {
+        "name": "address.internal",
+        "A": ["198.51.100.1"],
+        "AAAA": [],
+        "vip": False,
+        "sources": ["ServiceEntry default/se"],
+    }
+    auto = by_name["auto.internal"]
+    assert auto["vip"] is True
+    assert auto["A"] == [document["vips"]["auto.internal"]["ipv4"]]
+
+
+def test_table_document_lists_wildcards_and_services() -> None:
+    document = table_document(make_table())
+    names = [n["name"] for n in document["names"]]
+    assert "*.wildcard" in names
+    assert "productpage.ns1.svc.cluster.local" in names
+    assert json.loads(json.dumps(document)) == document
+
+
+def test_index_and_unknown_paths(mesh: MeshService) -> None:
+    assert b"/metrics" in get(mesh, "/")[2]
+    assert get(mesh, "/nope")[0] == 404
+
+
+def test_listens_on_configured_loopback_address(mesh: MeshService) -> None:
+    admin = admin_of(mesh)
+    admin.startService()
+    reactor = admin._reactor
+    ((port, factory, _, interface),) = reactor.tcpServers
+    assert (port, interface) == (15999, "127.0.0.1")
+    assert factory is admin.site
+    admin.stopService()
+    assert admin.port is None
+
+
+def test_cannot_listen_is_one_error_line_not_a_crash(mesh: MeshService) -> None:
+    admin = admin_of(mesh)
+
+    def refuse(port, factory, backlog=50, interface=""):
+        raise CannotListenError(interface, port, OSError("Address already in use"))
+
+    admin._reactor.listenTCP = refuse
+    with capturedLogs() as events:
+        admin.startService()
+    errors = [e for e in events if e["log_format"].startswith("Admin endpoint disabled")]
+    assert len(errors) == 1
+    assert admin.port is None
+
+
+def test_port_zero_disables_the_endpoint(tmp_path: Path) -> None:
+    config = parse_config(
+        {"admin": {"port": 0}, "upstream": {"servers": ["127.0.0.1:1"]}, "mesh": {"search": []}},
+        "meshdns.yaml",
+        str(tmp_path),
+    )
+    mesh = MeshService(config, reactor=MemoryReactorClock())
+    assert not [child for child in mesh if isinstance(child, AdminService)]

@@ -1,0 +1,205 @@
+"""
+Tests for L{meshdns_plugin.cli}: the C{meshdns} command, run in process
+(C{main(argv)}) except for one run of the installed console script. Queries
+only ever go to a meshdns started on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from twisted.logger import capturedLogs
+
+from meshdns_plugin.admin import table_document
+from meshdns_plugin.cli import build_parser, main
+from meshdns_plugin.config import load_config
+from meshdns_plugin.reload import Reloader, TableLoader
+from meshdns_plugin.stats import ReloadStats
+from tests.conftest import free_port
+from tests.test_reload import BROKEN, entry
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "conf" / "meshdns.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def write_config(tmp_path: Path, entries: dict[str, str], **sections: object) -> str:
+    for name, text in entries.items():
+        (tmp_path / name).write_text(text)
+    config = {"entries": list(entries), "mesh": {"search": []}, **sections}
+    path = tmp_path / "meshdns.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+# --- check ----------------------------------------------------------------------
+
+
+def test_check_ok_is_one_line(capsys, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"a.yaml": entry("a.example", "192.0.2.1")})
+    code, out, err = run(capsys, "check", "--config", config)
+    assert code == 0
+    assert out.splitlines() == [f"OK {config}: 1 entries, 1 names, 0 VIP hosts"]
+
+
+def test_check_the_shipped_config(capsys) -> None:
+    code, out, _ = run(capsys, "check")
+    assert code == 0
+    assert out.startswith(f"OK {SHIPPED}: 4 entries")
+
+
+def test_check_reports_what_a_reload_would_log(capsys, tmp_path: Path) -> None:
+    bad = entry("c.example", "192.0.2.300", name="c")
+    config = write_config(tmp_path, {"a.yaml": entry("a.example", "192.0.2.1"), "b.yaml": BROKEN})
+    code, _, err = run(capsys, "check", "-c", config)
+    assert code == 1
+    (tmp_path / "b.yaml").write_text(BROKEN + "---\n" + bad)
+    code, _, err = run(capsys, "check", "-c", config)
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 3
+    assert lines[-1] == "meshdns: 2 problem(s): a reload would be rejected"
+    # The very messages the server logs when it rejects the same files.
+    loader = TableLoader(load_config(config))
+    with capturedLogs() as events:
+        Reloader(loader, None, ReloadStats(), inThread=lambda f: None).reload()
+    logged = [f"meshdns: {event['problem']}" for event in events if "problem" in event]
+    assert lines[:2] == logged
+    assert "b.yaml: document 0: spec.addresses[0]" in lines[0]
+    assert "b.yaml: document 1: spec.addresses[0]" in lines[1]
+
+
+def test_check_bad_config_is_one_line(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "meshdns.yaml"
+    path.write_text("reload: {poll_interval: -1}\n")
+    code, out, err = run(capsys, "check", "--config", str(path))
+    assert (code, out) == (1, "")
+    problem = "reload.poll_interval: -1 is out of range (0, 3600]"
+    assert err.splitlines() == [f"meshdns: {path}: {problem}"]
+
+
+def test_check_missing_config(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "check", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 1
+    assert err.count("\n") == 1 and "nope.yaml" in err
+
+
+# --- table and listeners ------------------------------------------------------------
+
+
+def test_table_text_is_aligned(capsys, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {"a.yaml": entry("a.example", "192.0.2.1") + "---\n" + entry("auto.internal", name="x")},
+    )
+    code, out, _ = run(capsys, "table", "--config", config)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "TYPE", "ADDRESSES", "SOURCE"]
+    assert rows[0].split() == ["a.example", "A", "192.0.2.1", "ServiceEntry", "default/se"]
+    assert [row.split()[:2] for row in rows[1:]] == [
+        ["auto.internal", "A"],
+        ["auto.internal", "AAAA"],
+    ]
+    assert all("(VIP)" in row for row in rows[1:])
+    assert len({row.index("ServiceEntry") for row in rows}) == 1
+
+
+def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"a.yaml": entry("a.example", "192.0.2.1")})
+    code, out, _ = run(capsys, "table", "--json", "--config", config)
+    assert code == 0
+    expected = table_document(TableLoader(load_config(config)).prepare().table)
+    assert json.loads(out) == expected
+
+
+def test_listeners_as_the_istio_guide_shows_them(capsys) -> None:
+    code, out, _ = run(capsys, "listeners")
+    assert code == 0
+    tcp_echo = [line for line in out.splitlines() if "tcp-echo" in line and "240.240." in line]
+    assert len(tcp_echo) == 2
+    for line, host in zip(tcp_echo, ("external-1", "external-2"), strict=True):
+        assert re.fullmatch(
+            rf"ADDRESS=240\.240\.\d+\.\d+, DESTINATION=Cluster: outbound\|9000\|\|"
+            rf"tcp-echo\.{host}\.svc\.cluster\.local",
+            line,
+        )
+    assert "ADDRESS=198.51.100.1, DESTINATION=Cluster: outbound|80||address.internal" in out
+
+
+def test_listeners_without_address_or_vip_share_0000(capsys, tmp_path: Path) -> None:
+    text = entry("plain.example", name="p").replace("resolution: DNS", "resolution: NONE")
+    text = text.replace("spec:\n", "spec:\n  ports: [{number: 443, name: tls, protocol: TLS}]\n")
+    config = write_config(tmp_path, {"a.yaml": text})
+    code, out, _ = run(capsys, "listeners", "--config", config)
+    assert (code, out) == (0, "ADDRESS=0.0.0.0, DESTINATION=Cluster: outbound|443||plain.example\n")
+
+
+# --- query ------------------------------------------------------------------------
+
+
+def test_query_prints_like_dig(capsys, start_meshdns: Callable[..., object], upstream) -> None:
+    meshdns = start_meshdns(
+        {"upstream": {"servers": [upstream.server]}, "admin": {"port": 0}},
+        {"entries.yaml": entry("address.internal", "198.51.100.1")},
+    )
+    server = f"127.0.0.1:{meshdns.port}"
+    code, out, _ = run(capsys, "query", "address.internal", "--server", server)
+    assert code == 0
+    assert "status: NOERROR" in out and ";; flags: qr aa rd ra;" in out
+    assert "address.internal.\t30\tIN\tA\t198.51.100.1" in out
+    assert f";; SERVER: 127.0.0.1#{meshdns.port}(udp)" in out
+    code, out, _ = run(capsys, "query", "nxname.upstream.test", "AAAA", "--server", server, "--tcp")
+    assert code == 0
+    assert "status: NXDOMAIN" in out and "(tcp)" in out
+    # Without --server: the listen address of the config.
+    code, out, _ = run(capsys, "query", "address.internal", "-c", str(meshdns.config_path))
+    assert code == 0 and "198.51.100.1" in out
+
+
+def test_query_errors_are_one_line(capsys) -> None:
+    port = free_port()
+    silent = f"127.0.0.1:{port}"
+    code, _, err = run(capsys, "query", "a.example", "--server", silent, "--timeout", "0.2")
+    assert (code, err) == (1, f"meshdns: no answer from 127.0.0.1#{port} within 0.2 s\n")
+    code, _, err = run(capsys, "query", "a.example", "BOGUS", "--server", silent)
+    assert (code, err) == (1, "meshdns: 'BOGUS' is not a DNS query type\n")
+    code, _, err = run(capsys, "query", "a..example", "--server", silent)
+    assert code == 1 and err.startswith("meshdns: 'a..example' is not a domain name")
+    with pytest.raises(SystemExit) as exited:
+        main(["query", "a.example", "--server", "localhost"])
+    assert exited.value.code == 2
+    assert "is not IP, IP:PORT or [IPv6]:PORT" in capsys.readouterr().err
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def test_capture_is_a_subcommand() -> None:
+    args = build_parser().parse_args(["capture", "show"])
+    assert callable(args.func)
+
+
+def test_console_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "meshdns"
+    result = subprocess.run(
+        [str(script), "check", "--config", str(SHIPPED)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK ")

@@ -1,0 +1,219 @@
+"""
+Tests for L{meshdns_plugin.metrics}: the collector reads the plain counters
+at scrape time (in memory, on a fake reactor), and against the real process
+the scraped counters move as queries of each kind are sent.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import dns.rcode
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import MemoryReactorClock
+from twisted.names import dns as tdns
+
+from meshdns_plugin.config import parse_config
+from meshdns_plugin.metrics import registry_for
+from meshdns_plugin.service import MeshService
+from meshdns_plugin.stats import LATENCY_BUCKETS
+from meshdns_plugin.upstream import CachedResponse
+from meshdns_plugin.wire import name_to_wire
+from tests.conftest import free_port
+from tests.servers import CLIENT, RecordingProtocol
+from tests.test_reload import entry
+
+ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a Prometheus text exposition, by (name, labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; an absent labelled counter is 0."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    """GET C{path} from the admin endpoint on loopback: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+# --- the collector, in memory ------------------------------------------------
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> MeshService:
+    (tmp_path / "entries.yaml").write_text(ENTRIES)
+    config = parse_config(
+        {
+            "entries": ["entries.yaml"],
+            "mesh": {"search": []},
+            "upstream": {"servers": ["127.0.0.1:1"]},
+            "admin": {"port": 0},
+        },
+        "meshdns.yaml",
+        str(tmp_path),
+    )
+    return MeshService(config, reactor=MemoryReactorClock())
+
+
+def collect(mesh: MeshService) -> Samples:
+    return parse(generate_latest(registry_for(mesh)).decode())
+
+
+def packet(name: str, rtype: int = tdns.A, cls: int = tdns.IN) -> bytes:
+    message = tdns.Message(id=7, recDes=True)
+    message.queries = [tdns.Query(name, rtype, cls)]
+    return message.toStr()
+
+
+def test_fresh_service(mesh: MeshService) -> None:
+    samples = collect(mesh)
+    assert value(samples, "meshdns_table_names") == 2
+    assert value(samples, "meshdns_vips_allocated", family="ipv4") == 1
+    assert value(samples, "meshdns_vips_allocated", family="ipv6") == 1
+    assert value(samples, "meshdns_reloads_total", result="success") == 1
+    assert value(samples, "meshdns_reloads_total", result="failure") == 0
+    assert value(samples, "meshdns_last_reload_success") == 1
+    assert value(samples, "meshdns_last_reload_timestamp_seconds") == mesh.reloads.last_time
+    assert value(samples, "meshdns_upstream_requests_total") == 0
+    assert value(samples, "meshdns_cache_entries") == 0
+
+
+def test_queries_by_type_and_outcome(mesh: MeshService) -> None:
+    factory = mesh.factory
+    mesh_queries = [packet("address.internal")] * 2 + [packet("auto.internal", tdns.AAAA)]
+    for data in mesh_queries:
+        factory.packetReceived(data, RecordingProtocol(), CLIENT)
+    cache = mesh.forwarder.cache
+    record = tdns.RRHeader(b"cached.example", payload=tdns.Record_A("192.0.2.9", 60), ttl=60)
+    key = (name_to_wire(b"cached.example"), tdns.A, tdns.IN)
+    cache.put(key, CachedResponse(cache.clock(), 60, tdns.OK, [record], [], []))
+    factory.packetReceived(packet("cached.example"), RecordingProtocol(), CLIENT)
+    factory.packetReceived(packet("x.example", cls=tdns.CH), RecordingProtocol(), CLIENT)
+    samples = collect(mesh)
+    assert value(samples, "meshdns_queries_total", type="A", outcome="mesh") == 2
+    assert value(samples, "meshdns_queries_total", type="AAAA", outcome="mesh") == 1
+    assert value(samples, "meshdns_queries_total", type="A", outcome="cache_hit") == 1
+    assert value(samples, "meshdns_queries_total", type="A", outcome="error") == 1
+    assert value(samples, "meshdns_cache_hits_total") == 1
+    assert value(samples, "meshdns_cache_entries") == 1
+
+
+def test_upstream_latency_histogram_is_cumulative(mesh: MeshService) -> None:
+    stats = mesh.forwarder.stats
+    for seconds in (0.0005, 0.003, 0.003, 10.0):
+        stats.latency.observe(seconds)
+    stats.requests, stats.failures, stats.rejected, stats.stale_served = 4, 1, 2, 3
+    samples = collect(mesh)
+    bucket = "meshdns_upstream_latency_seconds_bucket"
+    assert value(samples, bucket, le="0.001") == 1
+    assert value(samples, bucket, le="0.005") == 3
+    assert value(samples, bucket, le=str(LATENCY_BUCKETS[-1])) == 3
+    assert value(samples, bucket, le="+Inf") == 4
+    assert value(samples, "meshdns_upstream_latency_seconds_count") == 4
+    assert value(samples, "meshdns_upstream_latency_seconds_sum") == pytest.approx(10.0065)
+    assert value(samples, "meshdns_upstream_requests_total") == 4
+    assert value(samples, "meshdns_upstream_failures_total") == 1
+    assert value(samples, "meshdns_upstream_rejected_total") == 2
+    assert value(samples, "meshdns_cache_stale_served_total") == 3
+
+
+def test_rejected_reload_shows(mesh: MeshService, tmp_path: Path) -> None:
+    (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
+    assert mesh.reload() is False
+    samples = collect(mesh)
+    assert value(samples, "meshdns_reloads_total", result="failure") == 1
+    assert value(samples, "meshdns_last_reload_success") == 0
+    assert value(samples, "meshdns_table_names") == 2  # still the old table
+
+
+def test_each_service_has_its_own_registry(mesh: MeshService, tmp_path: Path) -> None:
+    other = MeshService(mesh.config, reactor=MemoryReactorClock())
+    mesh.factory.packetReceived(packet("address.internal"), RecordingProtocol(), CLIENT)
+    assert value(collect(mesh), "meshdns_queries_total", type="A", outcome="mesh") == 1
+    assert value(collect(other), "meshdns_queries_total", type="A", outcome="mesh") == 0
+
+
+# --- against the real process --------------------------------------------------
+
+
+def test_scraped_counters_move_per_query_kind(
+    start_meshdns: Callable[..., object], upstream
+) -> None:
+    admin_port = free_port()
+    meshdns = start_meshdns(
+        {
+            "upstream": {"servers": [upstream.server], "timeout": 2},
+            "admin": {"port": admin_port},
+            "mesh": {"search": []},
+        },
+        {"entries.yaml": ENTRIES},
+    )
+    status, text = scrape(admin_port)
+    assert status == 200
+    before = parse(text)
+
+    def ask(name: str, rdtype: str = "A", rcode: int = dns.rcode.NOERROR, tcp: bool = False):
+        reply = meshdns.query(name, rdtype, tcp=tcp)
+        assert reply.rcode() == rcode, (name, rdtype, reply)
+
+    ask("address.internal")
+    ask("address.internal", tcp=True)
+    ask("auto.internal", "AAAA")
+    ask("www.upstream.test")  # forwarded
+    ask("www.upstream.test")  # the cache answers
+    ask("txt.upstream.test", "TXT")  # forwarded, another type
+    ask("nxname.upstream.test", rcode=dns.rcode.NXDOMAIN)  # forwarded, negative
+    ask("servfail.upstream.test", rcode=dns.rcode.SERVFAIL)  # error
+    after = parse(scrape(admin_port)[1])
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    queries = "meshdns_queries_total"
+    assert moved(queries, type="A", outcome="mesh") == 2
+    assert moved(queries, type="AAAA", outcome="mesh") == 1
+    assert moved(queries, type="A", outcome="forwarded") == 2
+    assert moved(queries, type="A", outcome="cache_hit") == 1
+    assert moved(queries, type="TXT", outcome="forwarded") == 1
+    assert moved(queries, type="A", outcome="error") == 1
+    assert moved("meshdns_cache_hits_total") == 1
+    assert moved("meshdns_cache_misses_total") == 4
+    assert moved("meshdns_upstream_requests_total") == 4
+    assert moved("meshdns_upstream_failures_total") == 1
+    assert moved("meshdns_upstream_latency_seconds_count") == 4
+    assert value(after, "meshdns_cache_entries") == 3
+    assert value(after, "meshdns_table_names") == 2
+    assert value(after, "meshdns_reloads_total", result="success") == 1
+
+
+def test_admin_endpoints_over_http(start_meshdns: Callable[..., object], upstream) -> None:
+    admin_port = free_port()
+    start_meshdns(
+        {"upstream": {"servers": [upstream.server]}, "admin": {"port": admin_port}},
+        {"entries.yaml": ENTRIES},
+    )
+    assert scrape(admin_port, "/healthz") == (200, "ok\n")
+    assert scrape(admin_port, "/readyz") == (200, "ready\n")
+    status, body = scrape(admin_port, "/debug/table")
+    assert status == 200
+    assert "address.internal" in body and "198.51.100.1" in body
+    assert scrape(admin_port, "/nope")[0] == 404
