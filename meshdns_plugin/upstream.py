@@ -32,13 +32,19 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.names import common, dns
 from twisted.names.error import DNSNameError, DNSServerError
 from twisted.python.failure import Failure
 
 from meshdns_plugin.client import UpstreamClient, UpstreamFailure
 from meshdns_plugin.stats import UpstreamStats
-from meshdns_plugin.wire import EncodedSections, encode_sections, name_to_wire
+from meshdns_plugin.wire import EncodedSections, encode_sections, name_to_wire, wire_to_name
+
+_log = Logger()
+
+#: Seconds between two log lines about upstream failures.
+FAILURE_LOG_INTERVAL = 10.0
 
 #: TTL of an answer served stale (RFC 8767 section 4).
 STALE_TTL = 30
@@ -208,6 +214,8 @@ class CachingForwarder(common.ResolverBase):
         self.timeout = timeout
         self.cache = ResponseCache(max_entries, clock=reactor.seconds, serve_stale=serve_stale)
         self.max_concurrent = max_concurrent
+        self._lastFailureLog = float("-inf")
+        self._unreportedFailures = 0
         self.stats = UpstreamStats()
         self._inflight: dict[CacheKey, list[defer.Deferred]] = {}
         self._client: UpstreamClient | None = None
@@ -286,6 +294,7 @@ class CachingForwarder(common.ResolverBase):
     def _cacheNegative(self, reason: Failure, key: CacheKey) -> Failure:
         if not reason.check(DNSNameError):
             self.stats.failures += 1
+            self._reportFailure(reason, key)
         elif reason.value.args:
             message = reason.value.args[0]
             authority = list(getattr(message, "authority", []))
@@ -294,6 +303,26 @@ class CachingForwarder(common.ResolverBase):
                 now = self.cache.clock()
                 self.cache.put(key, CachedResponse(now, ttl, dns.ENAME, [], authority, []))
         return reason
+
+    def _reportFailure(self, reason: Failure, key: CacheKey) -> None:
+        """
+        Log an upstream failure, at most one line per L{FAILURE_LOG_INTERVAL}:
+        an outage must not turn into one log line per query.
+        """
+        now = self._reactor.seconds()
+        if now - self._lastFailureLog < FAILURE_LOG_INTERVAL:
+            self._unreportedFailures += 1
+            return
+        _log.warn(
+            "Upstream failed for {name} (type {type}): {error}; "
+            "{more} more failures since the last report",
+            name=wire_to_name(key[0]).decode("ascii", "replace"),
+            type=key[1],
+            error=reason.getErrorMessage() or reason.type.__name__,
+            more=self._unreportedFailures,
+        )
+        self._lastFailureLog = now
+        self._unreportedFailures = 0
 
     def _serveStale(self, reason: Failure, key: CacheKey) -> object:
         """Every upstream failed: an expired answer, if still allowed, with TTL 30."""

@@ -284,6 +284,7 @@ def launch_meshdns(
 
     Filled in unless the caller gives them:
       - C{listen}: C{127.0.0.1} and a free port;
+      - C{admin}: disabled (port 0);
       - C{entries}: the names of the C{entries} files (relative to C{directory});
       - C{upstream.resolv_conf}: an empty file, so that neither the host's
         nameservers nor its search list leak into a test (and nothing is ever
@@ -293,6 +294,9 @@ def launch_meshdns(
     listen = config.setdefault("listen", {})
     listen.setdefault("address", LOOPBACK)
     listen.setdefault("port", free_port(listen["address"]))
+    # No admin endpoint unless asked for: parallel processes would compete
+    # for its default port.
+    config.setdefault("admin", {"port": 0})
     upstream = config.setdefault("upstream", {})
     if "resolv_conf" not in upstream:
         empty = directory / "resolv.conf"
