@@ -436,7 +436,7 @@ def load_config(path: str | None) -> Config:
     except ValueError as e:
         raise ConfigError(f"{path}: {e}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yamltext.load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {yamltext.describe(e, text)}") from None
     return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from meshdns_plugin import yamltext
+
 SERVICE_ENTRY_APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
@@ -468,13 +470,10 @@ class _Collector:
         """Read every document of one file's text."""
         index = 0
         try:
-            for index, raw in enumerate(yaml.safe_load_all(text)):  # noqa: B007
+            for index, raw in enumerate(yamltext.load_all(text)):  # noqa: B007
                 self.document(raw, file, index)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f"line {mark.line + 1}: " if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            self.problems.append(Problem(file, None, None, f"{line}invalid YAML: {problem}"))
+            self.problems.append(Problem(file, None, None, yamltext.describe(e, text)))
 
     def path(self, path: str) -> None:
         """Read a file, or every entry file directly inside a folder."""
@@ -492,10 +491,12 @@ class _Collector:
 
     def file(self, path: str) -> None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            self.problems.append(Problem(path, None, None, f"cannot read: {e}"))
+            text = yamltext.read_text(path)
+        except OSError as e:
+            self.problems.append(Problem(path, None, None, f"cannot read: {e.strerror}"))
+            return
+        except ValueError as e:
+            self.problems.append(Problem(path, None, None, str(e)))
             return
         self.text(text, path)
 

@@ -281,6 +281,21 @@ class _BackendSide(_Relay, portforward.ProxyClient):
         super().connectionMade()
 
 
+class _OneBackend(protocol.Factory):
+    """
+    Hands out one prepared L{_BackendSide}: L{endpoints.connectProtocol}
+    without its factory's two log lines per connection.
+    """
+
+    noisy = False
+
+    def __init__(self, backend: _BackendSide) -> None:
+        self.backend = backend
+
+    def buildProtocol(self, addr: Any) -> _BackendSide:
+        return self.backend
+
+
 class _ClientSide(_Relay):
     """
     An accepted connection. Nothing is read from it until the real service
@@ -315,7 +330,7 @@ class _ClientSide(_Relay):
         endpoint = endpoint_type(factory.reactor, address, port, timeout=factory.connect_timeout)
         backend = _BackendSide()
         backend.setPeer(self)
-        d = endpoints.connectProtocol(endpoint, backend)
+        d = endpoint.connect(_OneBackend(backend))
 
         def unreachable(reason: Failure) -> Failure:
             where = _endpoint(address, port)

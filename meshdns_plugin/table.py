@@ -12,12 +12,12 @@ the wire path can produce from a packet with one C{bytes.lower()}.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from meshdns_plugin.allocator import Allocation
 from meshdns_plugin.entries import Entries, ServiceEntry
+from meshdns_plugin.wire import packed_address, reverse_name
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,9 @@ class NameTable:
 def _family_split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     ipv4, ipv6 = [], []
     for address in addresses:
-        (ipv4 if ipaddress.ip_address(address).version == 4 else ipv6).append(address)
-    return tuple(sorted(set(ipv4), key=ipaddress.ip_address)), tuple(
-        sorted(set(ipv6), key=ipaddress.ip_address)
+        (ipv6 if ":" in address else ipv4).append(address)
+    return tuple(sorted(set(ipv4), key=packed_address)), tuple(
+        sorted(set(ipv6), key=packed_address)
     )
 
 
@@ -268,7 +268,7 @@ def build_table(
     for records in exact.values():
         host = canonical.get(records.name.decode(), records.name.decode()).encode()
         for address in records.ipv4 + records.ipv6:
-            reverse = ipaddress.ip_address(address).reverse_pointer.encode()
+            reverse = reverse_name(address)
             pointers.setdefault(reverse, set()).add(host)
 
     return NameTable(

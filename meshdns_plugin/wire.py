@@ -17,7 +17,7 @@ L{parse_question} returns L{None} and the caller falls through.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -173,6 +173,23 @@ def reply(
     return data
 
 
+def packed_address(address: str) -> bytes:
+    """
+    The 4 or 16 bytes of a normalised IP address string (as entries.py and
+    the allocator produce them); C{socket.inet_pton} is an order of magnitude
+    cheaper than L{ipaddress}, which matters for tables of 100k hosts.
+    """
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def reverse_name(address: str) -> bytes:
+    """The PTR owner of an address: C{b"1.0.240.240.in-addr.arpa"} (RFC 1035, RFC 3596)."""
+    packed = packed_address(address)
+    if len(packed) == 4:
+        return b".".join(b"%d" % octet for octet in reversed(packed)) + b".in-addr.arpa"
+    return b".".join(bytes([c]) for c in reversed(packed.hex().encode())) + b".ip6.arpa"
+
+
 def _pointer(offset: int) -> bytes:
     """A compression pointer to C{offset} (RFC 1035 section 4.1.4)."""
     return bytes((0xC0 | offset >> 8, offset & 0xFF))
@@ -212,7 +229,7 @@ def encode_answer(
     else:
         owner_reference, first_owner = _pointer(answer_start), owner_wire
     for index, address in enumerate(addresses):
-        packed = ipaddress.ip_address(address).packed
+        packed = packed_address(address)
         owner = first_owner if index == 0 else owner_reference
         section += owner + _RR_FIXED.pack(qtype, CLASS_IN, ttl, len(packed)) + packed
     return section

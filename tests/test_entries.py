@@ -481,13 +481,20 @@ def test_problems_across_several_paths(tmp_path: Path) -> None:
     assert [p.file for p in caught.value.problems] == [str(one), str(two)]
 
 
-def test_unreadable_file_is_a_problem(tmp_path: Path) -> None:
+def test_file_not_in_utf8_is_a_problem(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"kind: Service\nmetadata: {name: caf\xe9}\n")
     with pytest.raises(EntriesError) as caught:
         load_entries([str(path)])
     (problem,) = caught.value.problems
     assert problem.file == str(path)
+    assert "\n" not in str(problem) and "UTF-8" in str(problem)
+
+
+def test_control_character_names_the_line() -> None:
+    """A YAML reader error has no mark: its line is still named."""
+    (problem,) = problems_of("kind: Service\nmetadata:\n  name: a\x07b\n")
+    assert "line 3" in str(problem) and "\n" not in str(problem)
 
 
 # --- folders -------------------------------------------------------------------
