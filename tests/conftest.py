@@ -154,12 +154,15 @@ class UpstreamProcess:
         return stop_process(self.process)
 
 
-def start_upstream(log_path: Path, fail_mode: str | None = None) -> UpstreamProcess:
+def start_upstream(
+    log_path: Path, fail_mode: str | None = None, port: int = 0
+) -> UpstreamProcess:
     """
-    Start the fake upstream on a port it picks itself (no race for a free
-    port) and wait for its C{READY udp=P tcp=P} line.
+    Start the fake upstream and wait for its C{READY udp=P tcp=P} line; by
+    default on a port it picks itself (no race for a free port), or on
+    C{port} to bring a stopped upstream back where meshdns expects it.
     """
-    args = [sys.executable, str(FAKE_UPSTREAM), "--port", "0", "--address", LOOPBACK]
+    args = [sys.executable, str(FAKE_UPSTREAM), "--port", str(port), "--address", LOOPBACK]
     if fail_mode is not None:
         args += ["--fail-mode", fail_mode]
     with open(log_path, "wb") as log:
