@@ -142,14 +142,18 @@ def _family_split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str,
 
 def vip_hosts(entries: Entries, namespace: str) -> set[str]:
     """
-    The hosts that get VIPs: non-wildcard hosts of visible, eligible entries.
+    The hosts that get VIPs: non-wildcard hosts of visible, eligible entries,
+    except hosts another visible entry gives explicit addresses (those answer
+    with the explicit addresses, so a VIP would never be used).
     """
+    visible = [e for e in entries.service_entries if e.visible_from(namespace)]
+    explicit = {host for e in visible if e.addresses for host in e.hosts}
     return {
         host
-        for entry in entries.service_entries
-        if entry.visible_from(namespace) and entry.auto_allocatable
+        for entry in visible
+        if entry.auto_allocatable
         for host in entry.hosts
-        if not host.startswith("*.")
+        if not host.startswith("*.") and host not in explicit
     }
 
 

@@ -539,3 +539,18 @@ def test_lookups_match_whatever_case_the_entry_used(labels: list[str], wildcard:
         assert resolution.records.ipv4 == ("192.0.2.5",)
     for records in table:
         assert records.name == records.name.lower()
+
+
+def test_no_vip_for_a_host_with_explicit_addresses_elsewhere() -> None:
+    """A VIP that could never be answered is not allocated (nor persisted)."""
+    from meshdns_plugin.entries import parse_entries
+    from meshdns_plugin.table import vip_hosts
+
+    entries = parse_entries(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: a}\nspec: {hosts: [db.internal, other.internal], resolution: DNS}\n"
+        "---\n"
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: b}\nspec: {hosts: [db.internal], addresses: [192.0.2.1]}\n"
+    )
+    assert vip_hosts(entries, "default") == {"other.internal"}
