@@ -9,17 +9,20 @@ L{StreamServerEndpointService}, side by side on the same address and port.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
+from collections.abc import Sequence
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.admin import AdminService
 from meshdns_plugin.authority import MeshAuthority
-from meshdns_plugin.config import Config
+from meshdns_plugin.config import Config, check_exposure
 from meshdns_plugin.listeners import VipListeners
 from meshdns_plugin.querylog import QueryLoggingFactory
 from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
@@ -36,6 +39,27 @@ def upstream_servers(config: Config) -> tuple[tuple[str, int], ...]:
     if config.upstream.servers:
         return config.upstream.servers
     return read_resolv_conf(config.upstream.resolv_conf).nameservers
+
+
+def override_listen(
+    config: Config, *, port: int | None = None, interface: str | None = None
+) -> Config:
+    """
+    C{config} with its listen port and address replaced where given: the one
+    place where C{twistd meshdns --port/--interface} and
+    L{meshdns_plugin.meshService} override the file.
+
+    @raise ConfigError: if the result would serve beyond loopback with no
+        C{listen.allow} (an open resolver).
+    """
+    listen = config.listen
+    if port is not None:
+        listen = dataclasses.replace(listen, port=port)
+    if interface is not None:
+        listen = dataclasses.replace(listen, address=interface)
+    config = dataclasses.replace(config, listen=listen)
+    check_exposure(config)
+    return config
 
 
 def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
@@ -60,7 +84,8 @@ def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
 class MeshService(service.MultiService):
     """
     meshdns as a Twisted service: DNS over UDP and TCP, answered by a
-    L{ResolverChain} of the L{MeshAuthority} and the L{CachingForwarder}.
+    L{ResolverChain} of the L{MeshAuthority} and the L{CachingForwarder}
+    (with an embedding application's own C{authorities} between them).
 
     @ivar authority: the mesh authority (its C{table} is the live snapshot).
     @ivar forwarder: the caching forwarder.
@@ -70,8 +95,12 @@ class MeshService(service.MultiService):
         L{None} when C{vip_listeners.enabled} is off.
     """
 
-    def __init__(self, config: Config, reactor=None) -> None:
+    def __init__(self, config: Config, reactor=None, authorities: Sequence[IResolver] = ()) -> None:
         """
+        @param authorities: more resolvers to serve, asked after the mesh and
+            before the forwarder: the mesh stays first so that its names
+            keep the wire fast path (see L{MeshDNSServerFactory}), and the
+            forwarder, which answers every name, must be last.
         @raise EntriesError: if the entries are invalid at start-up (there is
             no previous table to keep serving).
         """
@@ -88,11 +117,11 @@ class MeshService(service.MultiService):
             self.vipListeners.setServiceParent(self)
             self.loader.observers.append(self.vipListeners.follow)
         self.authority = MeshAuthority(self.loader.load())
-        self.resolver = ResolverChain([self.authority, self.forwarder])
+        self.resolver = ResolverChain([self.authority, *authorities, self.forwarder])
         factory_type = QueryLoggingFactory if config.log.queries else MeshDNSServerFactory
         listen = config.listen
         self.factory = factory_type(
-            authorities=[self.authority],
+            authorities=[self.authority, *authorities],
             clients=[self.forwarder],
             allow=listen.allow,
             tcp_idle_timeout=listen.tcp_idle_timeout,

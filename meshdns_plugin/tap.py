@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-twistd glue: C{twistd meshdns} options -> the meshdns service tree.
+twistd glue: C{twistd meshdns} options -> the meshdns service tree, through
+the public API (L{meshdns_plugin.loadConfig}, L{meshdns_plugin.meshService}),
+so that the command and an embedding application build the same thing.
 
 Nothing here imports the reactor at module level: twistd chooses and installs
 the reactor after it has imported plugins.
@@ -8,13 +10,12 @@ the reactor after it has imported plugins.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 from twisted.python import usage
 
-from meshdns_plugin.config import Config, ConfigError, check_exposure, load_config
-from meshdns_plugin.entries import EntriesError
+from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
+from meshdns_plugin.service import override_listen
 
 
 class Options(usage.Options):
@@ -28,28 +29,25 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            config = load_config(self["config"])
+            config = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        listen = config.listen
+        port = interface = None
         if self["port"] is not None:
             if not self["port"].isdigit() or not 0 <= int(self["port"]) <= 65535:
                 raise usage.UsageError(f"--port: {self['port']!r} is not a port number (0-65535)")
-            listen = dataclasses.replace(listen, port=int(self["port"]))
+            port = int(self["port"])
         if self["interface"] is not None:
             try:
-                address = str(ipaddress.ip_address(self["interface"]))
+                interface = str(ipaddress.ip_address(self["interface"]))
             except ValueError:
                 raise usage.UsageError(
                     f"--interface: {self['interface']!r} is not an IP address"
                 ) from None
-            listen = dataclasses.replace(listen, address=address)
-        config = dataclasses.replace(config, listen=listen)
         try:
-            check_exposure(config)
+            self["meshConfig"] = override_listen(config, port=port, interface=interface)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        self["meshConfig"] = config
 
 
 def makeService(options: Options):
@@ -57,10 +55,8 @@ def makeService(options: Options):
     Build the service tree; invalid entries stop start-up with one line per
     problem (there is no previous table to keep serving yet).
     """
-    from meshdns_plugin.service import MeshService
-
     config: Config = options["meshConfig"]
     try:
-        return MeshService(config)
+        return meshService(config)
     except EntriesError as e:
         raise SystemExit(f"meshdns: invalid entries:\n{e}") from None

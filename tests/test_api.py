@@ -1,0 +1,233 @@
+"""
+The public API of C{meshdns_plugin}: its objects compose the Twisted way, in a
+L{ResolverChain} with other resolvers, in the order given; C{meshService}
+builds the same tree as C{twistd meshdns}, with the caller's authorities and
+listen overrides; and C{__all__} is exactly the API.
+
+Everything runs on Twisted's fake reactors: no socket is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dns.message
+import dns.rrset
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.names import common
+from twisted.names import dns as tdns
+from twisted.names.error import DomainError
+from twisted.names.resolve import ResolverChain
+from twisted.names.server import DNSServerFactory
+
+import meshdns_plugin
+from meshdns_plugin import (
+    Config,
+    ConfigError,
+    EntriesError,
+    cachingForwarder,
+    loadConfig,
+    meshAuthority,
+    meshService,
+)
+from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.upstream import CachingForwarder
+from tests.conftest import REPO_ROOT
+
+#: Never reached: lookups here go to a fake reactor's fake UDP transport.
+UPSTREAM = ("127.0.0.1", 5399)
+
+
+class FakeUDPTransport:
+    """Records datagrams instead of sending them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+
+    def stopListening(self) -> None:
+        pass
+
+
+class UDPReactor(MemoryReactorClock):
+    """A fake reactor whose UDP ports record what is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols: list = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        protocol.makeConnection(FakeUDPTransport())
+        self.protocols.append(protocol)
+        return protocol.transport
+
+
+class NamesResolver(common.ResolverBase):
+    """
+    The caller's own resolver: fixed A records, L{DomainError} ("not mine,
+    ask the next one") for everything else; it remembers what it was asked.
+    """
+
+    def __init__(self, records: dict[bytes, str]) -> None:
+        common.ResolverBase.__init__(self)
+        self.records = records
+        self.asked: list[bytes] = []
+
+    def _lookup(self, name, cls, type, timeout):
+        self.asked.append(name)
+        address = self.records.get(name.lower())
+        if address is None or type != tdns.A:
+            return defer.fail(DomainError(name))
+        record = tdns.RRHeader(name, tdns.A, payload=tdns.Record_A(address), auth=True)
+        return defer.succeed(([record], [], []))
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    """A config with the Istio guide's entries and a loopback upstream."""
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("")
+    path = tmp_path / "meshdns.yaml"
+    path.write_text(
+        f"entries: [{REPO_ROOT / 'conf' / 'entries'}]\n"
+        f"upstream: {{servers: ['{UPSTREAM[0]}:{UPSTREAM[1]}'], resolv_conf: {resolv_conf}}}\n"
+        "mesh: {search: []}\n"
+        "admin: {port: 0}\n"
+    )
+    return path
+
+
+def result(d):
+    """The result of a Deferred that has fired (or its failure)."""
+    out: list = []
+    d.addBoth(out.append)
+    (value,) = out
+    return value
+
+
+def a_records(answer) -> list[str]:
+    answers, _, _ = answer
+    return [r.payload.dottedQuad() for r in answers if r.type == tdns.A]
+
+
+def test_all_is_exactly_the_api() -> None:
+    api = {
+        "Config",
+        "ConfigError",
+        "EntriesError",
+        "cachingForwarder",
+        "loadConfig",
+        "meshAuthority",
+        "meshService",
+    }
+    assert sorted(meshdns_plugin.__all__) == sorted(api)
+    namespace: dict = {}
+    exec("from meshdns_plugin import *", namespace)
+    assert set(namespace) - {"__builtins__"} == api
+    for name in api:
+        assert getattr(meshdns_plugin, name).__doc__, f"{name} has no docstring"
+
+
+def test_config_from_path_or_object(config_path: Path) -> None:
+    config = loadConfig(config_path)
+    assert isinstance(config, Config) and config.source == str(config_path)
+    assert loadConfig(str(config_path)) == config
+    for given in (config, config_path, str(config_path)):
+        assert a_records(result(meshAuthority(given).lookupAddress(b"address.internal"))) == [
+            "198.51.100.1"
+        ]
+        assert cachingForwarder(given, reactor=MemoryReactorClock()).servers == (UPSTREAM,)
+    with pytest.raises(ConfigError):
+        meshAuthority(config_path.with_name("missing.yaml"))
+
+
+def test_invalid_entries(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: bad}\nspec: {hosts: [bad.internal], addresses: [not-an-ip]}\n"
+    )
+    (tmp_path / "meshdns.yaml").write_text("entries: [bad.yaml]\n")
+    with pytest.raises(EntriesError):
+        meshAuthority(tmp_path / "meshdns.yaml")
+
+
+def test_precedence_in_a_resolver_chain(config_path: Path) -> None:
+    """
+    Each resolver answers the names it owns and passes the others on, so
+    the first owner in the chain wins; the forwarder owns every name.
+    """
+    reactor = UDPReactor()
+    before = NamesResolver({b"address.internal": "192.0.2.1"})
+    after = NamesResolver({b"auto.internal": "192.0.2.2", b"app.example": "192.0.2.3"})
+    never = NamesResolver({b"x.upstream.test": "192.0.2.4"})
+    mesh = meshAuthority(config_path)
+    forwarder = cachingForwarder(config_path, reactor=reactor)
+    chain = ResolverChain([before, mesh, after, forwarder, never])
+
+    # Before the mesh: the caller's answer wins over the mesh's.
+    assert a_records(result(chain.lookupAddress(b"address.internal"))) == ["192.0.2.1"]
+    # After the mesh: the mesh's answer wins; the caller is not even asked.
+    (vip,) = a_records(result(chain.lookupAddress(b"auto.internal")))
+    assert vip.startswith("240.240.") and b"auto.internal" not in after.asked
+    # A name the mesh does not know goes on to the next resolver.
+    assert a_records(result(chain.lookupAddress(b"app.example"))) == ["192.0.2.3"]
+    assert reactor.protocols == []
+
+    # A name nobody before it owns is forwarded; nothing after it is asked.
+    d = chain.lookupAddress(b"x.upstream.test")
+    (protocol,) = reactor.protocols
+    ((data, address),) = protocol.transport.sent
+    assert address == UPSTREAM
+    reply = dns.message.make_response(dns.message.from_wire(data))
+    reply.answer.append(dns.rrset.from_text("x.upstream.test.", 300, "IN", "A", "127.0.0.10"))
+    protocol.datagramReceived(reply.to_wire(), UPSTREAM)
+    assert a_records(result(d)) == ["127.0.0.10"]
+    assert never.asked == []
+    forwarder.close()
+
+
+def test_in_a_stock_dns_server_factory(config_path: Path) -> None:
+    """The mesh authority is an ordinary authority for Twisted's own server."""
+    zone = NamesResolver({b"www.example.test": "192.0.2.10"})
+    factory = DNSServerFactory(authorities=[meshAuthority(config_path), zone])
+    resolve = factory.resolver.lookupAddress
+    assert a_records(result(resolve(b"address.internal"))) == ["198.51.100.1"]
+    assert a_records(result(resolve(b"www.example.test"))) == ["192.0.2.10"]
+
+
+def test_mesh_service_serves_the_callers_authorities(config_path: Path) -> None:
+    zone = NamesResolver({b"www.example.test": "192.0.2.10"})
+    service = meshService(
+        config_path, port=5353, interface="127.0.0.2", authorities=[zone], reactor=UDPReactor()
+    )
+    assert isinstance(service.authority, MeshAuthority)
+    assert isinstance(service.forwarder, CachingForwarder)
+    # The mesh first and the forwarder last: the wire fast path stays on.
+    resolvers = service.factory.resolver.resolvers
+    assert resolvers == [service.authority, zone, service.forwarder]
+    assert service.factory.mesh is service.authority
+    assert service.factory.forwarder is service.forwarder
+    resolve = service.factory.resolver.lookupAddress
+    assert a_records(result(resolve(b"www.example.test"))) == ["192.0.2.10"]
+    assert a_records(result(resolve(b"address.internal"))) == ["198.51.100.1"]
+    listen = service.config.listen
+    assert (listen.address, listen.port) == ("127.0.0.2", 5353)
+    assert service.reload()
+
+
+def test_mesh_service_keeps_the_config_address_unless_told(config_path: Path) -> None:
+    service = meshService(loadConfig(config_path), reactor=UDPReactor())
+    default = Config().listen
+    assert (service.config.listen.address, service.config.listen.port) == (
+        default.address,
+        default.port,
+    )
+
+
+def test_mesh_service_refuses_an_open_resolver(config_path: Path) -> None:
+    with pytest.raises(ConfigError, match="listen.allow"):
+        meshService(config_path, interface="0.0.0.0", reactor=UDPReactor())
