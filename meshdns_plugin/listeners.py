@@ -226,6 +226,15 @@ class BackendUnavailable(Exception):
     """
 
 
+#: How the forwarder's failures read in a log line.
+_RESOLUTION_ERRORS: Mapping[type, str] = {
+    error.DNSServerError: "SERVFAIL (or no upstream answered)",
+    error.DNSQueryRefusedError: "REFUSED",
+    defer.TimeoutError: "timed out",
+    defer.CancelledError: "timed out",
+}
+
+
 def _address_text(record: dns.RRHeader) -> str:
     if record.type == dns.A:
         return record.payload.dottedQuad()
@@ -420,7 +429,8 @@ class ForwardingFactory(protocol.ServerFactory):
             except error.DNSNameError:
                 raise BackendUnavailable(f"{name}: no such name (NXDOMAIN)") from None
             except Exception as e:
-                raise BackendUnavailable(f"{name}: cannot resolve: {e.__class__.__name__}") from e
+                why = _RESOLUTION_ERRORS.get(type(e), type(e).__name__)
+                raise BackendUnavailable(f"{name}: cannot resolve: {why}") from e
             addresses = [_address_text(r) for r in answers if r.type == rtype]
             if addresses:
                 return addresses[turn % len(addresses)]
@@ -480,12 +490,12 @@ def routed_here(address: str) -> bool:
     route up; nothing is sent.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((address, 9))
-        except OSError:
-            return False
-        source = probe.getsockname()[0]
+            source = probe.getsockname()[0]
+    except OSError:  # no route, or no such address family in this kernel
+        return False
     return source == address or ipaddress.ip_address(source).is_loopback
 
 
@@ -555,7 +565,11 @@ class VipListeners(service.Service):
         the VIPs the table was built with ask for.
         """
         vips = prepared.allocation.vips
-        self.update(listener_plan(prepared.entries, vips, self.namespace, self.auto_allocate))
+        try:
+            self.update(listener_plan(prepared.entries, vips, self.namespace, self.auto_allocate))
+        except Exception:
+            # A bug here must not stop the new table from serving DNS.
+            _log.failure("VIP listeners could not follow the new entries")
 
     def update(self, plan: ListenerPlan) -> None:
         """Follow C{plan}: open, close and retarget listeners if running."""

@@ -1,0 +1,266 @@
+"""
+Istio's "DNS Proxying" guide, end to end, in a Linux network namespace.
+
+The namespace plays the guide's pod. Its C{/etc/netns/NAME/resolv.conf}
+names 127.0.0.53, where the fake upstream plays the cluster DNS: it knows the
+two tcp-echo backends (127.0.0.21 and 127.0.0.22, both on port 9000, each
+answering with its own prefix) and nothing of the ServiceEntries. meshdns runs
+inside as uid 1337 with the guide's entries and its VIP listeners on;
+C{meshdns capture install} sends the namespace's DNS traffic to it, except
+its own, which goes on to 127.0.0.53. Then unmodified tools (C{getent},
+Python's C{socket}) ask from inside, and C{capture remove} must leave no rule.
+
+Only loopback addresses inside the namespace are used: it has nothing but
+C{lo}, so nothing can leave it. The test skips, saying why, where namespaces
+or iptables are unavailable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
+from tests.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.test_listeners import TCP_ECHO
+
+#: Istio's proxy uid and gid, and capture's default exclusion.
+PROXY_ID = 1337
+#: The user made for uid 1337 when the machine has none (twistd --uid needs one).
+TEST_USER = "meshdns-test"
+#: Serialises the runs that may create and remove L{TEST_USER}.
+USER_LOCK = Path(tempfile.gettempdir()) / "meshdns-test-uid-1337.lock"
+NAMESERVER = "127.0.0.53"
+DNS_PORT = 15053
+BACKENDS = {
+    "tcp-echo.external-1.svc.cluster.local": ("127.0.0.21", "one"),
+    "tcp-echo.external-2.svc.cluster.local": ("127.0.0.22", "two"),
+}
+#: The C{meshdns} command, run with this interpreter.
+MESHDNS = [
+    sys.executable, "-c", "import sys; from meshdns_plugin.cli import main; sys.exit(main())"
+]
+START_TIMEOUT = 15.0
+
+#: Connects to NAME:9000 over each address family, sends "hello", shuts down
+#: its writing side and prints "ADDRESS REPLY" per family.
+CONNECT = """
+import socket, sys
+for family in (socket.AF_INET, socket.AF_INET6):
+    address = socket.getaddrinfo(sys.argv[1], 9000, family, socket.SOCK_STREAM)[0][4]
+    with socket.create_connection(address[:2], timeout=5) as conn:
+        conn.sendall(b"hello")
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(100):
+            reply += chunk
+    print(address[0], reply.decode())
+"""
+
+
+@contextmanager
+def proxy_user() -> Iterator[None]:
+    """
+    A passwd entry for uid 1337 while the test runs: the existing one, or
+    L{TEST_USER}, made now and removed afterwards.
+    """
+    with open(USER_LOCK, "w") as lock:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.skip(f"{USER_LOCK} stayed locked for 60 s")
+                time.sleep(0.1)
+        try:
+            pwd.getpwuid(PROXY_ID)
+            created = False
+        except KeyError:
+            if shutil.which("useradd") is None:
+                pytest.skip(f"no user has uid {PROXY_ID}, and there is no useradd to add one")
+            subprocess.run(
+                ["useradd", "--no-create-home", "--no-user-group", "--shell", "/usr/sbin/nologin",
+                 "--uid", str(PROXY_ID), TEST_USER],
+                check=True, capture_output=True,
+            )
+            created = True
+        try:
+            yield
+        finally:
+            if created:
+                subprocess.run(["userdel", TEST_USER], check=False, capture_output=True)
+
+
+@contextmanager
+def netns_resolv_conf(ns: Netns, text: str) -> Iterator[Path]:
+    """C{/etc/netns/NAME/resolv.conf}, which C{ip netns exec} mounts on /etc/resolv.conf."""
+    top = Path("/etc/netns")
+    made_top = not top.exists()
+    path = top / ns.name / "resolv.conf"
+    path.parent.mkdir(parents=True)
+    try:
+        path.write_text(text)
+        yield path
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        if made_top:
+            with suppress(OSError):  # another namespace's folder is there now
+                top.rmdir()
+
+
+@contextmanager
+def proxy_directory() -> Iterator[Path]:
+    """
+    A folder for meshdns's files that uid 1337 can read and write (pytest's
+    own temporary folders are root's, mode 0700).
+    """
+    directory = Path(tempfile.mkdtemp(prefix="meshdns-walkthrough-"))
+    try:
+        directory.chmod(0o755)
+        os.chown(directory, PROXY_ID, PROXY_ID)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def started(process: subprocess.Popen[str], prefix: str) -> str:
+    """The first stdout line of C{process}, which must start with C{prefix}."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith(prefix):
+        process.kill()
+        pytest.fail(f"expected {prefix!r}, got {line!r}; stderr: {process.communicate()[1]}")
+    return line
+
+
+def wait_for_meshdns(process: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if log.exists() and "MeshDNSServerFactory starting on" in log.read_text():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"meshdns did not start:\n{log.read_text() if log.exists() else ''}"
+                f"{process.communicate()[1]}")
+
+
+def uid_of(pid: int) -> int:
+    """The real uid of process C{pid}."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    skip_unless_netns_possible()
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed (apt-get install iptables)")
+    with proxy_user(), network_namespace() as ns:
+        yield ns
+
+
+def test_the_guide_in_a_namespace(ns: Netns) -> None:
+    run_env = {"env": child_env(), "cwd": REPO_ROOT}
+    resolv_conf_text = f"nameserver {NAMESERVER}\noptions timeout:1 attempts:1\n"
+    with netns_resolv_conf(ns, resolv_conf_text) as resolv_conf, proxy_directory() as home:
+        # The cluster DNS, and the two tcp-echo services of the guide.
+        records = [arg for name, (address, _) in BACKENDS.items()
+                   for arg in ("--record", f"{name}={address}")]
+        upstream = ns.popen([sys.executable, str(FAKE_UPSTREAM), "--address", NAMESERVER,
+                             "--port", "53", *records], env=child_env())
+        started(upstream, "READY ")
+        for address, prefix in BACKENDS.values():
+            started(ns.popen([sys.executable, "-c", TCP_ECHO, address, "9000", prefix]), "ready")
+
+        (home / "entries").mkdir()
+        shutil.copy(REPO_ROOT / "conf" / "entries" / "istio-dns-proxying.yaml", home / "entries")
+        (home / "resolv.conf").write_text("# no search list\n")
+        config = home / "meshdns.yaml"
+        config.write_text(
+            f"listen: {{address: 127.0.0.1, port: {DNS_PORT}}}\n"
+            f"upstream: {{servers: ['{NAMESERVER}:53'], resolv_conf: {home / 'resolv.conf'}}}\n"
+            "admin: {port: 0}\n"
+            "vip_listeners: {enabled: true}\n"
+            "entries: [entries]\n"
+        )
+        capture = ns.run([*MESHDNS, "capture", "install", "--config", str(config),
+                          "--resolv-conf", str(resolv_conf), "--vip-routes"], **run_env)
+        assert capture.stderr == ""
+
+        log = home / "meshdns.log"
+        meshdns = ns.popen(
+            [*TWISTD, "--uid", str(PROXY_ID), "--gid", str(PROXY_ID), "--logfile", str(log),
+             "meshdns", "--config", str(config)],
+            **run_env,
+        )
+        wait_for_meshdns(meshdns, log)
+        assert uid_of(meshdns.pid) == PROXY_ID
+
+        try:
+            # DNS capture: a ServiceEntry's own address.
+            hosts = ns.run(["getent", "hosts", "address.internal"])
+            assert hosts.stdout.split() == ["198.51.100.1", "address.internal"]
+
+            # Auto allocation: a VIP of each family (getent hosts asks AAAA first).
+            vip = ns.run([sys.executable, "-c",
+                          "import socket; print(socket.gethostbyname('auto.internal'))"])
+            assert ipaddress.ip_address(vip.stdout.strip()) in ipaddress.ip_network(
+                "240.240.0.0/16")
+            vip6 = ns.run(["getent", "hosts", "auto.internal"]).stdout.split()[0]
+            assert ipaddress.ip_address(vip6) in ipaddress.ip_network("2001:2::/48")
+
+            # Two TCP services on port 9000, told apart by their VIPs, over
+            # IPv4 and IPv6 alike.
+            for name, (_, prefix) in BACKENDS.items():
+                lines = ns.run([sys.executable, "-c", CONNECT, name]).stdout.splitlines()
+                assert [line.split(" ", 1)[1] for line in lines] == [f"{prefix} hello"] * 2
+                v4, v6 = (ipaddress.ip_address(line.split()[0]) for line in lines)
+                assert v4 in ipaddress.ip_network("240.240.0.0/16")
+                assert v6 in ipaddress.ip_network("2001:2::/48")
+
+            # `meshdns listeners`, like the guide's `istioctl pc listener`.
+            listed = subprocess.run([*MESHDNS, "listeners", "--config", str(config)],
+                                    capture_output=True, text=True, check=True, **run_env)
+            for name in BACKENDS:
+                address = ns.run([sys.executable, "-c",
+                                  f"import socket; print(socket.gethostbyname('{name}'))"])
+                line = (f"ADDRESS={address.stdout.strip()}, "
+                        f"DESTINATION=Cluster: outbound|9000||{name}")
+                assert line in listed.stdout.splitlines()
+
+            # An unknown name is forwarded (the zone's answer is 127.0.0.10).
+            forwarded = ns.run([sys.executable, "-c",
+                                "import socket; print(socket.gethostbyname('www.upstream.test'))"])
+            assert forwarded.stdout == "127.0.0.10\n"
+        finally:
+            removed = ns.run([*MESHDNS, "capture", "remove", "--config", str(config)], **run_env)
+        assert removed.stderr == ""
+
+        # Nothing of meshdns is left in the tables or the routes.
+        shown = ns.run([*MESHDNS, "capture", "show", "--config", str(config)], **run_env)
+        assert shown.stdout == "capture is not installed\n"
+        for iptables in ("iptables", "ip6tables"):
+            assert "MESHDNS" not in ns.run([iptables, "-t", "nat", "-S"]).stdout
+        assert "240.240." not in ns.run(["ip", "route", "show", "table", "local"]).stdout
+        # Without capture the cluster DNS answers, and it knows no ServiceEntry.
+        assert ns.run(["getent", "hosts", "address.internal"], check=False).returncode == 2
+        assert ns.run(["getent", "hosts", "www.upstream.test"]).returncode == 0
+        assert "VIP listener" in log.read_text()
