@@ -46,6 +46,7 @@ class MeshCollector(Collector):
         yield from self._cache()
         yield from self._table()
         yield from self._reloads()
+        yield from self._vip_listeners()
 
     def _queries(self) -> Iterator[Metric]:
         server = self._mesh.factory.stats
@@ -152,6 +153,34 @@ class MeshCollector(Collector):
             "meshdns_last_reload_timestamp_seconds",
             "Unix time of the last successful table load.",
             value=reloads.last_time,
+        )
+
+    def _vip_listeners(self) -> Iterator[Metric]:
+        """The VIP listeners' counters, when C{vip_listeners.enabled}."""
+        listeners = getattr(self._mesh, "vipListeners", None)
+        if listeners is None:
+            return
+        stats = listeners.stats
+        yield GaugeMetricFamily(
+            "meshdns_vip_listeners", "VIP listening sockets open.", value=stats.listening
+        )
+        yield CounterMetricFamily(
+            "meshdns_vip_listener_bind_failures",
+            "VIP listeners that could not be opened.",
+            value=stats.bind_failures,
+        )
+        yield CounterMetricFamily(
+            "meshdns_vip_connections", "Connections accepted on VIPs.", value=stats.accepted
+        )
+        yield GaugeMetricFamily(
+            "meshdns_vip_connections_active",
+            "Connections being relayed now.",
+            value=stats.active,
+        )
+        yield CounterMetricFamily(
+            "meshdns_vip_connect_failures",
+            "VIP connections closed because the backend could not be resolved or reached.",
+            value=stats.connect_failures,
         )
 
 

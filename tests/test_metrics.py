@@ -217,3 +217,25 @@ def test_admin_endpoints_over_http(start_meshdns: Callable[..., object], upstrea
     assert status == 200
     assert "address.internal" in body and "198.51.100.1" in body
     assert scrape(admin_port, "/nope")[0] == 404
+
+
+def test_vip_listener_counters(tmp_path: Path) -> None:
+    """With vip_listeners on, their counters are exported; off, not at all."""
+    (tmp_path / "entries.yaml").write_text(ENTRIES)
+    raw = {
+        "entries": ["entries.yaml"],
+        "mesh": {"search": []},
+        "upstream": {"servers": ["127.0.0.1:1"]},
+        "admin": {"port": 0},
+    }
+    off = MeshService(
+        parse_config(raw, "meshdns.yaml", str(tmp_path)), reactor=MemoryReactorClock()
+    )
+    assert not any(name.startswith("meshdns_vip_") for name, _ in collect(off))
+    raw["vip_listeners"] = {"enabled": True}
+    on = MeshService(parse_config(raw, "meshdns.yaml", str(tmp_path)), reactor=MemoryReactorClock())
+    on.vipListeners.stats.connect_failures = 3
+    on.vipListeners.stats.listening = 2
+    samples = collect(on)
+    assert value(samples, "meshdns_vip_connect_failures_total") == 3
+    assert value(samples, "meshdns_vip_listeners") == 2
