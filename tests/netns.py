@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,10 +29,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.conftest import stop_process
+
 #: Every namespace made here is named with this prefix, so a leftover one
 #: (from a killed test run) is easy to spot in C{ip netns list}.
 PREFIX = "meshdns-test-"
-STOP_GRACE = 5.0
 
 
 @dataclass
@@ -85,13 +85,7 @@ class Netns:
         left inside would keep the namespace alive after C{ip netns del}.
         """
         for process in self._processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
             for stream in (process.stdout, process.stderr):
                 if stream is not None:
                     stream.close()

@@ -70,3 +70,33 @@ class MemoryServer:
         proto = RecordingProtocol()
         self.factory.packetReceived(data, proto, CLIENT if udp else None)
         return proto.sent[-1] if proto.sent else None
+
+
+class FakeUDPTransport:
+    """Records datagrams instead of sending them."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+
+    def stopListening(self) -> None:
+        pass
+
+
+class UDPReactor(MemoryReactorClock):
+    """A fake reactor whose UDP ports record what is sent (for upstream queries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols: list = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        protocol.makeConnection(FakeUDPTransport())
+        self.protocols.append(protocol)
+        return protocol.transport
+
+    def sent(self) -> list[tuple[bytes, tuple[str, int], object]]:
+        """Every datagram sent: (data, address, the protocol that sent it)."""
+        return [(d, a, p) for p in self.protocols for d, a in p.transport.sent]

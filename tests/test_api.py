@@ -35,35 +35,10 @@ from meshdns_plugin import (
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.upstream import CachingForwarder
 from tests.conftest import REPO_ROOT
+from tests.servers import UDPReactor
 
 #: Never reached: lookups here go to a fake reactor's fake UDP transport.
 UPSTREAM = ("127.0.0.1", 5399)
-
-
-class FakeUDPTransport:
-    """Records datagrams instead of sending them."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, address: tuple[str, int]) -> None:
-        self.sent.append((data, address))
-
-    def stopListening(self) -> None:
-        pass
-
-
-class UDPReactor(MemoryReactorClock):
-    """A fake reactor whose UDP ports record what is sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.protocols: list = []
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        protocol.makeConnection(FakeUDPTransport())
-        self.protocols.append(protocol)
-        return protocol.transport
 
 
 class NamesResolver(common.ResolverBase):

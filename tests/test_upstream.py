@@ -10,44 +10,15 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.names import dns as tdns
 from twisted.names.error import DNSNameError, DNSServerError
 
 from meshdns_plugin.client import UPSTREAM_PAYLOAD
 from meshdns_plugin.upstream import CacheHit, CachingForwarder, negative_ttl
+from tests.servers import UDPReactor
 
 FIRST, SECOND = ("127.0.0.1", 5301), ("127.0.0.1", 5302)
-
-
-class FakeUDPTransport:
-    """Records datagrams; stands in for a listening UDP port."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, address: tuple[str, int]) -> None:
-        self.sent.append((data, address))
-
-    def stopListening(self) -> None:
-        pass
-
-
-class UDPReactor(MemoryReactorClock):
-    """A fake reactor whose UDP ports record what is sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.protocols: list = []
-
-    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
-        protocol.makeConnection(FakeUDPTransport())
-        self.protocols.append(protocol)
-        return protocol.transport
-
-    def sent(self) -> list[tuple[bytes, tuple[str, int], object]]:
-        return [(d, a, p) for p in self.protocols for d, a in p.transport.sent]
 
 
 def _reply(query_wire: bytes, rcode=dns.rcode.NOERROR, answers=(), authority=(), name=None):
