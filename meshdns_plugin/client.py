@@ -150,10 +150,13 @@ class UpstreamClient:
         self._pools.clear()
 
     @defer.inlineCallbacks
-    def query(self, question: dns.Query):
+    def query(self, question: dns.Query, tcp: bool = False):
         """
         Ask each server in turn until one gives an answer that is not
         SERVFAIL or REFUSED.
+
+        @param tcp: ask over TCP (for a client that asked over TCP); else
+            over UDP, and over TCP again when the UDP answer is truncated.
 
         @return: a Deferred firing with the reply L{dns.Message} (any rcode
             other than SERVFAIL/REFUSED, from the first server that gave one),
@@ -162,7 +165,10 @@ class UpstreamClient:
         last: dns.Message | None = None
         for server in self.servers:
             try:
-                message = yield self._queryUDP(server, question)
+                if tcp:
+                    message = yield self._queryTCP(server, question)
+                else:
+                    message = yield self._queryUDP(server, question)
                 if message.trunc:
                     message = yield self._queryTCP(server, question)
             except defer.CancelledError:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.names import dns, error, server
+from twisted.names.resolve import ResolverChain
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -235,6 +236,12 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.forwarder: CachingForwarder | None = (
             last if isinstance(last, CachingForwarder) else None
         )
+        # Clients that ask over TCP are forwarded over TCP (UDP over UDP).
+        self.streamResolver = (
+            ResolverChain([*resolvers[:-1], self.forwarder.overTCP()])
+            if self.forwarder is not None
+            else self.resolver
+        )
         self.stats = stats.ServerStats()
         self.allow = tuple(allow)
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -345,6 +352,18 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             protocol.writeBytes(encode(response, None))
         else:
             protocol.writeBytes(encode(response, udp_limit(query)), address)
+
+    def handleQuery(self, message, protocol, address):
+        """
+        Resolve the first question, through C{streamResolver} when the client
+        asked over TCP.
+        """
+        resolver = self.resolver if address is not None else self.streamResolver
+        return (
+            resolver.query(message.queries[0])
+            .addCallback(self.gotResolverResponse, protocol, message, address)
+            .addErrback(self.gotResolverError, protocol, message, address)
+        )
 
     def _count(self, message, outcome: str) -> None:
         qtype = message.queries[0].type if message.queries else 0

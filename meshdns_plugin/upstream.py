@@ -224,6 +224,22 @@ class CachingForwarder(common.ResolverBase):
             self._client = UpstreamClient(self.servers, share, reactor)
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
+        return self.forward(name, cls, type)
+
+    def overTCP(self) -> common.ResolverBase:
+        """
+        This forwarder (same cache, same merging) as a resolver that asks
+        upstream over TCP, for clients that asked over TCP.
+        """
+        return _OverTCP(self)
+
+    def forward(self, name: bytes, cls: int, type: int, tcp: bool = False) -> defer.Deferred:
+        """
+        Answer from the cache, or ask upstream (over TCP if C{tcp}).
+
+        @return: a Deferred of C{(answers, authority, additional)}, or failing
+            with the error stock Twisted resolvers raise for the rcode.
+        """
         key = (name_to_wire(name.lower()), type, cls)
         entry = self.cache.get(key)
         if entry is not None:
@@ -243,7 +259,7 @@ class CachingForwarder(common.ResolverBase):
         self._inflight[key] = []
         self.stats.requests += 1
         started = self._reactor.seconds()
-        upstream = self._client.query(dns.Query(name, type, cls))
+        upstream = self._client.query(dns.Query(name, type, cls), tcp=tcp)
         upstream.addTimeout(self.timeout, self._reactor)
         upstream.addCallbacks(self._sections, self._failure)
         upstream.addCallbacks(self._cachePositive, self._cacheNegative, (key,), None, (key,), None)
@@ -352,3 +368,14 @@ class CachingForwarder(common.ResolverBase):
             else:
                 d.callback(result)
         return result
+
+
+class _OverTCP(common.ResolverBase):
+    """A L{CachingForwarder} seen as a resolver that forwards over TCP."""
+
+    def __init__(self, forwarder: CachingForwarder) -> None:
+        common.ResolverBase.__init__(self)
+        self.forwarder = forwarder
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
+        return self.forwarder.forward(name, cls, type, tcp=True)

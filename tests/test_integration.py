@@ -254,3 +254,13 @@ def test_bad_entries_stop_startup(tmp_path) -> None:
     assert code != 0
     assert "Traceback" not in output
     assert "bad.yaml: document 0: spec.addresses[0]: '1.2.3' is not an IP address" in output
+
+
+def test_tcp_queries_are_forwarded_over_tcp(meshdns, module_upstream) -> None:
+    """UDP over UDP, TCP over TCP."""
+    assert _addresses(meshdns.query("over-tcp.upstream.test", tcp=True)) == ["127.0.0.10"]
+    assert module_upstream.count("over-tcp.upstream.test.", "A", "tcp") == 1
+    assert module_upstream.count("over-tcp.upstream.test.", "A", "udp") == 0
+    meshdns.query("over-udp.upstream.test")
+    assert module_upstream.count("over-udp.upstream.test.", "A", "udp") == 1
+    assert module_upstream.count("over-udp.upstream.test.", "A", "tcp") == 0
