@@ -27,7 +27,6 @@ entry is answered from pre-encoded bytes; everything else takes the path above.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections.abc import Sequence
 
 from twisted.internet import protocol
@@ -45,10 +44,6 @@ from meshdns_plugin.upstream import CachedNameError, CacheHit, CachingForwarder
 #: The largest UDP answer we send, whatever the client offers: DNS Flag Day
 #: 2020's value, which avoids IP fragmentation on common paths.
 MAX_UDP_PAYLOAD = 1232
-#: The UDP limit for clients without EDNS (RFC 1035).
-CLASSIC_UDP_PAYLOAD = 512
-
-_HEADER = struct.Struct("!HHHHHH")
 
 _log = Logger()
 
@@ -84,9 +79,8 @@ _RCODE_FOR_ERROR: tuple[tuple[type[Exception], int], ...] = (
 
 def udp_limit(query: dns._EDNSMessage) -> int:
     """The most bytes a UDP answer to C{query} may have."""
-    if query.ednsVersion is None:
-        return CLASSIC_UDP_PAYLOAD
-    return max(CLASSIC_UDP_PAYLOAD, min(query.maxSize, MAX_UDP_PAYLOAD))
+    payload = None if query.ednsVersion is None else query.maxSize
+    return wire.udp_limit(payload, MAX_UDP_PAYLOAD)
 
 
 def encode(message: dns._EDNSMessage, limit: int | None) -> bytes:
@@ -106,20 +100,6 @@ def encode(message: dns._EDNSMessage, limit: int | None) -> bytes:
     raw.additional = [r for r in raw.additional if r.type == dns.OPT]
     raw.trunc = 1
     return raw.toStr()
-
-
-def error_reply(data: bytes, rcode: int) -> bytes | None:
-    """
-    A header-only reply with C{rcode} to the packet C{data}, or L{None} if
-    C{data} has no readable header or is itself a response.
-    """
-    if len(data) < _HEADER.size:
-        return None
-    ident, flags, *_ = _HEADER.unpack_from(data)
-    if flags & 0x8000:
-        return None
-    opcode_and_rd = flags & 0x7900
-    return _HEADER.pack(ident, 0x8000 | opcode_and_rd | rcode, 0, 0, 0, 0)
 
 
 def parse_query(data: bytes) -> dns._EDNSMessage:
@@ -448,7 +428,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if question is not None:
             reply = wire.reply(question, wire.QR | dns.EREFUSED, (0, 0, 0), b"", self._opt, None)
         else:
-            reply = error_reply(data, dns.EREFUSED)
+            reply = wire.error_reply(data, dns.EREFUSED)
         if reply is None:
             self.stats.dropped += 1
             return
@@ -481,7 +461,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         try:
             message = parse_query(data)
         except ValueError:
-            reply = error_reply(data, dns.EFORMAT)
+            reply = wire.error_reply(data, dns.EFORMAT)
             if reply is None:
                 self.stats.dropped += 1
                 return

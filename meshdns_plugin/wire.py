@@ -130,11 +130,30 @@ def wire_to_name(wire: bytes) -> bytes:
     return b".".join(labels)
 
 
+#: The UDP limit for clients without EDNS (RFC 1035).
+CLASSIC_UDP_PAYLOAD = 512
+
+
 def udp_limit(edns_payload: int | None, maximum: int) -> int:
     """The most bytes a UDP reply may have (RFC 1035 / RFC 6891)."""
     if edns_payload is None:
-        return 512
-    return max(512, min(edns_payload, maximum))
+        return CLASSIC_UDP_PAYLOAD
+    return max(CLASSIC_UDP_PAYLOAD, min(edns_payload, maximum))
+
+
+def error_reply(data: bytes, rcode: int) -> bytes | None:
+    """
+    A header-only reply with C{rcode} to the packet C{data}, or L{None} if
+    C{data} has no readable header or is itself a response (never answer a
+    response: two servers would bounce errors at each other for ever).
+    """
+    if len(data) < _HEADER.size:
+        return None
+    ident, flags = struct.unpack_from("!HH", data)
+    if flags & QR:
+        return None
+    opcode_and_rd = flags & 0x7900
+    return _HEADER.pack(ident, QR | opcode_and_rd | rcode, 0, 0, 0, 0)
 
 
 def opt_record(payload: int) -> bytes:
