@@ -1,0 +1,325 @@
+"""
+Turn one benchmark run's raw dnsperf output into the tables of bench/README.md.
+
+C{bench/run.sh} leaves in its results folder, per server and workload,
+C{SERVER.WORKLOAD.sat.txt} (dnsperf at saturation) and C{SERVER.WORKLOAD.light.txt}
+(dnsperf C{-v} at a light fixed rate, one line per query), C{SERVER.rss}
+(C{/proc/PID/status} after the server's last workload), and optionally
+C{table_build.json} (bench/table_build.py) and C{machine.txt}.
+
+    python bench/report.py RESULTS_DIR [--json FILE]
+
+prints the results, meshdns's ratio to every peer and the targets of issue 5
+as Markdown; C{--json} also writes the parsed figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SERVERS = ("meshdns", "dnsmasq", "unbound", "twistd")
+WORKLOADS = ("local", "upstream", "nxdomain")
+#: The rcode every reply of a workload must have.
+EXPECTED_RCODE = {"local": "NOERROR", "upstream": "NOERROR", "nxdomain": "NXDOMAIN"}
+LABELS = {
+    "meshdns": "meshdns",
+    "dnsmasq": "dnsmasq",
+    "unbound": "unbound (1 thread)",
+    "twistd": "stock twistd dns",
+}
+
+_QPS = re.compile(r"Queries per second:\s+([\d.]+)")
+_SENT = re.compile(r"Queries sent:\s+(\d+)")
+_LOST = re.compile(r"Queries lost:\s+(\d+)")
+_MEAN = re.compile(r"Average Latency \(s\):\s+([\d.]+)")
+_RCODES = re.compile(r"Response codes:\s+(.*)")
+_PER_QUERY = re.compile(r"^> (\S+) \S+ \S+ ([\d.]+)$", re.MULTILINE)
+
+
+@dataclass
+class Run:
+    """The figures of one dnsperf run."""
+
+    qps: float
+    sent: int
+    lost: int
+    mean_ms: float
+    rcodes: dict[str, int]
+    p99_ms: float | None = None
+
+
+@dataclass
+class Result:
+    """One server under one workload."""
+
+    server: str
+    workload: str
+    saturation: Run
+    light: Run
+    rss_mb: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of C{values} (C{fraction} in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def parse_dnsperf(text: str) -> Run:
+    """
+    The summary of one dnsperf output; with C{-v}, also the 99th percentile
+    of the per-query latencies.
+
+    @raise ValueError: if the output has no summary (dnsperf failed).
+    """
+    found = {
+        name: pattern.search(text)
+        for name, pattern in (("qps", _QPS), ("sent", _SENT), ("lost", _LOST), ("mean", _MEAN))
+    }
+    missing = [name for name, match in found.items() if match is None]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in dnsperf output")
+    rcodes: dict[str, int] = {}
+    rcode_line = _RCODES.search(text)
+    if rcode_line:
+        for rcode, count in re.findall(r"(\w+) (\d+) \(", rcode_line.group(1)):
+            rcodes[rcode] = int(count)
+    latencies = [float(seconds) for _, seconds in _PER_QUERY.findall(text)]
+    return Run(
+        qps=float(found["qps"].group(1)),
+        sent=int(found["sent"].group(1)),
+        lost=int(found["lost"].group(1)),
+        mean_ms=float(found["mean"].group(1)) * 1000,
+        rcodes=rcodes,
+        p99_ms=percentile(latencies, 0.99) * 1000 if latencies else None,
+    )
+
+
+def read_rss_mb(path: Path) -> float | None:
+    """C{VmRSS} from a saved C{/proc/PID/status}, in MB."""
+    if not path.exists():
+        return None
+    match = re.search(r"VmRSS:\s+(\d+) kB", path.read_text())
+    return int(match.group(1)) / 1024 if match else None
+
+
+def load(results: Path) -> list[Result]:
+    """Every (server, workload) the results folder has both runs of."""
+    loaded = []
+    for server in SERVERS:
+        for workload in WORKLOADS:
+            sat = results / f"{server}.{workload}.sat.txt"
+            light = results / f"{server}.{workload}.light.txt"
+            if not (sat.exists() and light.exists()):
+                continue
+            result = Result(
+                server,
+                workload,
+                parse_dnsperf(sat.read_text()),
+                parse_dnsperf(light.read_text()),
+                read_rss_mb(results / f"{server}.rss"),
+            )
+            for name, run in (("saturation", result.saturation), ("light", result.light)):
+                wrong = {r: n for r, n in run.rcodes.items() if r != EXPECTED_RCODE[workload]}
+                if wrong:
+                    result.problems.append(f"{name} run: unexpected rcodes {wrong}")
+            loaded.append(result)
+    return loaded
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _ratio(mine: float | None, theirs: float | None) -> str:
+    if mine is None or theirs is None or theirs == 0:
+        return "-"
+    return f"{mine / theirs:.2f}×"
+
+
+def results_table(results: list[Result]) -> str:
+    """One row per server and workload."""
+    lines = [
+        "| workload | server | qps (saturation) | mean ms (300 qps) | p99 ms (300 qps) "
+        "| lost (sat + light) | RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lost = r.saturation.lost + r.light.lost
+        note = f" ⚠ {'; '.join(r.problems)}" if r.problems else ""
+        lines.append(
+            f"| {r.workload} | {LABELS[r.server]} | {r.saturation.qps:,.0f} "
+            f"| {_ms(r.light.mean_ms)} | {_ms(r.light.p99_ms)} | {lost} "
+            f"| {r.rss_mb or 0:.1f} |{note}"
+        )
+    return "\n".join(lines)
+
+
+def ratios_table(results: list[Result]) -> str:
+    """meshdns's figures divided by each peer's, per workload."""
+    by_key = {(r.server, r.workload): r for r in results}
+    lines = [
+        "| workload | meshdns ÷ | qps | mean latency | p99 latency | RSS |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for workload in WORKLOADS:
+        mine = by_key.get(("meshdns", workload))
+        if mine is None:
+            continue
+        for peer in SERVERS[1:]:
+            theirs = by_key.get((peer, workload))
+            if theirs is None:
+                continue
+            lines.append(
+                f"| {workload} | {LABELS[peer]} "
+                f"| {_ratio(mine.saturation.qps, theirs.saturation.qps)} "
+                f"| {_ratio(mine.light.mean_ms, theirs.light.mean_ms)} "
+                f"| {_ratio(mine.light.p99_ms, theirs.light.p99_ms)} "
+                f"| {_ratio(mine.rss_mb, theirs.rss_mb)} |"
+            )
+    return "\n".join(lines)
+
+
+@dataclass
+class Target:
+    """One target of issue 5 and how this run did."""
+
+    what: str
+    wanted: str
+    got: str
+    met: bool | None
+
+
+def targets(results: list[Result], table_build: list[dict] | None) -> list[Target]:
+    """Evaluate every target whose figures this run has."""
+    by_key = {(r.server, r.workload): r for r in results}
+    found: list[Target] = []
+
+    def qps_ratio(workload: str, peer: str, at_least: float) -> None:
+        mine, theirs = by_key.get(("meshdns", workload)), by_key.get((peer, workload))
+        if mine is None or theirs is None:
+            return
+        ratio = mine.saturation.qps / theirs.saturation.qps
+        found.append(
+            Target(
+                f"{workload} qps vs {peer}", f"≥ {at_least}×", f"{ratio:.2f}×", ratio >= at_least
+            )
+        )
+
+    qps_ratio("local", "dnsmasq", 0.8)
+    qps_ratio("local", "twistd", 4.0)
+    qps_ratio("upstream", "dnsmasq", 1.0)
+    qps_ratio("nxdomain", "dnsmasq", 0.8)
+    mine = [r for r in results if r.server == "meshdns"]
+    if mine:
+        lost = sum(r.saturation.lost + r.light.lost for r in mine)
+        found.append(Target("meshdns lost queries (all runs)", "0", str(lost), lost == 0))
+    for workload in WORKLOADS:
+        m, d = by_key.get(("meshdns", workload)), by_key.get(("dnsmasq", workload))
+        if m is None or d is None or m.light.p99_ms is None or d.light.p99_ms is None:
+            continue
+        ratio = m.light.p99_ms / d.light.p99_ms
+        found.append(
+            Target(f"{workload} p99 at 300 qps vs dnsmasq", "≤ 1.5×", f"{ratio:.2f}×", ratio <= 1.5)
+        )
+    for row in table_build or []:
+        if row["hosts"] == 100000:
+            found.append(
+                Target(
+                    "table build, 100k hosts: time",
+                    "< 10 s",
+                    f"{row['seconds']:.1f} s",
+                    row["seconds"] < 10,
+                )
+            )
+            found.append(
+                Target(
+                    "table build, 100k hosts: peak RSS",
+                    "< 500 MB",
+                    f"{row['rss_peak_mb']:.0f} MB",
+                    row["rss_peak_mb"] < 500,
+                )
+            )
+    return found
+
+
+def targets_table(found: list[Target]) -> str:
+    """The targets as Markdown."""
+    lines = ["| target | wanted | got | met |", "|---|---|---|---|"]
+    for t in found:
+        lines.append(f"| {t.what} | {t.wanted} | {t.got} | {'yes' if t.met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def table_build_table(rows: list[dict]) -> str:
+    """bench/table_build.py's figures as Markdown."""
+    lines = [
+        "| hosts | entries file | build time | peak RSS | RSS before build |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['hosts']:,} | {r['file_mb']:.1f} MB | {r['seconds']:.2f} s "
+            f"| {r['rss_peak_mb']:.0f} MB | {r['rss_baseline_mb']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(results_dir: Path, results: list[Result], table_build: list[dict] | None) -> str:
+    """The whole report."""
+    parts = []
+    machine = results_dir / "machine.txt"
+    if machine.exists():
+        parts.append("```\n" + machine.read_text().strip() + "\n```")
+    if results:
+        parts += ["### Results", results_table(results)]
+        if any(r.server != "meshdns" for r in results):
+            parts += ["### meshdns as a ratio to each peer (same run)", ratios_table(results)]
+    if table_build:
+        parts += [
+            "### Table build (TableLoader.load, fresh process)",
+            table_build_table(table_build),
+        ]
+    found = targets(results, table_build)
+    if found:
+        parts += ["### Targets (issue 5)", targets_table(found)]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("results", type=Path, help="the results folder of bench/run.sh")
+    parser.add_argument("--json", type=Path, help="also write the parsed figures here")
+    args = parser.parse_args(argv)
+    try:
+        results = load(args.results)
+    except ValueError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 1
+    build_path = args.results / "table_build.json"
+    table_build = json.loads(build_path.read_text()) if build_path.exists() else None
+    print(markdown(args.results, results, table_build), end="")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "results": [asdict(r) for r in results],
+                    "table_build": table_build,
+                    "targets": [asdict(t) for t in targets(results, table_build)],
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
