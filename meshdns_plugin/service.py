@@ -27,7 +27,7 @@ from meshdns_plugin.listeners import VipListeners
 from meshdns_plugin.querylog import QueryLoggingFactory
 from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
 from meshdns_plugin.resolvconf import read_resolv_conf
-from meshdns_plugin.server import MeshDNSDatagramProtocol, MeshDNSServerFactory
+from meshdns_plugin.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
 from meshdns_plugin.stats import ReloadStats
 from meshdns_plugin.upstream import CachingForwarder
 
@@ -79,6 +79,15 @@ def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
         serve_stale=config.cache.serve_stale,
         max_concurrent=config.upstream.max_concurrent,
     )
+
+
+class BurstUDPServer(internet.UDPServer):
+    """An L{internet.UDPServer} listening with a L{BurstUDPPort}."""
+
+    def _getPort(self) -> BurstUDPPort:
+        port = BurstUDPPort(*self.args, reactor=self.reactor, **self.kwargs)
+        port.startListening()
+        return port
 
 
 class MeshService(service.MultiService):
@@ -162,7 +171,8 @@ class MeshService(service.MultiService):
 
             reactor = _reactor
         address, port = self.config.listen.address, self.config.listen.port
-        udp = internet.UDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
+        udp = BurstUDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
+        udp.reactor = reactor
         udp.setServiceParent(self)
         endpoint_type = (
             endpoints.TCP6ServerEndpoint
