@@ -31,8 +31,8 @@ the replies to a burst of datagrams together.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from twisted.internet import protocol, udp
 from twisted.logger import Logger
@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 
 from meshdns_plugin import stats, wire
 from meshdns_plugin.authority import MeshAnswer, MeshAuthority
+from meshdns_plugin.replymemo import MemoEntry, ReplyMemo
 from meshdns_plugin.upstream import CachedNameError, CacheHit, CachingForwarder
 
 #: The largest UDP answer we send, whatever the client offers: DNS Flag Day
@@ -174,6 +175,7 @@ class BurstUDPPort(udp.Port):
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
         received = protocol.datagramReceived
+        memoized = protocol.controller.memoized
         try:
             for _ in range(MAX_BURST):
                 try:
@@ -183,8 +185,12 @@ class BurstUDPPort(udp.Port):
                     # on the socket) concerns no query of this burst.
                     break
                 try:
-                    # IPv6 addresses come with flow info and scope ID.
-                    received(data, address[:2])
+                    reply = memoized(data, address[0])
+                    if reply is not None:
+                        pending.append((reply, address))
+                    else:
+                        # IPv6 addresses come with flow info and scope ID.
+                        received(data, address[:2])
                 except Exception:
                     _log.failure("Unexpected error answering a datagram")
         finally:
@@ -195,27 +201,6 @@ class BurstUDPPort(udp.Port):
                     sendto(data, address)
                 except OSError:
                     protocol.controller.stats.dropped += 1
-
-
-@dataclass(slots=True)
-class _Memo:
-    """
-    The reply to one UDP query packet, less its ID (see
-    L{MeshDNSServerFactory.packetReceived}).
-
-    @ivar tails: the reply without its first two bytes, one per rotation.
-    @ivar counter: the C{stats.queries} key the query is counted under.
-    @ivar fresh_until: for a cache hit, when (on the cache's clock) its TTLs
-        lose their next second, and the memo is no longer good; L{None} for
-        a mesh answer, good as long as the table.
-
-    A cache hit served from the memo does not touch the cache's LRU order;
-    the memo is renewed, and the entry touched, once a second.
-    """
-
-    tails: tuple[bytes, ...]
-    counter: tuple[str, str]
-    fresh_until: float | None = None
 
 
 class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
@@ -319,13 +304,15 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self._recursion = wire.RA if self.canRecurse else 0
         self._rotation = 0
         self._opt = wire.opt_record(MAX_UDP_PAYLOAD)
-        self._memo: dict[bytes, _Memo] = {}
-        self._memo_table: object = None
+        forwarder = self.forwarder
+        self.memo = ReplyMemo(
+            forwarder.cache.clock if forwarder is not None else time.monotonic,
+            self.stats,
+            forwarder.stats if forwarder is not None else None,
+        )
 
     #: Bound of the memo of per-address access decisions.
     MAX_ACCESS_MEMO = 4096
-    #: Bound of the memo of replies to query packets.
-    MAX_REPLY_MEMO = 10000
 
     def allowed(self, host: str) -> bool:
         """Whether a client at C{host} may query: loopback, or in C{allow}."""
@@ -351,14 +338,14 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             return None
         return super().buildProtocol(addr)
 
-    def fastReply(self, q: wire.Question, udp: bool, memo_key: bytes | None = None) -> bytes | None:
+    def fastReply(self, q: wire.Question, udp: bool, packet: bytes | None = None) -> bytes | None:
         """
         The reply to C{q} from pre-encoded bytes, or L{None} when the full
         path must answer (not a mesh name or fresh cache entry, or the reply
         would need truncation).
 
-        @param memo_key: the UDP query packet less its ID: when given, the
-            reply (every rotation of it) is remembered under it.
+        @param packet: the UDP query packet C{q} comes from: when given, the
+            reply (every rotation of it) is remembered in L{memo}.
         """
         if q.qclass != wire.CLASS_IN:
             return None
@@ -376,14 +363,14 @@ class MeshDNSServerFactory(server.DNSServerFactory):
                 if data is not None:
                     counter = (type_name(q.qtype), stats.MESH)
                     self.stats.queries[counter] += 1
-                    if memo_key is not None:
+                    if packet is not None:
                         flags = wire.QR | wire.AA | self._recursion
                         replies = [
                             wire.reply(q, flags, (n, 0, 0), s, self._opt, limit) for s, n in rings
                         ]
                         if None not in replies:
                             tails = tuple(r[2:] for r in replies)  # type: ignore[index]
-                            self._remember(memo_key, _Memo(tails, counter))
+                            self.memo.remember(packet, MemoEntry(tails, counter))
                 return data
         forwarder = self.forwarder
         if forwarder is not None:
@@ -403,34 +390,22 @@ class MeshDNSServerFactory(server.DNSServerFactory):
                     forwarder.stats.cache_hits += 1
                     counter = (type_name(q.qtype), stats.CACHE_HIT)
                     self.stats.queries[counter] += 1
-                    if memo_key is not None:
+                    if packet is not None:
                         fresh_until = entry.stored_at + elapsed + 1
-                        self._remember(memo_key, _Memo((data[2:],), counter, fresh_until))
+                        self.memo.remember(packet, MemoEntry((data[2:],), counter, fresh_until))
                 return data
         return None
 
-    def _remember(self, memo_key: bytes, memo: _Memo) -> None:
-        if len(self._memo) >= self.MAX_REPLY_MEMO:
-            self._memo.clear()
-        self._memo[memo_key] = memo
-
-    def _memoized(self, data: bytes) -> _Memo | None:
+    def memoized(self, data: bytes, host: str) -> bytes | None:
         """
-        The remembered reply to the UDP query C{data}, if still good: the
-        same table, and for a cache hit the same second of its TTLs.
+        The reply to the UDP query C{data} from C{host} if L{memo} has one:
+        what L{BurstUDPPort} tries before L{packetReceived}. L{None} also
+        for a host not yet let in: L{packetReceived} decides about it.
         """
-        mesh = self.mesh
-        if mesh is not None and mesh.table is not self._memo_table:
-            self._memo.clear()
-            self._memo_table = mesh.table
-        memo = self._memo.get(data[2:])
-        if memo is None or memo.fresh_until is None:
-            return memo
-        forwarder = self.forwarder
-        if forwarder.cache.clock() >= memo.fresh_until:  # type: ignore[union-attr]
+        if not self._allowed.get(host):
             return None
-        forwarder.stats.cache_hits += 1  # type: ignore[union-attr]
-        return memo
+        mesh = self.mesh
+        return self.memo.reply(data, mesh.table if mesh is not None else None)
 
     def _responseFromMessage(
         self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False
@@ -580,19 +555,14 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if not (self.allowed(address[0]) if address is not None else proto.peer_allowed):
             self._refuse(data, proto, address)
             return
-        memo_key = None
         if address is not None:
-            memo = self._memoized(data)
-            if memo is not None:
-                self.stats.queries[memo.counter] += 1
-                self._rotation += 1
-                tails = memo.tails
-                proto.writeBytes(data[:2] + tails[self._rotation % len(tails)], address)
+            memoized = self.memoized(data, address[0])
+            if memoized is not None:
+                proto.writeBytes(memoized, address)
                 return
-            memo_key = data[2:]
         question = wire.parse_question(data)
         if question is not None:
-            fast = self.fastReply(question, address is not None, memo_key)
+            fast = self.fastReply(question, address is not None, data if address else None)
             if fast is not None:
                 if address is None:
                     proto.writeBytes(fast)

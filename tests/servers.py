@@ -37,12 +37,17 @@ class MemoryServer:
     @ivar reactor: the fake reactor (its clock ages the cache).
     """
 
-    def __init__(self, table: NameTable, upstream: tuple[str, int] = ("127.0.0.1", 1)) -> None:
+    def __init__(
+        self,
+        table: NameTable,
+        upstream: tuple[str, int] = ("127.0.0.1", 1),
+        factory_type: type[MeshDNSServerFactory] = MeshDNSServerFactory,
+    ) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1_000_000)
         self.authority = MeshAuthority(table)
         self.forwarder = CachingForwarder([upstream], timeout=2, reactor=self.reactor)
-        self.factory = MeshDNSServerFactory(authorities=[self.authority], clients=[self.forwarder])
+        self.factory = factory_type(authorities=[self.authority], clients=[self.forwarder])
 
     def cache(self, name: str, rtype: int, answers=(), authority=(), rcode=dns.OK, ttl=None):
         """Put an upstream answer in the cache, as if it had just arrived."""

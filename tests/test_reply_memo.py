@@ -7,12 +7,14 @@ for as long as the table and the cache entry behind the reply are unchanged.
 from __future__ import annotations
 
 import dns.message
+import dns.rcode
 import dns.rdatatype
 from twisted.names import dns as tdns
 
 from meshdns_plugin import stats
+from meshdns_plugin.querylog import QueryLoggingFactory
 from tests.samples import ENTRIES, make_table
-from tests.servers import MemoryServer
+from tests.servers import MemoryServer, RecordingProtocol
 
 
 def query(name: str, rdtype: str = "A", ident: int = 1) -> bytes:
@@ -89,7 +91,37 @@ def test_not_used_once_the_cache_entry_expired() -> None:
 def test_tcp_is_not_memoized() -> None:
     server = MemoryServer(make_table())
     assert server.packet(query("productpage.ns1"), udp=False) is not None
-    assert not server.factory._memo
+    assert len(server.factory.memo) == 0
+
+
+def test_bounded() -> None:
+    server = MemoryServer(make_table())
+    server.factory.memo.MAX_ENTRIES = 2
+    for ident, name in enumerate(["productpage.ns1", "ipv4only.example", "many.example"]):
+        server.packet(query(name, ident=ident))
+    assert len(server.factory.memo) == 1
+    reply = server.packet(query("productpage.ns1", ident=9))
+    assert reply is not None and reply[:2] == b"\x00\x09"
+
+
+def test_hosts_not_let_in_get_no_memo() -> None:
+    server = MemoryServer(make_table())
+    packet = query("productpage.ns1")
+    assert server.packet(packet) is not None
+    assert server.factory.memoized(packet, "127.0.0.1") is not None
+    # A host never seen, or refused, is left to packetReceived.
+    assert server.factory.memoized(packet, "192.0.2.1") is None
+    proto = RecordingProtocol()
+    server.factory.packetReceived(packet, proto, ("192.0.2.1", 53))
+    assert dns.message.from_wire(proto.sent[0]).rcode() == dns.rcode.REFUSED
+    assert server.factory.memoized(packet, "192.0.2.1") is None
+
+
+def test_not_with_query_logging() -> None:
+    server = MemoryServer(make_table(), factory_type=QueryLoggingFactory)
+    packet = query("productpage.ns1")
+    assert server.packet(packet) is not None
+    assert server.factory.memoized(packet, "127.0.0.1") is None
 
 
 def test_different_case_is_a_different_entry() -> None:
