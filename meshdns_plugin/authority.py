@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_authority -*-
+# -*- test-case-name: tests.test_wire,tests.test_api -*-
 """
 MeshAuthority: a Twisted Names resolver that answers from the current
 L{NameTable}.

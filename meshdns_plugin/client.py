@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_upstream -*-
 """
 Asking upstream servers: UDP with failover in order, TCP when truncated.
 

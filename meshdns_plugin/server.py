@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_wire,tests.test_reliability,tests.test_burst_port -*-
 """
 The DNS server: a L{DNSServerFactory} subclass and its UDP and TCP protocols.
 

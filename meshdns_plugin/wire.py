@@ -261,6 +261,10 @@ def encode_answer(
 #: rotation, for a lowercase question and for one in mixed case.
 Rings = tuple[tuple[tuple[bytes, int], ...], tuple[tuple[bytes, int], ...]]
 
+#: The answer of a name without addresses of the type asked (NODATA): one
+#: shared value, as most names have addresses of one family only.
+NO_ADDRESSES: Rings = (((b"", 0),), ((b"", 0),))
+
 
 def address_answer(
     owner_wire: bytes,
@@ -277,6 +281,8 @@ def address_answer(
     @param alias_wire: the queried name, when answered through a CNAME.
     """
     addresses = records.addresses(4 if qtype == TYPE_A else 6)
+    if not addresses and alias_wire is None:
+        return NO_ADDRESSES
     qname_wire = alias_wire or owner_wire
     count = len(addresses) + (1 if alias_wire else 0)
     n = len(addresses)
