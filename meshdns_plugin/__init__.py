@@ -122,16 +122,16 @@ def meshService(
     config: Config | str | os.PathLike[str],
     *,
     port: int | None = None,
-    interface: str | None = None,
+    interface: str | Sequence[str] | None = None,
     authorities: Sequence[IResolver] = (),
     reactor: Any = None,
 ) -> MeshService:
     """
     meshdns as a service to add to your L{Application} or L{MultiService}:
-    DNS over UDP and TCP on one address and port, answered by the mesh, then
-    C{authorities}, then the caching forwarder; the watcher that reloads the
-    entries when their files change (and on SIGHUP); the admin endpoint when
-    the config enables it.
+    DNS over UDP and TCP on each listen address, all on one port, answered
+    by the mesh, then C{authorities}, then the caching forwarder; the
+    watcher that reloads the entries when their files change (and on
+    SIGHUP); the admin endpoint when the config enables it.
 
     The mesh is asked first so that its names take the wire fast path, which
     needs the mesh first and the forwarder last in the chain (see
@@ -146,14 +146,16 @@ def meshService(
 
     @param config: a L{Config}, or the path of a config file.
     @param port: the DNS port, instead of the config's C{listen.port}.
-    @param interface: the IP address to listen on, instead of the config's
-        C{listen.address}.
+    @param interface: the IP address to listen on, or a list of them,
+        instead of the config's C{listen.address}.
     @param authorities: your own resolvers (for instance a
         L{twisted.names.authority.BindAuthority} zone) to serve beside the
         mesh.
     @param reactor: the reactor to use; the global one if L{None}.
-    @raise ConfigError: if C{config} is a path to an unusable file, or the
-        address would serve beyond loopback without a C{listen.allow} list.
+    @raise ConfigError: if C{config} is a path to an unusable file, if
+        C{interface} is not one IP or a list of distinct ones, or if the
+        listen settings cannot be used (an address beyond loopback without
+        a C{listen.allow} list, port 0 with several addresses).
     @raise EntriesError: if any entry is invalid (there is no previous table
         to keep serving yet).
     """

@@ -39,6 +39,9 @@ DEFAULT_PORT = 15053
 DEFAULT_PROXY_ID = 1337
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 DEFAULT_VIP_RANGES = ("240.240.0.0/16", "2001:2::/48")
+#: Where REDIRECT sends this host's own packets, per IP version
+#: (iptables-extensions: locally generated packets go to the localhost address).
+REDIRECT_ADDRESSES = {4: "127.0.0.1", 6: "::1"}
 
 #: The iptables binaries to try, per IP version, in order. The first is the
 #: system's choice (on Debian, the nf_tables backend through alternatives);
@@ -273,6 +276,17 @@ def _vip_ranges(config: Config | None) -> list[str]:
     return [r for r in ranges if ipv6 or ipaddress.ip_network(r).version == 4]
 
 
+def listens_for_redirect(addresses: Sequence[str], version: int) -> bool:
+    """
+    Whether a meshdns listening on C{addresses} receives the queries that
+    capture redirects for IP C{version}: it listens on that version's
+    L{REDIRECT_ADDRESSES} itself, or on a wildcard covering it (C{0.0.0.0}
+    for IPv4, C{::} for both).
+    """
+    covering = {REDIRECT_ADDRESSES[version], "::"} | ({"0.0.0.0"} if version == 4 else set())
+    return not covering.isdisjoint(addresses)
+
+
 def _present_routes(ranges: Sequence[str]) -> list[str]:
     """
     The VIP ranges that have a local route now. It asks C{table all}: naming
@@ -319,6 +333,13 @@ def _install(args: argparse.Namespace) -> None:
         )
         for command in install_commands(iptables, rules, state):
             _run(command)
+        if rules and config is not None and not listens_for_redirect(
+            config.listen.addresses, version
+        ):
+            target = REDIRECT_ADDRESSES[version]
+            print(f"meshdns capture: warning: captured IPv{version} DNS goes to {target} "
+                  f"port {port}, but listen.address in {config.source} does not include "
+                  f"{target}", file=sys.stderr)
     if args.vip_routes:
         for command in route_commands(_vip_ranges(config), (), install=True):
             _run(command)

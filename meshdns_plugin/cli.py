@@ -147,10 +147,10 @@ def listeners(args: argparse.Namespace) -> int:
 
 
 def _default_server(args: argparse.Namespace) -> tuple[str, int]:
-    """The config's DNS listener, with a wildcard address asked on loopback."""
+    """The config's first listen address, a wildcard asked on loopback."""
     listen = load_config(args.config).listen
-    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.address, listen.address)
-    return address, listen.port
+    first = listen.addresses[0]
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(first, first), listen.port
 
 
 def dig_text(reply: dns.message.Message, server: str, transport: str, seconds: float) -> str:
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_query.add_argument(
         "--server",
         type=_server_option,
-        help="IP, IP:PORT or [IPv6]:PORT to ask (default: the config's listen address)",
+        help="IP, IP:PORT or [IPv6]:PORT to ask (default: the config's first listen address)",
     )
     add_query.add_argument("--tcp", action="store_true", help="ask over TCP")
     add_query.add_argument(

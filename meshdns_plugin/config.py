@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import yaml
@@ -45,15 +45,17 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class ListenConfig:
     """
-    Where meshdns serves DNS: UDP and TCP on the same address and port.
+    Where meshdns serves DNS: UDP and TCP on each address, all on one port.
 
+    @ivar addresses: the IPs to listen on (the YAML key C{listen.address},
+        one IP or a list); never empty, no duplicates, no overlap.
     @ivar allow: networks whose clients may query; empty means loopback only.
     @ivar tcp_idle_timeout: seconds a TCP connection may stay silent.
     @ivar tcp_max_connections: concurrent TCP connections; more are closed.
     @ivar tcp_max_queries: queries per TCP connection before it is closed.
     """
 
-    address: str = "127.0.0.1"
+    addresses: tuple[str, ...] = ("127.0.0.1",)
     port: int = 15053
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tcp_idle_timeout: float = 10.0
@@ -245,6 +247,44 @@ def _ip(value: Any) -> str:
         raise _Invalid(f"{value!r} is not an IP address") from None
 
 
+def listen_addresses(value: Any) -> tuple[str, ...]:
+    """
+    C{listen.address} (and C{twistd meshdns --interface}, given once or
+    more): one IP, or a non-empty list of distinct IPs -> their normal
+    forms, in the order given.
+
+    A wildcard listens on more than itself, so it cannot be listed with an
+    address it covers, whose bind would fail (address in use): C{0.0.0.0}
+    covers every IPv4 address, and C{::} every address, IPv4 too (an IPv6
+    wildcard socket takes IPv4 as well: Linux's default, which Twisted keeps).
+
+    @raise ValueError: one line saying why, without the key.
+    """
+    if isinstance(value, list | tuple):
+        if not value:
+            raise _Invalid("expected an IP address or a non-empty list of them, got []")
+        addresses = tuple(_ip(item) for item in value)
+    else:
+        addresses = (_ip(value),)
+    for index, address in enumerate(addresses):
+        if address in addresses[:index]:
+            raise _Invalid(f"{address} is listed twice")
+    for address in addresses:
+        wildcard = ipaddress.ip_address(address)
+        if not wildcard.is_unspecified:
+            continue
+        for other in addresses:
+            if other != address and (
+                wildcard.version == 6 or ipaddress.ip_address(other).version == 4
+            ):
+                every = "IPv4 address" if wildcard.version == 4 else "address, IPv4 too"
+                raise _Invalid(
+                    f"{address} already listens on every {every}, {other} included: "
+                    "list one or the other"
+                )
+    return addresses
+
+
 def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(_text(value), strict=False)
@@ -298,7 +338,7 @@ def _domain(value: Any) -> str:
 
 _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     ListenConfig: {
-        "address": _ip,
+        "address": listen_addresses,
         "port": _integer(0, 65535),
         "allow": _list_of(_network),
         "tcp_idle_timeout": _seconds,
@@ -342,6 +382,10 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     },
 }
 
+#: YAML keys whose field has another name: C{listen.address} may be one IP
+#: or a list, and the field holds them all.
+_FIELDS: Mapping[tuple[type, str], str] = {(ListenConfig, "address"): "addresses"}
+
 _Section = TypeVar("_Section")
 
 
@@ -354,12 +398,12 @@ def _section(cls: type[_Section], raw: Any, path: str) -> _Section:
     checks = _CHECKS[cls]
     unknown = sorted(set(raw) - set(checks), key=str)
     if unknown:
-        known = ", ".join(f.name for f in fields(cls))  # type: ignore[arg-type]
+        known = ", ".join(checks)
         raise ConfigError(f"{path}.{unknown[0]}: unknown key (known keys: {known})")
     values = {}
     for key, value in raw.items():
         try:
-            values[key] = checks[key](value)
+            values[_FIELDS.get((cls, key), key)] = checks[key](value)
         except _Invalid as e:
             raise ConfigError(f"{path}.{key}: {e}") from None
     return cls(**values)
@@ -402,22 +446,31 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         raise ConfigError(f"{source}: entries: {e}") from None
     absolute = tuple(os.path.normpath(os.path.join(base_dir, p)) for p in entries)
     config = Config(entries=absolute, source=source, **built)
-    check_exposure(config)
+    check_listen(config)
     return config
 
 
-def check_exposure(config: Config) -> None:
+def check_listen(config: Config) -> None:
     """
-    Refuse to serve beyond loopback with no C{listen.allow} list: a DNS
-    forwarder open to the network is an open resolver and a reflector.
+    Refuse listen settings that cannot work together:
+      - serving beyond loopback with no C{listen.allow} list: a DNS
+        forwarder open to the network is an open resolver and a reflector;
+      - C{listen.port} 0 (any free port) with several addresses: each
+        listener would get a port of its own, and nothing says which.
 
-    @raise ConfigError: naming the file and C{listen.allow}.
+    @raise ConfigError: naming the file and the key to change.
     """
     listen = config.listen
-    if not ipaddress.ip_address(listen.address).is_loopback and not listen.allow:
+    exposed = [a for a in listen.addresses if not ipaddress.ip_address(a).is_loopback]
+    if exposed and not listen.allow:
         raise ConfigError(
-            f"{config.source}: listen.allow: required when listening on {listen.address}, "
+            f"{config.source}: listen.allow: required when listening on {exposed[0]}, "
             "which is not loopback (list the client networks, e.g. [10.0.0.0/8])"
+        )
+    if listen.port == 0 and len(listen.addresses) > 1:
+        raise ConfigError(
+            f"{config.source}: listen.port: 0 (any free port) needs a single listen address, "
+            f"not {len(listen.addresses)}: each would get a different port"
         )
 
 

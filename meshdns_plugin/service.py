@@ -4,7 +4,8 @@ The meshdns service tree: the resolvers, the DNS server factory, and the UDP
 and TCP listeners under one L{MultiService}.
 
 Twisted has no UDP endpoints, so UDP is an L{internet.UDPServer} and TCP a
-L{StreamServerEndpointService}, side by side on the same address and port.
+L{StreamServerEndpointService}, side by side on the same address and port;
+one such pair per listen address, all on one port and one factory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.admin import AdminService
 from meshdns_plugin.authority import MeshAuthority
-from meshdns_plugin.config import Config, check_exposure
+from meshdns_plugin.config import Config, ConfigError, check_listen, listen_addresses
 from meshdns_plugin.listeners import VipListeners
 from meshdns_plugin.querylog import QueryLoggingFactory
 from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
@@ -42,23 +43,31 @@ def upstream_servers(config: Config) -> tuple[tuple[str, int], ...]:
 
 
 def override_listen(
-    config: Config, *, port: int | None = None, interface: str | None = None
+    config: Config, *, port: int | None = None, interface: str | Sequence[str] | None = None
 ) -> Config:
     """
-    C{config} with its listen port and address replaced where given: the one
-    place where C{twistd meshdns --port/--interface} and
+    C{config} with its listen port and addresses replaced where given: the
+    one place where C{twistd meshdns --port/--interface} and
     L{meshdns_plugin.meshService} override the file.
 
-    @raise ConfigError: if the result would serve beyond loopback with no
-        C{listen.allow} (an open resolver).
+    @param interface: one IP, or several, to listen on instead of the
+        config's C{listen.address}.
+    @raise ConfigError: if C{interface} is not one IP or a list of distinct
+        ones, or the result would serve beyond loopback with no
+        C{listen.allow} (an open resolver), or on port 0 with several
+        addresses.
     """
     listen = config.listen
     if port is not None:
         listen = dataclasses.replace(listen, port=port)
     if interface is not None:
-        listen = dataclasses.replace(listen, address=interface)
+        given = interface if isinstance(interface, str) else list(interface)
+        try:
+            listen = dataclasses.replace(listen, addresses=listen_addresses(given))
+        except ValueError as e:
+            raise ConfigError(f"interface: {e}") from None
     config = dataclasses.replace(config, listen=listen)
-    check_exposure(config)
+    check_listen(config)
     return config
 
 
@@ -139,10 +148,10 @@ class MeshService(service.MultiService):
         )
         self.factory.noisy = False
         _log.info(
-            "meshdns: {names} mesh names, {vips} VIP hosts, serving on {address} port {port}",
+            "meshdns: {names} mesh names, {vips} VIP hosts, serving on {addresses} port {port}",
             names=len(self.authority.table),
             vips=len(self.authority.table.vips),
-            address=config.listen.address,
+            addresses=", ".join(config.listen.addresses),
             port=config.listen.port,
         )
         self._listen(reactor)
@@ -166,21 +175,27 @@ class MeshService(service.MultiService):
         return super().stopService()
 
     def _listen(self, reactor) -> None:
+        """
+        UDP and TCP on every listen address, all on the one port and
+        factory; each UDP port has a protocol of its own (it holds its
+        transport).
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        address, port = self.config.listen.address, self.config.listen.port
-        udp = BurstUDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
-        udp.reactor = reactor
-        udp.setServiceParent(self)
-        endpoint_type = (
-            endpoints.TCP6ServerEndpoint
-            if ipaddress.ip_address(address).version == 6
-            else endpoints.TCP4ServerEndpoint
-        )
-        tcp = internet.StreamServerEndpointService(
-            endpoint_type(reactor, port, interface=address), self.factory
-        )
-        tcp._raiseSynchronously = True
-        tcp.setServiceParent(self)
+        port = self.config.listen.port
+        for address in self.config.listen.addresses:
+            udp = BurstUDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
+            udp.reactor = reactor
+            udp.setServiceParent(self)
+            endpoint_type = (
+                endpoints.TCP6ServerEndpoint
+                if ipaddress.ip_address(address).version == 6
+                else endpoints.TCP4ServerEndpoint
+            )
+            tcp = internet.StreamServerEndpointService(
+                endpoint_type(reactor, port, interface=address), self.factory
+            )
+            tcp._raiseSynchronously = True
+            tcp.setServiceParent(self)

@@ -10,11 +10,10 @@ the reactor after it has imported plugins.
 
 from __future__ import annotations
 
-import ipaddress
-
 from twisted.python import usage
 
 from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
+from meshdns_plugin.config import listen_addresses
 from meshdns_plugin.service import override_listen
 
 
@@ -24,8 +23,17 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "meshdns.yaml to read (default: the embedded conf/meshdns.yaml)"],
         ["port", "p", None, "DNS port for UDP and TCP (overrides listen.port)"],
-        ["interface", "i", None, "address to listen on (overrides listen.address)"],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["interface"] = []
+
+    def opt_interface(self, address: str) -> None:
+        """address to listen on; repeat for several (overrides listen.address)"""
+        self["interface"].append(address)
+
+    opt_i = opt_interface
 
     def postOptions(self) -> None:
         try:
@@ -37,13 +45,11 @@ class Options(usage.Options):
             if not self["port"].isdigit() or not 0 <= int(self["port"]) <= 65535:
                 raise usage.UsageError(f"--port: {self['port']!r} is not a port number (0-65535)")
             port = int(self["port"])
-        if self["interface"] is not None:
+        if self["interface"]:
             try:
-                interface = str(ipaddress.ip_address(self["interface"]))
-            except ValueError:
-                raise usage.UsageError(
-                    f"--interface: {self['interface']!r} is not an IP address"
-                ) from None
+                interface = listen_addresses(self["interface"])
+            except ValueError as e:
+                raise usage.UsageError(f"--interface: {e}") from None
         try:
             self["meshConfig"] = override_listen(config, port=port, interface=interface)
         except ConfigError as e:

@@ -15,6 +15,7 @@ Helpers (C{from tests.conftest import ...}): L{free_port}, L{run_twistd}.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -56,23 +57,42 @@ MESHDNS_READY_TIMEOUT = 15.0
 STOP_GRACE = 5.0
 
 
-def free_port(address: str = LOOPBACK) -> int:
+def free_port(*addresses: str) -> int:
     """
-    A port free on C{address} for both UDP and TCP at the time of the call
-    (meshdns serves both on one port). Both sockets are released on return.
+    A port free on every one of C{addresses} (default: C{127.0.0.1}) for both
+    UDP and TCP at the time of the call (meshdns serves both on one port, on
+    each of its addresses). Every socket is released on return.
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    addresses = addresses or (LOOPBACK,)
     for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((address, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((address, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError(f"no port free for both UDP and TCP on {address}")
+        with contextlib.ExitStack() as sockets:
+
+            def bind(address: str, kind: int, port: int) -> int:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                sock = sockets.enter_context(socket.socket(family, kind))
+                sock.bind((address, port))
+                return sock.getsockname()[1]
+
+            port = bind(addresses[0], socket.SOCK_DGRAM, 0)
+            try:
+                for address in addresses:
+                    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                        if (address, kind) != (addresses[0], socket.SOCK_DGRAM):
+                            bind(address, kind, port)
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {', '.join(addresses)}")
+
+
+def ipv6_loopback_missing() -> str:
+    """Why C{::1} cannot be bound here (no IPv6), or C{""} when it can."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError as e:
+        return f"cannot bind ::1 on this machine: {e}"
+    return ""
 
 
 def child_env() -> dict[str, str]:
@@ -286,7 +306,8 @@ def launch_meshdns(
     C{twistd -n meshdns} there and wait until it answers.
 
     Filled in unless the caller gives them:
-      - C{listen}: C{127.0.0.1} and a free port;
+      - C{listen}: C{127.0.0.1} and a free port (free on every address,
+        when C{listen.address} is a list);
       - C{admin}: disabled (port 0);
       - C{entries}: the names of the C{entries} files (relative to C{directory});
       - C{upstream.resolv_conf}: an empty file, so that neither the host's
@@ -296,7 +317,10 @@ def launch_meshdns(
     config = copy.deepcopy(config)
     listen = config.setdefault("listen", {})
     listen.setdefault("address", LOOPBACK)
-    listen.setdefault("port", free_port(listen["address"]))
+    # One address or a list of them: the process is probed on the first.
+    addresses = listen["address"] if isinstance(listen["address"], list) else [listen["address"]]
+    if "port" not in listen:
+        listen["port"] = free_port(*addresses)
     # No admin endpoint unless asked for: parallel processes would compete
     # for its default port.
     config.setdefault("admin", {"port": 0})
@@ -323,7 +347,7 @@ def launch_meshdns(
             env=child_env(),
         )
     meshdns = MeshdnsProcess(
-        listen["address"], listen["port"], process, directory, config_path, log_path
+        addresses[0], listen["port"], process, directory, config_path, log_path
     )
     wait_until_answering(meshdns)
     return meshdns

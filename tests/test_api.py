@@ -14,7 +14,8 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 import pytest
-from twisted.internet import defer
+from twisted.application import internet
+from twisted.internet import defer, endpoints
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import common
 from twisted.names import dns as tdns
@@ -33,6 +34,7 @@ from meshdns_plugin import (
     meshService,
 )
 from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.service import BurstUDPServer
 from meshdns_plugin.upstream import CachingForwarder
 from tests.conftest import REPO_ROOT
 from tests.servers import UDPReactor
@@ -190,15 +192,15 @@ def test_mesh_service_serves_the_callers_authorities(config_path: Path) -> None:
     assert a_records(result(resolve(b"www.example.test"))) == ["192.0.2.10"]
     assert a_records(result(resolve(b"address.internal"))) == ["198.51.100.1"]
     listen = service.config.listen
-    assert (listen.address, listen.port) == ("127.0.0.2", 5353)
+    assert (listen.addresses, listen.port) == (("127.0.0.2",), 5353)
     assert service.reload()
 
 
 def test_mesh_service_keeps_the_config_address_unless_told(config_path: Path) -> None:
     service = meshService(loadConfig(config_path), reactor=UDPReactor())
     default = Config().listen
-    assert (service.config.listen.address, service.config.listen.port) == (
-        default.address,
+    assert (service.config.listen.addresses, service.config.listen.port) == (
+        default.addresses,
         default.port,
     )
 
@@ -206,3 +208,56 @@ def test_mesh_service_keeps_the_config_address_unless_told(config_path: Path) ->
 def test_mesh_service_refuses_an_open_resolver(config_path: Path) -> None:
     with pytest.raises(ConfigError, match="listen.allow"):
         meshService(config_path, interface="0.0.0.0", reactor=UDPReactor())
+
+
+def test_mesh_service_listens_on_every_address(config_path: Path) -> None:
+    """UDP and TCP on each address, one port, one factory; a UDP protocol per port."""
+    service = meshService(
+        config_path, port=5353, interface=["127.0.0.2", "::1"], reactor=UDPReactor()
+    )
+    assert service.config.listen.addresses == ("127.0.0.2", "::1")
+    udp = [child for child in service if isinstance(child, BurstUDPServer)]
+    assert [(s.args[0], s.kwargs) for s in udp] == [
+        (5353, {"interface": "127.0.0.2"}),
+        (5353, {"interface": "::1"}),
+    ]
+    protocols = [s.args[1] for s in udp]
+    assert protocols[0] is not protocols[1]
+    assert all(p.controller is service.factory for p in protocols)
+    tcp = [
+        (type(child.endpoint), child.endpoint._port, child.endpoint._interface, child.factory)
+        for child in service
+        if isinstance(child, internet.StreamServerEndpointService)
+    ]
+    assert tcp == [
+        (endpoints.TCP4ServerEndpoint, 5353, "127.0.0.2", service.factory),
+        (endpoints.TCP6ServerEndpoint, 5353, "::1", service.factory),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"interface": "bogus"}, "interface: 'bogus' is not an IP address"),
+        ({"interface": ["::1", "0::1"]}, "interface: ::1 is listed twice"),
+        (
+            {"interface": []},
+            "interface: expected an IP address or a non-empty list of them, got []",
+        ),
+    ],
+)
+def test_mesh_service_checks_its_interfaces(
+    config_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        meshService(config_path, reactor=UDPReactor(), **overrides)
+    assert str(caught.value) == message
+
+
+def test_mesh_service_port_0_with_several_addresses(config_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        meshService(config_path, port=0, interface=["127.0.0.1", "::1"], reactor=UDPReactor())
+    assert str(caught.value) == (
+        f"{config_path}: listen.port: 0 (any free port) needs a single listen address, not 2: "
+        "each would get a different port"
+    )

@@ -297,14 +297,29 @@ def test_no_nameserver(
     )
 
 
-def test_ipv6_unusable_is_a_warning(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """A kernel without IPv6 nat must not stop IPv4 capture; the user is told."""
+@pytest.fixture
+def fake_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
+    """
+    Root, and empty nat tables of both versions that nothing really touches:
+    the commands capture would run are recorded in the list returned.
+    """
     monkeypatch.setattr(capture.os, "geteuid", lambda: 0)
     monkeypatch.setenv("PATH", str(tmp_path))
     ran: list[list[str]] = []
     monkeypatch.setattr(capture, "_run", ran.append)
+    tables = {4: "iptables", 6: "ip6tables"}
+    monkeypatch.setattr(capture, "_find_iptables", lambda version: (tables[version], NatState()))
+    return ran
+
+
+def test_ipv6_unusable_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fake_tables: list[list[str]],
+) -> None:
+    """A kernel without IPv6 nat must not stop IPv4 capture; the user is told."""
+    ran = fake_tables
 
     def find(version: int) -> tuple[str, NatState]:
         if version == 6:
@@ -322,6 +337,83 @@ def test_ipv6_unusable_is_a_warning(
     )
     assert {command[0] for command in ran} == {"iptables"}
     assert ran[-1][-2:] == ["-j", CHAIN]
+
+
+@pytest.mark.parametrize(
+    ("addresses", "version", "covered"),
+    [
+        (["127.0.0.1"], 4, True),
+        (["127.0.0.1"], 6, False),
+        (["127.0.0.1", "::1"], 6, True),
+        (["::1"], 4, False),
+        (["127.0.0.2"], 4, False),
+        (["0.0.0.0"], 4, True),
+        (["0.0.0.0"], 6, False),
+        (["0.0.0.0", "::1"], 6, True),
+        (["::"], 4, True),
+        (["::"], 6, True),
+    ],
+)
+def test_listens_for_redirect(addresses: list[str], version: int, covered: bool) -> None:
+    """REDIRECT sends this host's packets to 127.0.0.1 or ::1: who listens there?"""
+    assert capture.listens_for_redirect(addresses, version) is covered
+
+
+V4_AND_V6 = "nameserver 127.0.0.53\nnameserver ::1\n"
+
+
+@pytest.mark.parametrize(
+    ("listen", "nameservers", "options", "missing"),
+    [
+        ("127.0.0.1", V4_AND_V6, [], [6]),
+        ("127.0.0.1", V4_AND_V6, ["--all"], [6]),
+        ("127.0.0.1", "nameserver 127.0.0.53\n", [], []),
+        ("[127.0.0.1, '::1']", V4_AND_V6, [], []),
+        ("['::1']", V4_AND_V6, [], [4]),
+        ("['::1']", "nameserver ::1\n", [], []),
+        ("'::'", V4_AND_V6, ["--all"], []),
+    ],
+)
+def test_warns_when_the_config_does_not_listen_where_capture_sends(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fake_tables: list[list[str]],
+    listen: str,
+    nameservers: str,
+    options: list[str],
+    missing: list[int],
+) -> None:
+    """
+    One warning line per IP version whose captured DNS reaches an address
+    the config does not listen on; capture is installed all the same.
+    """
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text(nameservers)
+    config = tmp_path / "meshdns.yaml"
+    config.write_text(f"listen: {{address: {listen}, port: 5300, allow: [10.0.0.0/8]}}\n")
+    args = parse(
+        "capture", "install", "--config", str(config), "--resolv-conf", str(resolv_conf), *options
+    )
+    assert args.func(args) == 0
+    target = {4: "127.0.0.1", 6: "::1"}
+    assert capsys.readouterr().err == "".join(
+        f"meshdns capture: warning: captured IPv{version} DNS goes to {target[version]} "
+        f"port 5300, but listen.address in {config} does not include {target[version]}\n"
+        for version in missing
+    )
+    assert any(CHAIN in command for command in fake_tables)
+
+
+def test_no_listen_warning_without_a_config(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, fake_tables: list[list[str]]
+) -> None:
+    """Without --config capture does not know where meshdns listens: nothing to say."""
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text(V4_AND_V6)
+    args = parse("capture", "install", "--resolv-conf", str(resolv_conf))
+    assert args.func(args) == 0
+    assert capsys.readouterr().err == ""
+    assert {command[0] for command in fake_tables} == {"iptables", "ip6tables"}
 
 
 # -- the real thing, inside a network namespace ------------------------------
@@ -470,7 +562,7 @@ def test_config_gives_port_resolv_conf_and_ranges(
     pytest.importorskip("meshdns_plugin.config")
     config = tmp_path / "meshdns.yaml"
     config.write_text(
-        f"listen: {{port: 25354}}\n"
+        f"listen: {{address: [127.0.0.1, '::1'], port: 25354}}\n"
         f"upstream: {{resolv_conf: {resolv_conf}}}\n"
         f"mesh: {{ipv4_range: 240.241.0.0/16, ipv6_range: '2001:3::/48'}}\n"
     )

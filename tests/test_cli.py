@@ -18,7 +18,7 @@ import yaml
 from twisted.logger import capturedLogs
 
 from meshdns_plugin.admin import table_document
-from meshdns_plugin.cli import build_parser, main
+from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.reload import Reloader, TableLoader
 from meshdns_plugin.stats import ReloadStats
@@ -168,6 +168,27 @@ def test_query_prints_like_dig(capsys, start_meshdns: Callable[..., object], ups
     # Without --server: the listen address of the config.
     code, out, _ = run(capsys, "query", "address.internal", "-c", str(meshdns.config_path))
     assert code == 0 and "198.51.100.1" in out
+
+
+@pytest.mark.parametrize(
+    ("address", "asked"),
+    [
+        ("'::1'", "::1"),
+        ("['::1', 127.0.0.1]", "::1"),
+        ("[127.0.0.2, '::1']", "127.0.0.2"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("'::'", "::1"),
+        ("[0.0.0.0, '::1']", "127.0.0.1"),
+    ],
+)
+def test_query_asks_the_first_listen_address(
+    tmp_path: Path, address: str, asked: str
+) -> None:
+    """Without --server: the config's first address, a wildcard asked on loopback."""
+    config = tmp_path / "meshdns.yaml"
+    config.write_text(f"listen: {{address: {address}, port: 5300, allow: [10.0.0.0/8]}}\n")
+    args = build_parser().parse_args(["query", "a.example", "-c", str(config)])
+    assert _default_server(args) == (asked, 5300)
 
 
 def test_query_errors_are_one_line(capsys) -> None:

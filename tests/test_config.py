@@ -16,6 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshdns_plugin.config import (
+    _CHECKS,
+    _FIELDS,
     CacheConfig,
     Config,
     ConfigError,
@@ -72,13 +74,20 @@ def test_shipped_file_documents_every_key() -> None:
     """Every key of every section appears in conf/meshdns.yaml (STYLE.md: commented key by key)."""
     raw = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
     missing = [
-        f"{name}.{f.name}"
+        f"{name}.{key}"
         for name, cls in SECTIONS.items()
-        for f in dataclasses.fields(cls)
-        if f.name not in (raw.get(name) or {})
+        for key in _CHECKS[cls]
+        if key not in (raw.get(name) or {})
     ]
     assert missing == []
     assert "entries" in raw
+
+
+@pytest.mark.parametrize("cls", list(SECTIONS.values()))
+def test_every_field_has_a_key(cls: type) -> None:
+    """The keys set every field of their section (C{listen.address} sets C{addresses})."""
+    keys = {_FIELDS.get((cls, key), key) for key in _CHECKS[cls]}
+    assert keys == {f.name for f in dataclasses.fields(cls)}
 
 
 def test_shipped_entries_point_at_the_conf_folder() -> None:
@@ -101,7 +110,7 @@ def test_sections_include_those_of_the_issue() -> None:
 def test_defaults_match_issue() -> None:
     """The defaults of issue 2 item 3, written out independently of the code."""
     config = parse_config({}, "f.yaml", "/base")
-    assert (config.listen.address, config.listen.port) == ("127.0.0.1", 15053)
+    assert (config.listen.addresses, config.listen.port) == (("127.0.0.1",), 15053)
     assert config.upstream.resolv_conf == "/etc/resolv.conf"
     assert config.upstream.servers == ()
     assert config.upstream.timeout == 5
@@ -167,7 +176,7 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
     config = load_config(path)
     assert config.listen == ListenConfig(
-        address="::1",
+        addresses=("::1",),
         port=5300,
         allow=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")),
     )
@@ -279,6 +288,98 @@ def test_ipv6_server_with_port_round_trips(address: ipaddress.IPv6Address, port:
         "/",
     )
     assert config.upstream.servers == ((str(address), port), (str(address), 53))
+
+
+# --- listen.address: one IP or several ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1",)),
+        (["127.0.0.1"], ("127.0.0.1",)),
+        (["127.0.0.1", "::1"], ("127.0.0.1", "::1")),
+        (["0:0::1", "127.0.0.1", "127.0.0.2"], ("::1", "127.0.0.1", "127.0.0.2")),
+    ],
+)
+def test_listen_addresses(tmp_path: Path, value: object, expected: tuple[str, ...]) -> None:
+    """One IP or a list, normalised, in the order given."""
+    config = load_config(write(tmp_path, yaml.safe_dump({"listen": {"address": value}})))
+    assert config.listen.addresses == expected
+
+
+def test_wildcards_of_both_versions_apart_from_their_own(tmp_path: Path) -> None:
+    """0.0.0.0 covers IPv4 only: listing ::1 beside it is fine."""
+    text = yaml.safe_dump({"listen": {"address": ["0.0.0.0", "::1"], "allow": ["10.0.0.0/8"]}})
+    assert load_config(write(tmp_path, text)).listen.addresses == ("0.0.0.0", "::1")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ([], "expected an IP address or a non-empty list of them, got []"),
+        ("localhost", "'localhost' is not an IP address"),
+        (["127.0.0.1", "localhost"], "'localhost' is not an IP address"),
+        (["127.0.0.1", ["::1"]], "['::1'] is not an IP address"),
+        ([None], "None is not an IP address"),
+        (["127.0.0.1", "127.0.0.1"], "127.0.0.1 is listed twice"),
+        (["::1", "127.0.0.1", "0:0::1"], "::1 is listed twice"),
+        (
+            ["0.0.0.0", "127.0.0.1"],
+            "0.0.0.0 already listens on every IPv4 address, 127.0.0.1 included: "
+            "list one or the other",
+        ),
+        (
+            ["127.0.0.1", "::"],
+            ":: already listens on every address, IPv4 too, 127.0.0.1 included: "
+            "list one or the other",
+        ),
+        (
+            ["::", "0.0.0.0"],
+            ":: already listens on every address, IPv4 too, 0.0.0.0 included: "
+            "list one or the other",
+        ),
+    ],
+)
+def test_invalid_listen_addresses(tmp_path: Path, value: object, problem: str) -> None:
+    text = yaml.safe_dump({"listen": {"address": value, "allow": ["10.0.0.0/8"]}})
+    path, message = config_error(tmp_path, text)
+    assert message == f"{path}: listen.address: {problem}"
+
+
+@pytest.mark.parametrize(
+    ("value", "exposed"),
+    [
+        ("0.0.0.0", "0.0.0.0"),
+        ("::", "::"),
+        (["127.0.0.1", "192.0.2.7"], "192.0.2.7"),
+        (["::1", "0.0.0.0", "2001:db8::7"], "0.0.0.0"),
+    ],
+)
+def test_any_address_beyond_loopback_needs_allow(
+    tmp_path: Path, value: object, exposed: str
+) -> None:
+    """The open-resolver rule holds for each address: one beyond loopback needs allow."""
+    path, message = config_error(tmp_path, yaml.safe_dump({"listen": {"address": value}}))
+    assert message == (
+        f"{path}: listen.allow: required when listening on {exposed}, which is not loopback "
+        "(list the client networks, e.g. [10.0.0.0/8])"
+    )
+    allowed = yaml.safe_dump({"listen": {"address": value, "allow": ["10.0.0.0/8"]}})
+    assert exposed in load_config(write(tmp_path, allowed)).listen.addresses
+
+
+def test_port_0_needs_a_single_address(tmp_path: Path) -> None:
+    """Each listener would get a free port of its own: refused, naming listen.port."""
+    text = yaml.safe_dump({"listen": {"address": ["127.0.0.1", "::1"], "port": 0}})
+    path, message = config_error(tmp_path, text)
+    assert message == (
+        f"{path}: listen.port: 0 (any free port) needs a single listen address, not 2: "
+        "each would get a different port"
+    )
+    for single in ("::1", ["::1"]):
+        text = yaml.safe_dump({"listen": {"address": single, "port": 0}})
+        assert load_config(write(tmp_path, text)).listen.port == 0
 
 
 # --- unknown keys ------------------------------------------------------------

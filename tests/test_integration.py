@@ -17,7 +17,7 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from tests.conftest import free_port, launch_meshdns, run_twistd
+from tests.conftest import free_port, ipv6_loopback_missing, launch_meshdns, run_twistd
 from tests.samples import CONF_ENTRIES, ENTRIES, SEARCH
 
 
@@ -241,6 +241,71 @@ def test_bad_config_one_line(tmp_path) -> None:
     assert code != 0
     assert "Traceback" not in output
     assert f"{config}: listen.port: 99999 is out of range" in output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "listen: {address: [127.0.0.1, '::1'], port: 0}",
+            "listen.port: 0 (any free port) needs a single listen address, not 2",
+        ),
+        ("listen: {address: [127.0.0.1, 127.0.0.1]}", "listen.address: 127.0.0.1 is listed twice"),
+    ],
+)
+def test_bad_listen_addresses_one_line(tmp_path, text, problem) -> None:
+    config = tmp_path / "meshdns.yaml"
+    config.write_text(text + "\n")
+    code, output = run_twistd(["--config", str(config)])
+    assert code != 0
+    assert "Traceback" not in output
+    assert f"{config}: {problem}" in output.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def ipv6_loopback() -> None:
+    missing = ipv6_loopback_missing()
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.mark.usefixtures("ipv6_loopback")
+def test_listens_on_ipv4_and_ipv6_loopback(start_meshdns, upstream) -> None:
+    """
+    C{listen.address: [127.0.0.1, "::1"]}: one port, UDP and TCP on each
+    address, mesh names and forwarded ones alike.
+    """
+    process = start_meshdns(
+        {
+            "listen": {"address": ["127.0.0.1", "::1"]},
+            "upstream": {"servers": [upstream.server]},
+            "entries": [CONF_ENTRIES],
+        }
+    )
+    for address in ("127.0.0.1", "::1"):
+        for send in (dns.query.udp, dns.query.tcp):
+            ask = dns.message.make_query
+            mesh = send(ask("address.internal", "A"), address, port=process.port, timeout=5)
+            assert _addresses(mesh) == ["198.51.100.1"], (address, send)
+            forwarded = send(ask("both.upstream.test", "A"), address, port=process.port, timeout=5)
+            assert _addresses(forwarded) == ["127.0.0.10"], (address, send)
+    assert f"serving on 127.0.0.1, ::1 port {process.port}" in process.log()
+
+
+@pytest.mark.usefixtures("ipv6_loopback")
+def test_interface_option_given_twice(start_meshdns) -> None:
+    """C{twistd meshdns -i ::1 -i 127.0.0.1} replaces the config's one address with both."""
+    port = free_port("127.0.0.1", "::1")
+    process = start_meshdns(
+        {"listen": {"port": port}, "entries": [CONF_ENTRIES]},
+        extra_args=["--interface", "::1", "-i", "127.0.0.1"],
+    )
+    for address in ("::1", "127.0.0.1"):
+        for send in (dns.query.udp, dns.query.tcp):
+            query = dns.message.make_query("address.internal", "A")
+            reply = send(query, address, port=port, timeout=5)
+            assert _addresses(reply) == ["198.51.100.1"], (address, send)
+    assert f"serving on ::1, 127.0.0.1 port {port}" in process.log()
 
 
 def test_bad_entries_stop_startup(tmp_path) -> None:
