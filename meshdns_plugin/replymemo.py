@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.stats import ServerStats, UpstreamStats
 
 
@@ -51,15 +52,18 @@ class ReplyMemo:
 
     def __init__(
         self,
+        mesh: MeshAuthority | None,
         clock: Callable[[], float],
         stats: ServerStats,
         upstream: UpstreamStats | None,
     ) -> None:
         """
+        @param mesh: the authority whose table the replies come from.
         @param clock: the cache's clock, against which C{fresh_until} is read.
         @param stats: where replies are counted.
         @param upstream: where cache hits are counted (L{None}: no cache).
         """
+        self._mesh = mesh
         self._clock = clock
         self._queries = stats.queries
         self._upstream = upstream
@@ -70,14 +74,22 @@ class ReplyMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def reply(self, data: bytes, table: object) -> bytes | None:
-        """
-        The remembered reply to the query packet C{data}, with its ID, if
-        there is one still good for C{table}; L{None} otherwise.
-        """
+    def _forgetOtherTables(self) -> None:
+        """Empty the memo if the authority's table is not the one it was filled with."""
+        mesh = self._mesh
+        table = mesh.table if mesh is not None else None
         if table is not self._table:
             self._entries.clear()
             self._table = table
+
+    def reply(self, data: bytes) -> bytes | None:
+        """
+        The remembered reply to the query packet C{data}, with its ID, if
+        there is one still good; L{None} otherwise.
+        """
+        mesh = self._mesh
+        if (mesh.table if mesh is not None else None) is not self._table:
+            self._forgetOtherTables()
             return None
         entry = self._entries.get(data[2:])
         if entry is None:
@@ -95,6 +107,7 @@ class ReplyMemo:
 
     def remember(self, data: bytes, entry: MemoEntry) -> None:
         """Keep C{entry} as the reply to the query packet C{data}."""
+        self._forgetOtherTables()
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             entries.clear()

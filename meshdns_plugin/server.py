@@ -306,6 +306,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self._opt = wire.opt_record(MAX_UDP_PAYLOAD)
         forwarder = self.forwarder
         self.memo = ReplyMemo(
+            self.mesh,
             forwarder.cache.clock if forwarder is not None else time.monotonic,
             self.stats,
             forwarder.stats if forwarder is not None else None,
@@ -404,8 +405,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         """
         if not self._allowed.get(host):
             return None
-        mesh = self.mesh
-        return self.memo.reply(data, mesh.table if mesh is not None else None)
+        return self.memo.reply(data)
 
     def _responseFromMessage(
         self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False

@@ -17,7 +17,7 @@ from twisted.names import dns as tdns
 
 from meshdns_plugin import wire
 from tests.samples import make_table
-from tests.servers import MemoryServer
+from tests.servers import CLIENT, MemoryServer
 
 MESH_NAMES = [
     "productpage.ns1.svc.cluster.local",
@@ -147,6 +147,14 @@ def _assert_equivalent(server: MemoryServer, data: bytes) -> None:
         return
     assert _decoded(fast) == _decoded(full)
     assert len(fast) >= len(full)
+    # The reply memo's copy, given to the same packet with another ID, is the
+    # same reply with that ID.
+    server.factory.fastReply(wire.parse_question(data), True, data)
+    assert server.factory.allowed(CLIENT[0])
+    repeat = b"\xbe\xef" + data[2:]
+    memoized = server.factory.memoized(repeat, CLIENT[0])
+    assert memoized is not None
+    assert _decoded(memoized) == _decoded(b"\xbe\xef" + full[2:])
 
 
 @pytest.mark.parametrize(("name", "rdtype", "edns", "seed"), CORPUS)
