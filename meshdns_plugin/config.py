@@ -14,12 +14,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import yaml
 
 from meshdns_plugin import yamltext
+from meshdns_plugin.entries import is_k8s_label
 
 
 def default_config_path() -> str:
@@ -305,10 +306,19 @@ def _range(version: int) -> Callable[[Any], Any]:
 
 
 def _server(value: Any) -> tuple[str, int]:
-    """C{IP}, C{IP:PORT} or C{[IPv6]:PORT} -> C{(ip, port)}."""
+    """
+    C{IP}, C{IPv4:PORT}, C{[IPv6]} or C{[IPv6]:PORT} -> C{(ip, port)}; the
+    port is 53 unless given.
+
+    Brackets are for IPv6 only (as in URLs): C{[1.2.3.4]:53} is refused.
+    An IPv6 address without brackets is the whole text, never an address
+    and a port: C{::1:53} is the address C{::1:53} (port 53), as
+    C{2001:db8::53} is; write C{[::1]:53} for port 53 of C{::1}.
+    """
     text = _text(value)
     host, port = text, 53
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
@@ -318,15 +328,28 @@ def _server(value: Any) -> tuple[str, int]:
         host, _, rest = text.partition(":")
         port = _port_text(rest, text)
     try:
-        return str(ipaddress.ip_address(host)), port
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT") from None
+    if bracketed and ip.version == 4:
+        raise _Invalid(f"{text!r}: brackets are for IPv6 only; write {ip}:{port}")
+    return str(ip), port
 
 
 def _port_text(text: str, whole: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise _Invalid(f"{whole!r} has an invalid port")
     return int(text)
+
+
+def _namespace(value: Any) -> str:
+    text = _text(value)
+    if not is_k8s_label(text):
+        raise _Invalid(
+            f"{text!r} is not a Kubernetes namespace name (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return text
 
 
 def _domain(value: Any) -> str:
@@ -352,7 +375,7 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "max_concurrent": _integer(1, 1_000_000),
     },
     MeshConfig: {
-        "namespace": _text,
+        "namespace": _namespace,
         "cluster_domain": _domain,
         "search": _optional(_list_of(_domain)),
         "ttl": _integer(0, 2**31 - 1),
@@ -415,7 +438,8 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
 
     @param raw: the YAML document (L{None} for an empty file).
     @param source: the file name, used as the prefix of every error.
-    @param base_dir: the folder relative C{entries} paths are taken from.
+    @param base_dir: the folder that relative paths (C{entries},
+        C{upstream.resolv_conf}, C{mesh.state_file}) are taken from.
     @raise ConfigError: on the first problem found.
     """
     if raw is None:
@@ -444,10 +468,23 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         entries = () if listed is None else _list_of(_text)(listed)
     except _Invalid as e:
         raise ConfigError(f"{source}: entries: {e}") from None
-    absolute = tuple(os.path.normpath(os.path.join(base_dir, p)) for p in entries)
+    upstream, mesh = built["upstream"], built["mesh"]
+    built["upstream"] = replace(upstream, resolv_conf=_path_from(base_dir, upstream.resolv_conf))
+    if mesh.state_file is not None:
+        built["mesh"] = replace(mesh, state_file=_path_from(base_dir, mesh.state_file))
+    absolute = tuple(_path_from(base_dir, p) for p in entries)
     config = Config(entries=absolute, source=source, **built)
     check_listen(config)
     return config
+
+
+def _path_from(base_dir: str, path: str) -> str:
+    """
+    A path of the config file, taken from the file's folder when relative,
+    so that the same file means the same files whatever the working
+    directory of the process that reads it.
+    """
+    return os.path.normpath(os.path.join(base_dir, path))
 
 
 def check_listen(config: Config) -> None:

@@ -33,8 +33,17 @@ ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
 # A host label: ASCII only, so a name is the same bytes in the table and on the wire.
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
-# A Kubernetes object name used in DNS names (RFC 1123 label, as the API server enforces).
 _K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def is_k8s_label(text: str) -> bool:
+    """
+    Whether C{text} is a Kubernetes namespace or Service name, which become
+    DNS labels: an RFC 1123 label (lowercase letters, digits and C{-},
+    starting and ending with a letter or digit, at most 63 characters), as
+    the API server enforces.
+    """
+    return len(text) <= 63 and _K8S_LABEL.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -391,7 +400,7 @@ def _service(doc: _Document, origin: Origin) -> Service:
     # The name and namespace become DNS names: an empty or odd one would put
     # a bogus name (even the root) in the table.
     for key, value in (("name", origin.name), ("namespace", origin.namespace)):
-        if len(value) > 63 or not _K8S_LABEL.fullmatch(value):
+        if not is_k8s_label(value):
             raise _Invalid(f"metadata.{key}", f"{value!r} is not a valid Service {key}")
     spec = doc.mapping("spec")
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]

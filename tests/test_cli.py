@@ -206,6 +206,16 @@ def test_query_errors_are_one_line(capsys) -> None:
     assert "is not IP, IP:PORT or [IPv6]:PORT" in capsys.readouterr().err
 
 
+def test_query_server_in_brackets_must_be_ipv6(capsys) -> None:
+    """--server takes the forms of upstream.servers, with the same message."""
+    with pytest.raises(SystemExit) as exited:
+        main(["query", "a.example", "--server", "[127.0.0.1]:5300"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "argument --server: '[127.0.0.1]:5300': brackets are for IPv6 only; write 127.0.0.1:5300"
+    )
+
+
 # --- the command line ---------------------------------------------------------------
 
 

@@ -237,6 +237,11 @@ def test_empty_search_list_is_kept_empty(tmp_path: Path) -> None:
         ("[2001:DB8:0::1]:53", ("2001:db8::1", 53)),
         ("192.0.2.1:65535", ("192.0.2.1", 65535)),
         ("192.0.2.1:1", ("192.0.2.1", 1)),
+        # Brackets without a port: port 53.
+        ("[::1]", ("::1", 53)),
+        # A bare IPv6 address is the whole text, never address and port.
+        ("::1:53", ("::1:53", 53)),
+        ("2001:db8::53", ("2001:db8::53", 53)),
     ],
 )
 def test_server_forms(tmp_path: Path, text: str, expected: tuple[str, int]) -> None:
@@ -266,6 +271,22 @@ def test_server_forms(tmp_path: Path, text: str, expected: tuple[str, int]) -> N
 def test_invalid_servers(tmp_path: Path, text: str) -> None:
     path, message = config_error(tmp_path, yaml.safe_dump({"upstream": {"servers": [text]}}))
     assert_one_line_naming(message, path, "upstream.servers")
+
+
+@pytest.mark.parametrize(
+    ("text", "fix"),
+    [
+        ("[1.2.3.4]:53", "1.2.3.4:53"),
+        ("[1.2.3.4]", "1.2.3.4:53"),
+        ("[192.0.2.1]:5353", "192.0.2.1:5353"),
+    ],
+)
+def test_brackets_around_ipv4_are_refused(tmp_path: Path, text: str, fix: str) -> None:
+    """Brackets are for IPv6 only; the message says what to write instead."""
+    path, message = config_error(tmp_path, yaml.safe_dump({"upstream": {"servers": [text]}}))
+    assert message == (
+        f"{path}: upstream.servers: {text!r}: brackets are for IPv6 only; write {fix}"
+    )
 
 
 @given(
@@ -380,6 +401,27 @@ def test_port_0_needs_a_single_address(tmp_path: Path) -> None:
     for single in ("::1", ["::1"]):
         text = yaml.safe_dump({"listen": {"address": single, "port": 0}})
         assert load_config(write(tmp_path, text)).listen.port == 0
+
+
+# --- mesh.namespace -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "ns1", "a", "0", "istio-system", "a" * 63, "1-a"])
+def test_kubernetes_namespace_names(tmp_path: Path, name: str) -> None:
+    config = load_config(write(tmp_path, yaml.safe_dump({"mesh": {"namespace": name}})))
+    assert config.mesh.namespace == name
+
+
+@pytest.mark.parametrize(
+    "name", ["NS1", "Default", "-ns", "ns-", "ns_1", "ns.1", "ns 1", "a" * 64, "café", "*"]
+)
+def test_namespace_must_be_an_rfc_1123_label(tmp_path: Path, name: str) -> None:
+    path, message = config_error(tmp_path, yaml.safe_dump({"mesh": {"namespace": name}}))
+    assert message == (
+        f"{path}: mesh.namespace: {name!r} is not a Kubernetes namespace name (lowercase "
+        "letters, digits and '-', starting and ending with a letter or digit, "
+        "at most 63 characters)"
+    )
 
 
 # --- unknown keys ------------------------------------------------------------
@@ -519,16 +561,21 @@ def test_smallest_ranges_accepted(tmp_path: Path, key: str, value: str) -> None:
     assert getattr(config.mesh, key) == ipaddress.ip_network(value)
 
 
-# --- entries paths -------------------------------------------------------------
+# --- relative paths ---------------------------------------------------------------
 
 
-def test_relative_entries_are_taken_from_the_config_folder(
+def test_relative_paths_are_taken_from_the_config_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Entries, resolv.conf and the state file: the same file means the same files anywhere."""
     folder = tmp_path / "etc" / "meshdns"
     folder.mkdir(parents=True)
     path = folder / "meshdns.yaml"
-    path.write_text("entries: [entries, ./one.yaml, ../shared/two.yaml, /abs/three.yaml]\n")
+    path.write_text(
+        "entries: [entries, ./one.yaml, ../shared/two.yaml, /abs/three.yaml]\n"
+        "upstream: {resolv_conf: resolv.conf}\n"
+        "mesh: {state_file: ../state/vips.json}\n"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -539,6 +586,19 @@ def test_relative_entries_are_taken_from_the_config_folder(
         str(tmp_path / "etc" / "shared" / "two.yaml"),
         "/abs/three.yaml",
     )
+    assert config.upstream.resolv_conf == str(folder / "resolv.conf")
+    assert config.mesh.state_file == str(tmp_path / "etc" / "state" / "vips.json")
+
+
+def test_absolute_and_default_paths_stay_as_they_are(tmp_path: Path) -> None:
+    text = "upstream: {resolv_conf: /run/resolv.conf}\nmesh: {state_file: /var/vips.json}\n"
+    config = load_config(write(tmp_path, text))
+    assert (config.upstream.resolv_conf, config.mesh.state_file) == (
+        "/run/resolv.conf",
+        "/var/vips.json",
+    )
+    defaults = load_config(write(tmp_path, "mesh: {}\n"))
+    assert (defaults.upstream.resolv_conf, defaults.mesh.state_file) == ("/etc/resolv.conf", None)
 
 
 # --- files that cannot be used -------------------------------------------------

@@ -251,9 +251,14 @@ def test_bad_config_one_line(tmp_path) -> None:
             "listen.port: 0 (any free port) needs a single listen address, not 2",
         ),
         ("listen: {address: [127.0.0.1, 127.0.0.1]}", "listen.address: 127.0.0.1 is listed twice"),
+        ("mesh: {namespace: Prod}", "mesh.namespace: 'Prod' is not a Kubernetes namespace name"),
+        (
+            "upstream: {servers: ['[192.0.2.1]:53']}",
+            "upstream.servers: '[192.0.2.1]:53': brackets are for IPv6 only; write 192.0.2.1:53",
+        ),
     ],
 )
-def test_bad_listen_addresses_one_line(tmp_path, text, problem) -> None:
+def test_bad_listen_namespace_and_servers_one_line(tmp_path, text, problem) -> None:
     config = tmp_path / "meshdns.yaml"
     config.write_text(text + "\n")
     code, output = run_twistd(["--config", str(config)])
