@@ -27,6 +27,7 @@ SERVICE_ENTRY_APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
 RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
+SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -142,12 +143,18 @@ class Service:
     """
     A Kubernetes Service.
 
-    @ivar cluster_ips: empty for a headless Service (C{clusterIP: None}).
+    @ivar cluster_ips: empty for a headless Service (C{clusterIP: None}) and
+        for one of type C{ExternalName}.
+    @ivar type: C{spec.type}, one of L{SERVICE_TYPES}.
+    @ivar external_name: for C{type: ExternalName}, the name its DNS names
+        are a CNAME to (lowercase, no trailing dot); else L{None}.
     """
 
     origin: Origin
     cluster_ips: tuple[str, ...] = ()
     ports: tuple[Port, ...] = ()
+    type: str = "ClusterIP"
+    external_name: str | None = None
 
     @property
     def name(self) -> str:
@@ -159,7 +166,7 @@ class Service:
 
     @property
     def headless(self) -> bool:
-        return not self.cluster_ips
+        return not self.cluster_ips and self.external_name is None
 
 
 @dataclass(frozen=True)
@@ -319,6 +326,14 @@ def _host(path: str, value: Any) -> str:
     return host
 
 
+def _exact_host(path: str, value: Any, what: str) -> str:
+    """A host name that is not a wildcard (C{what} says what it is, for the message)."""
+    host = _host(path, value)
+    if host.startswith("*."):
+        raise _Invalid(path, f"{host!r}: {what} cannot be a wildcard")
+    return host
+
+
 def _ports(doc: _Document) -> tuple[Port, ...]:
     ports = []
     for path, raw in doc.items("ports"):
@@ -373,9 +388,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
         if address and resolution in DNS_RESOLUTIONS and not _is_ip(address):
-            address = _host(path + ".address", address)
-            if address.startswith("*."):
-                raise _Invalid(path + ".address", f"{address!r}: an endpoint cannot be a wildcard")
+            address = _exact_host(path + ".address", address, "an endpoint")
         elif address:
             address = _ip(path + ".address", address)
         port_map = {}
@@ -403,6 +416,21 @@ def _service(doc: _Document, origin: Origin) -> Service:
         if not is_k8s_label(value):
             raise _Invalid(f"metadata.{key}", f"{value!r} is not a valid Service {key}")
     spec = doc.mapping("spec")
+    service_type = spec.text("type", "ClusterIP") or "ClusterIP"
+    if service_type not in SERVICE_TYPES:
+        raise _Invalid("spec.type", f"{service_type!r} is not one of {sorted(SERVICE_TYPES)}")
+    if service_type == "ExternalName":
+        # Kubernetes gives such a Service no cluster IP: whatever the
+        # document says about one is not looked at.
+        external_name = spec.text("externalName")
+        if not external_name.strip():
+            raise _Invalid("spec.externalName", "a Service of type ExternalName needs one")
+        return Service(
+            origin=origin,
+            ports=_ports(spec),
+            type=service_type,
+            external_name=_exact_host("spec.externalName", external_name, "an externalName"),
+        )
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
     addresses = []
     for index, raw in enumerate(cluster_ips):
@@ -410,7 +438,12 @@ def _service(doc: _Document, origin: Origin) -> Service:
             continue
         path = f"spec.clusterIPs[{index}]" if spec.raw.get("clusterIPs") else "spec.clusterIP"
         addresses.append(_ip(path, raw))
-    return Service(origin=origin, cluster_ips=tuple(dict.fromkeys(addresses)), ports=_ports(spec))
+    return Service(
+        origin=origin,
+        cluster_ips=tuple(dict.fromkeys(addresses)),
+        ports=_ports(spec),
+        type=service_type,
+    )
 
 
 def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice:

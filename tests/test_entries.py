@@ -346,6 +346,97 @@ def test_headless_service(spec: dict[str, Any]) -> None:
     assert svc.headless and svc.cluster_ips == ()
 
 
+@pytest.mark.parametrize("service_type", [None, "ClusterIP", "NodePort", "LoadBalancer"])
+def test_service_types_with_a_cluster_ip(service_type: str | None) -> None:
+    spec = {"clusterIP": "10.96.0.10"} | ({} if service_type is None else {"type": service_type})
+    (svc,) = parse(service(**spec)).services
+    assert (svc.type, svc.cluster_ips, svc.external_name) == (
+        service_type or "ClusterIP",
+        ("10.96.0.10",),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("external_name", "expected"),
+    [
+        ("db.example.com", "db.example.com"),
+        ("DB.Example.COM.", "db.example.com"),
+        (" db.example.com ", "db.example.com"),
+        ("db.upstream.test.", "db.upstream.test"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_external_name_service(external_name: str, expected: str) -> None:
+    (svc,) = parse(service(type="ExternalName", externalName=external_name)).services
+    assert (svc.type, svc.external_name, svc.cluster_ips, svc.headless) == (
+        "ExternalName",
+        expected,
+        (),
+        False,
+    )
+
+
+def test_external_name_service_ignores_its_cluster_ips() -> None:
+    document = service(
+        type="ExternalName",
+        externalName="db.example.com",
+        clusterIP="not-an-ip",
+        clusterIPs=["10.96.0.10"],
+        ports=[{"port": 5432}],
+    )
+    (svc,) = parse(document).services
+    assert (svc.cluster_ips, svc.external_name) == ((), "db.example.com")
+    assert [p.number for p in svc.ports] == [5432]
+
+
+@pytest.mark.parametrize(
+    ("spec", "line"),
+    [
+        (
+            {"type": "Headless"},
+            "test.yaml: document 1: spec.type: 'Headless' is not one of "
+            "['ClusterIP', 'ExternalName', 'LoadBalancer', 'NodePort']",
+        ),
+        (
+            {"type": "externalname", "externalName": "db.example.com"},
+            "test.yaml: document 1: spec.type: 'externalname' is not one of "
+            "['ClusterIP', 'ExternalName', 'LoadBalancer', 'NodePort']",
+        ),
+        ({"type": 5}, "test.yaml: document 1: spec.type: expected a string, got 5"),
+        (
+            {"type": "ExternalName"},
+            "test.yaml: document 1: spec.externalName: a Service of type ExternalName needs one",
+        ),
+        (
+            {"type": "ExternalName", "externalName": "  "},
+            "test.yaml: document 1: spec.externalName: a Service of type ExternalName needs one",
+        ),
+        (
+            {"type": "ExternalName", "externalName": 5},
+            "test.yaml: document 1: spec.externalName: expected a string, got 5",
+        ),
+        (
+            {"type": "ExternalName", "externalName": "two words.example"},
+            "test.yaml: document 1: spec.externalName: 'two words.example' "
+            "is not a valid host name",
+        ),
+        (
+            {"type": "ExternalName", "externalName": "db..example"},
+            "test.yaml: document 1: spec.externalName: 'db..example' is not a valid host name",
+        ),
+        (
+            {"type": "ExternalName", "externalName": "*.example.com"},
+            "test.yaml: document 1: spec.externalName: '*.example.com': "
+            "an externalName cannot be a wildcard",
+        ),
+    ],
+)
+def test_service_type_problems_are_one_line(spec: dict[str, Any], line: str) -> None:
+    problem = only_problem(service(name="fine", clusterIP="10.96.0.1"), service(**spec))
+    assert str(problem) == line
+
+
 def test_endpoint_slice_ready_addresses() -> None:
     document = endpoint_slice(
         "db",
