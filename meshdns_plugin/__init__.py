@@ -73,7 +73,9 @@ def _asConfig(config: Config | str | os.PathLike[str]) -> Config:
     return loadConfig(config)
 
 
-def meshAuthority(config: Config | str | os.PathLike[str]) -> MeshAuthority:
+def meshAuthority(
+    config: Config | str | os.PathLike[str], chase: IResolver | None = None
+) -> MeshAuthority:
     """
     The mesh names of C{config}'s entry files, as a resolver.
 
@@ -83,6 +85,13 @@ def meshAuthority(config: Config | str | os.PathLike[str]) -> MeshAuthority:
     L{ResolverChain} goes on to its next resolver: put your own authorities
     and the L{cachingForwarder} after it.
 
+    The names of a Service of type C{ExternalName} answer A and AAAA (and
+    CNAME) queries with a CNAME to its C{externalName}, followed by the
+    target's addresses: the mesh's own when the target is a mesh name, else
+    what C{chase} answers for it (typically the L{cachingForwarder} of the
+    same chain). Without C{chase}, or when it fails, the CNAME comes alone
+    and the client's resolver follows it.
+
     The entry files are read once, now: following their changes takes a
     watcher running in the reactor, which is part of L{meshService}. An
     application that wants live reloads should use C{meshService(...,
@@ -90,10 +99,12 @@ def meshAuthority(config: Config | str | os.PathLike[str]) -> MeshAuthority:
     replaced at every reload.
 
     @param config: a L{Config}, or the path of a config file.
+    @param chase: the resolver that looks up the targets of ExternalName
+        Services outside the mesh, or L{None}.
     @raise ConfigError: if C{config} is a path to an unusable file.
     @raise EntriesError: if any entry is invalid.
     """
-    return MeshAuthority(TableLoader(_asConfig(config)).load())
+    return MeshAuthority(TableLoader(_asConfig(config)).load(), chase=chase)
 
 
 def cachingForwarder(

@@ -49,8 +49,10 @@ def table_document(table: NameTable) -> dict[str, Any]:
     """
     The table as JSON-able data, for C{/debug/table} and C{meshdns table
     --json}: every name with its addresses, whether they are VIPs and the
-    entries they came from. Names under the search suffix are not listed one
-    by one: each listed name C{n} also answers as C{n.<search_suffix>}.
+    entries they came from, then every alias (a name of an ExternalName
+    Service) with its CNAME target and the Services it came from. Names under
+    the search suffix are not listed one by one: each listed name C{n} also
+    answers as C{n.<search_suffix>}.
     """
     return {
         "ttl": table.ttl,
@@ -64,6 +66,14 @@ def table_document(table: NameTable) -> dict[str, Any]:
                 "sources": list(records.sources),
             }
             for records in table
+        ],
+        "aliases": [
+            {
+                "name": alias.name.decode(),
+                "CNAME": alias.target.decode(),
+                "sources": list(alias.sources),
+            }
+            for alias in table.iter_aliases()
         ],
         "vips": {host: {"ipv4": v4, "ipv6": v6} for host, (v4, v6) in sorted(table.vips.items())},
     }

@@ -83,7 +83,10 @@ def _aligned(rows: Sequence[Sequence[str]]) -> str:
 
 
 def table(args: argparse.Namespace) -> int:
-    """The name table: one row per (name, type), or JSON as C{/debug/table} serves it."""
+    """
+    The name table: one row per (name, type), an alias's row giving its
+    CNAME target; or JSON as C{/debug/table} serves it.
+    """
     _, prepared = _prepare(args)
     if args.json:
         print(json.dumps(table_document(prepared.table), indent=1))
@@ -101,6 +104,8 @@ def table(args: argparse.Namespace) -> int:
                         ", ".join(records.sources),
                     )
                 )
+    for alias in prepared.table.iter_aliases():
+        rows.append((alias.name.decode(), "CNAME", alias.target.decode(), ", ".join(alias.sources)))
     print(_aligned(rows))
     return 0
 

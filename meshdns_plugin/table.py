@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from meshdns_plugin.allocator import Allocation
-from meshdns_plugin.entries import Entries, ServiceEntry
+from meshdns_plugin.entries import Entries, Service, ServiceEntry
 from meshdns_plugin.wire import packed_address, reverse_name
 
 
@@ -40,6 +40,22 @@ class HostRecords:
     def addresses(self, family: int) -> tuple[str, ...]:
         """The addresses of IP version C{family} (4 or 6)."""
         return self.ipv4 if family == 4 else self.ipv6
+
+
+@dataclass(frozen=True)
+class Alias:
+    """
+    A name of a Kubernetes Service of type C{ExternalName}: answered with a
+    CNAME to the Service's C{externalName}, never with addresses of its own.
+
+    @ivar name: the alias (lowercase, no trailing dot).
+    @ivar target: the C{externalName} (lowercase, no trailing dot).
+    @ivar sources: the Services it came from, for C{/debug/table}.
+    """
+
+    name: bytes
+    target: bytes
+    sources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class NameTable:
         search_suffix: bytes | None,
         ttl: int,
         vips: Mapping[str, tuple[str | None, str | None]],
+        aliases: Mapping[bytes, Alias] | None = None,
     ) -> None:
         """
         @param names: exact names -> records.
@@ -78,6 +95,9 @@ class NameTable:
         @param search_suffix: the first search domain, for the CNAME shortcut.
         @param ttl: the TTL of every answer.
         @param vips: host -> (IPv4 VIP, IPv6 VIP), for reporting.
+        @param aliases: the names of ExternalName Services -> their aliases;
+            none of them is in C{names}, so the wire fast path, which only
+            knows C{names}, never answers them.
         """
         self.names = dict(names)
         self.wildcards = dict(wildcards)
@@ -85,6 +105,7 @@ class NameTable:
         self.search_suffix = search_suffix
         self.ttl = ttl
         self.vips = dict(vips)
+        self.aliases = dict(aliases or {})
         # Pre-encoded answers for the wire fast path, built with the table so
         # that a reload swaps both in one assignment.
         from meshdns_plugin.wire import WireIndex
@@ -92,7 +113,7 @@ class NameTable:
         self.wire = WireIndex(self)
 
     def __len__(self) -> int:
-        return len(self.names) + len(self.wildcards)
+        return len(self.names) + len(self.wildcards) + len(self.aliases)
 
     def _direct(self, name: bytes) -> Resolution | None:
         records = self.names.get(name)
@@ -111,11 +132,15 @@ class NameTable:
         if the mesh does not know it.
 
         Order: the exact name; then the search-suffix shortcut (C{n.s1} for a
-        known C{n}); then the most specific wildcard.
+        known C{n}); then the most specific wildcard. An alias (L{cname})
+        is L{None} here: it has no addresses of its own, whatever wildcard
+        would match it.
         """
         records = self.names.get(name)
         if records is not None:
             return Resolution(name, records)
+        if self.aliases and self.cname(name) is not None:
+            return None
         suffix = self.search_suffix
         if suffix is not None and name.endswith(b"." + suffix):
             base = name[: -len(suffix) - 1]
@@ -125,10 +150,44 @@ class NameTable:
                     return Resolution(found.owner, found.records, alias=name)
         return self._direct(name)
 
+    def cname(self, name: bytes) -> bytes | None:
+        """
+        Where the alias C{name} (lowercase, no trailing dot) points, or
+        L{None} if it is not one: an ExternalName Service's name points at
+        its C{externalName}; through the search-suffix shortcut, C{n.s1}
+        points at the alias C{n}.
+        """
+        aliases = self.aliases
+        if not aliases or name in self.names:
+            return None
+        alias = aliases.get(name)
+        if alias is not None:
+            return alias.target
+        suffix = self.search_suffix
+        if suffix is not None and name.endswith(b"." + suffix):
+            base = name[: -len(suffix) - 1]
+            if base in aliases and not base.endswith(b"." + suffix):
+                return base
+        return None
+
+    def alias_names(self) -> Iterator[bytes]:
+        """Every name L{cname} answers: each alias, and its search-suffix form."""
+        suffix = self.search_suffix
+        for name in self.aliases:
+            yield name
+            if suffix is not None and not name.endswith(b"." + suffix):
+                shortcut = name + b"." + suffix
+                if shortcut not in self.names and shortcut not in self.aliases:
+                    yield shortcut
+
     def __iter__(self) -> Iterator[HostRecords]:
         """Every exact name, then every wildcard, in name order."""
         yield from (self.names[n] for n in sorted(self.names))
         yield from (self.wildcards[n] for n in sorted(self.wildcards))
+
+    def iter_aliases(self) -> Iterator[Alias]:
+        """Every alias, in name order (L{__iter__} gives the names with addresses)."""
+        yield from (self.aliases[n] for n in sorted(self.aliases))
 
 
 def _family_split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -214,6 +273,22 @@ def _service_entry_names(
     return explicit
 
 
+def _service_names(service: Service, namespace: str, cluster_domain: str) -> list[str]:
+    """
+    The names a Service answers as, for a proxy in C{namespace}, its fully
+    qualified name first: C{name.ns.svc.<cluster_domain>}, C{name.ns},
+    C{name.ns.svc}, and the bare C{name} in the proxy's own namespace.
+    """
+    names = [
+        f"{service.name}.{service.namespace}.svc.{cluster_domain}",
+        f"{service.name}.{service.namespace}",
+        f"{service.name}.{service.namespace}.svc",
+    ]
+    if service.namespace == namespace:
+        names.append(service.name)
+    return names
+
+
 def build_table(
     entries: Entries,
     allocation: Allocation,
@@ -229,7 +304,9 @@ def build_table(
     the mesh answers").
 
     A name with no address of either family is left out, so that queries for
-    it are forwarded rather than answered empty.
+    it are forwarded rather than answered empty. The names of an
+    ExternalName Service are aliases of its C{externalName} instead
+    (L{NameTable.cname}), whatever a ServiceEntry says of the same name.
     """
     visible = [e for e in entries.service_entries if e.visible_from(namespace)]
     names = _service_entry_names(visible, allocation, auto_allocate)
@@ -239,22 +316,22 @@ def build_table(
         key = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
         endpoints.setdefault(key, []).extend(endpoint_slice.addresses)
     services = _Builder()
+    external: dict[str, tuple[str, list[str]]] = {}
     canonical: dict[str, str] = {}
     for service in entries.services:
+        service_names = _service_names(service, namespace, cluster_domain)
+        if service.external_name is not None:
+            for name in service_names:
+                target, sources = external.setdefault(name, (service.external_name, []))
+                if target == service.external_name:
+                    sources.append(str(service.origin))
+            continue
         addresses = service.cluster_ips or tuple(
             endpoints.get((service.namespace, service.name), ())
         )
-        fqdn = f"{service.name}.{service.namespace}.svc.{cluster_domain}"
-        aliases = [
-            fqdn,
-            f"{service.name}.{service.namespace}",
-            f"{service.name}.{service.namespace}.svc",
-        ]
-        if service.namespace == namespace:
-            aliases.append(service.name)
-        for alias in aliases:
-            services.add(alias, addresses, str(service.origin))
-            canonical.setdefault(alias, fqdn)
+        for name in service_names:
+            services.add(name, addresses, str(service.origin))
+            canonical.setdefault(name, service_names[0])
 
     exact: dict[bytes, HostRecords] = {}
     wildcards: dict[bytes, HostRecords] = {}
@@ -267,6 +344,15 @@ def build_table(
                 wildcards[records.name[2:]] = records
             else:
                 exact[records.name] = records
+    # An ExternalName Service wins over a ServiceEntry too; a Service with
+    # addresses of the same name (the same Service given twice) wins over it.
+    aliases: dict[bytes, Alias] = {}
+    for name, (target, sources) in external.items():
+        if services.addresses.get(name):
+            continue
+        key = name.encode()
+        exact.pop(key, None)
+        aliases[key] = Alias(key, target.encode(), tuple(dict.fromkeys(sources)))
 
     pointers: dict[bytes, set[bytes]] = {}
     for records in exact.values():
@@ -282,4 +368,5 @@ def build_table(
         search[0].encode() if search else None,
         ttl,
         {h: (v.ipv4, v.ipv6) for h, v in allocation.vips.items()},
+        aliases,
     )

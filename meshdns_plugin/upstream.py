@@ -161,6 +161,10 @@ class ResponseCache:
             return entry
         return None
 
+    def discard(self, key: CacheKey) -> None:
+        """Forget C{key}'s entry, if there is one."""
+        self._entries.pop(key, None)
+
     def put(self, key: CacheKey, entry: CachedResponse) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
@@ -266,6 +270,18 @@ class CachingForwarder(common.ResolverBase):
         upstream.addErrback(self._serveStale, key)
         upstream.addBoth(self._release, key, started)
         return upstream
+
+    def forget(self, key: CacheKey) -> None:
+        """
+        Drop the cached answer for C{key}, and the one that a forward of it
+        in flight now would store when it ends.
+        """
+        self.cache.discard(key)
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            later: defer.Deferred = defer.Deferred()
+            later.addBoth(lambda _: self.cache.discard(key))
+            waiting.append(later)
 
     def close(self) -> None:
         """Release the upstream sockets."""

@@ -98,6 +98,14 @@ spec:
 """.replace("@BIG@", BIG_ADDRESSES)
 
 
+def external_name(name: str, namespace: str, target: str) -> str:
+    """A Service of type ExternalName, as one YAML document starting with C{---}."""
+    return (
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec: {{type: ExternalName, externalName: {target}}}\n"
+    )
+
+
 def make_table(text: str = ENTRIES, ttl: int = 30) -> NameTable:
     """Build the table a proxy in L{NAMESPACE} with L{SEARCH} would serve."""
     entries = parse_entries(text, "samples.yaml")

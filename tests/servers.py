@@ -1,15 +1,21 @@
 """
 An in-memory meshdns server for unit tests: the real factory, authority and
-forwarder, on Twisted's fake reactor, with a protocol that records replies.
+forwarder, on Twisted's fake reactor, with a protocol that records replies;
+and a whole L{MeshService} on a fake reactor.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 
 from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.config import parse_config
 from meshdns_plugin.server import MeshDNSServerFactory, parse_query
+from meshdns_plugin.service import MeshService
 from meshdns_plugin.table import NameTable
 from meshdns_plugin.upstream import CachedResponse, CachingForwarder
 from meshdns_plugin.wire import name_to_wire
@@ -105,3 +111,24 @@ class UDPReactor(MemoryReactorClock):
     def sent(self) -> list[tuple[bytes, tuple[str, int], object]]:
         """Every datagram sent: (data, address, the protocol that sent it)."""
         return [(d, a, p) for p in self.protocols for d, a in p.transport.sent]
+
+
+def memory_mesh_service(folder: Path, entries: str, **sections: Any) -> MeshService:
+    """
+    C{twistd meshdns}'s service tree on a fake reactor (nothing listens),
+    serving C{entries}, written to C{folder/entries.yaml}; its upstream
+    (127.0.0.1:1) is never reached. C{sections} replace the config's own
+    (no admin endpoint unless given).
+    """
+    (folder / "entries.yaml").write_text(entries)
+    config = parse_config(
+        {
+            "entries": ["entries.yaml"],
+            "upstream": {"servers": ["127.0.0.1:1"]},
+            "admin": {"port": 0},
+            **sections,
+        },
+        "meshdns.yaml",
+        str(folder),
+    )
+    return MeshService(config, reactor=MemoryReactorClock())

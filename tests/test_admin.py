@@ -19,7 +19,9 @@ from twisted.web.test.requesthelper import DummyRequest
 from meshdns_plugin.admin import AdminService, admin_resource, table_document
 from meshdns_plugin.config import parse_config
 from meshdns_plugin.service import MeshService
+from tests.samples import ENTRIES as ENTRIES_SAMPLES
 from tests.samples import make_table
+from tests.servers import memory_mesh_service
 from tests.test_reload import entry
 
 ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
@@ -27,19 +29,13 @@ ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.inte
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> MeshService:
-    (tmp_path / "entries.yaml").write_text(ENTRIES)
-    config = parse_config(
-        {
-            "entries": ["entries.yaml"],
-            "mesh": {"search": ["default.svc.cluster.local"]},
-            "upstream": {"servers": ["127.0.0.1:1"]},
-            "listen": {"port": 0},
-            "admin": {"port": 15999},
-        },
-        "meshdns.yaml",
-        str(tmp_path),
+    return memory_mesh_service(
+        tmp_path,
+        ENTRIES,
+        mesh={"search": ["default.svc.cluster.local"]},
+        listen={"port": 0},
+        admin={"port": 15999},
     )
-    return MeshService(config, reactor=MemoryReactorClock())
 
 
 def admin_of(mesh: MeshService) -> AdminService:
@@ -105,6 +101,21 @@ def test_table_document_lists_wildcards_and_services() -> None:
     assert "*.wildcard" in names
     assert "productpage.ns1.svc.cluster.local" in names
     assert json.loads(json.dumps(document)) == document
+
+
+def test_table_document_lists_aliases_with_their_target() -> None:
+    from tests.test_authority import EXTERNAL
+
+    document = table_document(make_table(ENTRIES_SAMPLES + EXTERNAL))
+    aliases = {a["name"]: a for a in document["aliases"]}
+    assert aliases["mydb.ns1.svc.cluster.local"] == {
+        "name": "mydb.ns1.svc.cluster.local",
+        "CNAME": "db.upstream.test",
+        "sources": ["Service ns1/mydb"],
+    }
+    assert [a["name"] for a in document["aliases"]] == sorted(aliases)
+    assert "mydb" not in {n["name"] for n in document["names"]}
+    assert table_document(make_table())["aliases"] == []
 
 
 def test_index_and_unknown_paths(mesh: MeshService) -> None:

@@ -37,6 +37,7 @@ from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.service import BurstUDPServer
 from meshdns_plugin.upstream import CachingForwarder
 from tests.conftest import REPO_ROOT
+from tests.samples import external_name
 from tests.servers import UDPReactor
 
 #: Never reached: lookups here go to a fake reactor's fake UDP transport.
@@ -165,6 +166,29 @@ def test_precedence_in_a_resolver_chain(config_path: Path) -> None:
     assert a_records(result(d)) == ["127.0.0.10"]
     assert never.asked == []
     forwarder.close()
+
+
+def test_mesh_authority_chases_external_names_with_the_resolver_given(tmp_path: Path) -> None:
+    """
+    An ExternalName Service answers with a CNAME; its target's addresses come
+    from the C{chase} resolver (here the caller's own), or not at all.
+    """
+    (tmp_path / "db.yaml").write_text(external_name("db", "default", "db.example.test"))
+    (tmp_path / "meshdns.yaml").write_text("entries: [db.yaml]\nmesh: {search: []}\n")
+    zone = NamesResolver({b"db.example.test": "192.0.2.10"})
+
+    answers, _, _ = result(
+        meshAuthority(tmp_path / "meshdns.yaml", chase=zone).lookupAddress(b"db")
+    )
+    assert [(r.type, r.name.name) for r in answers] == [
+        (tdns.CNAME, b"db"),
+        (tdns.A, b"db.example.test"),
+    ]
+    assert a_records((answers, [], [])) == ["192.0.2.10"]
+    assert zone.asked == [b"db.example.test"]
+
+    answers, _, _ = result(meshAuthority(tmp_path / "meshdns.yaml").lookupAddress(b"db"))
+    assert [r.type for r in answers] == [tdns.CNAME]
 
 
 def test_in_a_stock_dns_server_factory(config_path: Path) -> None:

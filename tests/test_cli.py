@@ -23,6 +23,7 @@ from meshdns_plugin.config import load_config
 from meshdns_plugin.reload import Reloader, TableLoader
 from meshdns_plugin.stats import ReloadStats
 from tests.conftest import free_port
+from tests.samples import external_name
 from tests.test_reload import BROKEN, entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +117,23 @@ def test_table_text_is_aligned(capsys, tmp_path: Path) -> None:
     ]
     assert all("(VIP)" in row for row in rows[1:])
     assert len({row.index("ServiceEntry") for row in rows}) == 1
+
+
+def test_table_lists_aliases_with_their_target(capsys, tmp_path: Path) -> None:
+    external = external_name("mydb", "ns1", "db.example.com")
+    config = write_config(tmp_path, {"a.yaml": entry("a.example", "192.0.2.1") + external})
+    code, out, _ = run(capsys, "table", "--config", config)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert [row.split() for row in rows] == [
+        ["a.example", "A", "192.0.2.1", "ServiceEntry", "default/se"],
+        ["mydb.ns1", "CNAME", "db.example.com", "Service", "ns1/mydb"],
+        ["mydb.ns1.svc", "CNAME", "db.example.com", "Service", "ns1/mydb"],
+        ["mydb.ns1.svc.cluster.local", "CNAME", "db.example.com", "Service", "ns1/mydb"],
+    ]
+    assert len({row.index("db.example.com") for row in rows[1:]} | {header.index("ADDRESSES")}) == 1
+    code, out, _ = run(capsys, "check", "--config", config)
+    assert out.split(":", 1)[1].strip() == "2 entries, 4 names, 0 VIP hosts"
 
 
 def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import dns.reversename
 import pytest
 
 from tests.conftest import free_port, ipv6_loopback_missing, launch_meshdns, run_twistd
-from tests.samples import CONF_ENTRIES, ENTRIES, SEARCH
+from tests.samples import CONF_ENTRIES, ENTRIES, SEARCH, external_name
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +232,61 @@ def test_failover_to_second_server(start_meshdns, upstream) -> None:
     )
     reply = process.query("failover.upstream.test")
     assert _addresses(reply) == ["127.0.0.10"]
+
+
+EXTERNAL_NAMES = (
+    external_name("mydb", "ns1", "db.upstream.test")
+    + external_name("gone", "ns1", "nx-db.upstream.test")
+    + external_name("inmesh", "ns1", "productpage.ns1.svc.cluster.local")
+)
+
+
+def test_external_name_service(start_meshdns, upstream) -> None:
+    """
+    A Service of type ExternalName answers with a CNAME to its externalName
+    and, for a target outside the mesh, the upstream's addresses for it,
+    asked once and then cached; the alias itself never goes upstream.
+    """
+    process = start_meshdns(
+        {
+            "upstream": {"servers": [upstream.server], "timeout": 2},
+            "mesh": {"namespace": "ns1", "search": list(SEARCH)},
+            "entries": ["samples.yaml", "external.yaml"],
+        },
+        {"samples.yaml": ENTRIES, "external.yaml": EXTERNAL_NAMES},
+    )
+    name = "mydb.ns1.svc.cluster.local"
+    for tcp in (False, True, False, True):
+        reply = process.query(name, tcp=tcp)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert reply.flags & dns.flags.AA
+        cname, address = reply.answer
+        assert cname.to_text() == f"{name}. 30 IN CNAME db.upstream.test."
+        assert (address.name.to_text(), address.rdtype) == ("db.upstream.test.", dns.rdatatype.A)
+        assert [r.address for r in address] == ["127.0.0.10"]
+        assert 0 < address.ttl <= 300
+    reply = process.query("mydb", "AAAA", tcp=True)
+    assert [r.to_text() for r in reply.answer] == [
+        "mydb. 30 IN CNAME db.upstream.test.",
+        "db.upstream.test. 300 IN AAAA ::10",
+    ]
+    assert upstream.count("db.upstream.test", "A") == 1
+    assert upstream.count("db.upstream.test", "AAAA") == 1
+    counts = upstream.counts()
+    assert not [key for key in counts if key[0].startswith("mydb.")]
+
+    # A target the upstream does not know: the CNAME alone, NOERROR.
+    reply = process.query("gone.ns1", tcp=True)
+    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+    assert [r.to_text() for r in reply.answer] == ["gone.ns1. 30 IN CNAME nx-db.upstream.test."]
+    # A target in the mesh: its addresses from the table, nothing upstream.
+    upstream.reset()
+    reply = process.query("inmesh")
+    assert [r.to_text() for r in reply.answer] == [
+        "inmesh. 30 IN CNAME productpage.ns1.svc.cluster.local.",
+        "productpage.ns1.svc.cluster.local. 30 IN A 10.96.0.10",
+    ]
+    assert upstream.counts() == {}
 
 
 def test_bad_config_one_line(tmp_path) -> None:

@@ -24,7 +24,7 @@ from meshdns_plugin.stats import LATENCY_BUCKETS
 from meshdns_plugin.upstream import CachedResponse
 from meshdns_plugin.wire import name_to_wire
 from tests.conftest import free_port
-from tests.servers import CLIENT, RecordingProtocol
+from tests.servers import CLIENT, RecordingProtocol, memory_mesh_service
 from tests.test_reload import entry
 
 ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
@@ -60,18 +60,7 @@ def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> MeshService:
-    (tmp_path / "entries.yaml").write_text(ENTRIES)
-    config = parse_config(
-        {
-            "entries": ["entries.yaml"],
-            "mesh": {"search": []},
-            "upstream": {"servers": ["127.0.0.1:1"]},
-            "admin": {"port": 0},
-        },
-        "meshdns.yaml",
-        str(tmp_path),
-    )
-    return MeshService(config, reactor=MemoryReactorClock())
+    return memory_mesh_service(tmp_path, ENTRIES, mesh={"search": []})
 
 
 def collect(mesh: MeshService) -> Samples:

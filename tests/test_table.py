@@ -554,3 +554,136 @@ def test_no_vip_for_a_host_with_explicit_addresses_elsewhere() -> None:
         "metadata: {name: b}\nspec: {hosts: [db.internal], addresses: [192.0.2.1]}\n"
     )
     assert vip_hosts(entries, "default") == {"other.internal"}
+
+
+# --- ExternalName Services ----------------------------------------------------------
+
+EXTERNAL = [
+    svc("mydb", "ns1", type="ExternalName", externalName="DB.Example.com."),
+    svc("remote", "ns2", type="ExternalName", externalName="remote.example.org"),
+    svc("inmesh", "ns1", type="ExternalName", externalName="productpage.ns1.svc.cluster.local"),
+    svc("productpage", "ns1", "10.96.0.10"),
+    # A ServiceEntry for one of mydb's names, and a wildcard over all of them: the
+    # Service wins over both.
+    se(["mydb.ns1.svc.cluster.local"], name="loses", addresses=["192.0.2.80"]),
+    se(["*.ns1.svc.cluster.local"], name="wild", addresses=["192.0.2.81"]),
+]
+
+
+@pytest.fixture(scope="module")
+def aliased() -> NameTable:
+    return table_for(load(*EXTERNAL))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["mydb.ns1.svc.cluster.local", "mydb.ns1", "mydb.ns1.svc", "mydb"],
+)
+def test_external_name_service_names_are_aliases(aliased: NameTable, name: str) -> None:
+    key = name.encode()
+    assert aliased.cname(key) == b"db.example.com"
+    assert aliased.aliases[key].sources == ("Service ns1/mydb",)
+    assert key not in aliased.names
+    assert aliased.resolve(key) is None
+
+
+@pytest.mark.parametrize("name", ["remote.ns2.svc.cluster.local", "remote.ns2", "remote.ns2.svc"])
+def test_external_name_service_of_another_namespace(aliased: NameTable, name: str) -> None:
+    assert aliased.cname(name.encode()) == b"remote.example.org"
+
+
+def test_external_name_service_of_another_namespace_has_no_bare_name(aliased: NameTable) -> None:
+    assert aliased.cname(b"remote") is None
+    assert aliased.resolve(b"remote") is None
+
+
+def test_external_name_wins_over_a_service_entry_and_its_address_has_no_pointer(
+    aliased: NameTable,
+) -> None:
+    assert b"mydb.ns1.svc.cluster.local" not in aliased.names
+    assert reverse_name("192.0.2.80") not in aliased.pointers
+    # Names the wildcard matches and no Service claims still answer from it.
+    assert ipv4_of(aliased, "other.ns1.svc.cluster.local") == {"192.0.2.81"}
+
+
+def test_alias_through_the_search_suffix_shortcut(aliased: NameTable) -> None:
+    assert aliased.cname(b"remote.ns2.ns1.svc.cluster.local") == b"remote.ns2"
+    assert aliased.resolve(b"remote.ns2.ns1.svc.cluster.local") is None
+    # Only the first search domain, and no shortcut of a shortcut.
+    assert aliased.cname(b"remote.ns2.cluster.local") is None
+    assert aliased.cname(b"mydb.ns1.svc.cluster.local.ns1.svc.cluster.local") is None
+
+
+def test_alias_target_is_not_looked_up_at_build_time(aliased: NameTable) -> None:
+    """An alias keeps its target as written, mesh name or not: the authority follows it."""
+    assert aliased.cname(b"inmesh") == b"productpage.ns1.svc.cluster.local"
+    assert ipv4_of(aliased, "productpage.ns1.svc.cluster.local") == {"10.96.0.10"}
+
+
+def test_alias_names_lists_every_name_cname_answers_once(aliased: NameTable) -> None:
+    names = list(aliased.alias_names())
+    assert len(names) == len(set(names))
+    assert set(names) == {
+        *aliased.aliases,
+        b"mydb.ns1.ns1.svc.cluster.local",
+        b"mydb.ns1.svc.ns1.svc.cluster.local",
+        b"inmesh.ns1.ns1.svc.cluster.local",
+        b"inmesh.ns1.svc.ns1.svc.cluster.local",
+        b"remote.ns2.ns1.svc.cluster.local",
+        b"remote.ns2.svc.ns1.svc.cluster.local",
+        b"remote.ns2.svc.cluster.local.ns1.svc.cluster.local",
+    }
+    assert all(aliased.cname(name) is not None for name in names)
+
+
+def test_aliases_count_and_iterate_in_name_order(aliased: NameTable) -> None:
+    assert len(aliased) == len(aliased.names) + len(aliased.wildcards) + 11
+    listed = [alias.name for alias in aliased.iter_aliases()]
+    assert listed == sorted(aliased.aliases)
+    assert b"mydb" in listed and b"remote" not in listed
+    assert [r.name for r in aliased if r.name in aliased.aliases] == []
+
+
+def test_alias_in_another_cluster_domain() -> None:
+    table = table_for(load(*EXTERNAL), cluster_domain="corp.local", search=())
+    assert table.cname(b"mydb.ns1.svc.corp.local") == b"db.example.com"
+    assert table.cname(b"mydb.ns1.svc.cluster.local") is None
+
+
+def test_a_service_with_addresses_wins_over_the_same_service_as_external_name() -> None:
+    table = table_for(
+        load(
+            svc("twice", "ns1", type="ExternalName", externalName="db.example.com"),
+            svc("twice", "ns1", "10.96.0.40"),
+        )
+    )
+    assert table.aliases == {}
+    assert ipv4_of(table, "twice") == {"10.96.0.40"}
+
+
+def test_the_first_target_wins_between_two_external_name_definitions() -> None:
+    table = table_for(
+        load(
+            svc("twice", "ns1", type="ExternalName", externalName="one.example"),
+            svc("twice", "ns1", type="ExternalName", externalName="two.example"),
+        )
+    )
+    assert table.cname(b"twice") == b"one.example"
+
+
+@pytest.mark.parametrize("search", [SEARCH, ()])
+@pytest.mark.parametrize("qtype", [1, 28])
+def test_the_wire_fast_path_never_answers_an_alias(search: tuple[str, ...], qtype: int) -> None:
+    """
+    Aliases are not in the WireIndex, with or without the search shortcut
+    and wildcards that make it derive answers from the table.
+    """
+    from meshdns_plugin.wire import name_to_wire
+
+    documents = EXTERNAL if search else EXTERNAL[:4]
+    table = table_for(load(*documents), search=search)
+    names = list(table.alias_names())
+    assert names
+    for name in names:
+        assert table.wire.lookup(name_to_wire(name), qtype) is None, name
+    assert table.wire.lookup(name_to_wire(b"productpage.ns1.svc.cluster.local"), qtype)
