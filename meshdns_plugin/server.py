@@ -375,6 +375,12 @@ class MeshDNSServerFactory(server.DNSServerFactory):
                 return data
         forwarder = self.forwarder
         if forwarder is not None:
+            if mesh is not None and mesh.table.aliases:
+                # An alias (ExternalName) has no pre-encoded answer, but the
+                # authority answers it: an answer cached while the name was
+                # forwarded, before a reload made it an alias, must not be.
+                if mesh.table.cname(wire.wire_to_name(q.key)) is not None:
+                    return None
             entry = forwarder.cache.get((q.key, q.qtype, q.qclass))
             if entry is not None and entry.encoded is not None:
                 elapsed = int(forwarder.cache.clock() - entry.stored_at)

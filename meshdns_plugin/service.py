@@ -19,7 +19,6 @@ from twisted.application import internet, service
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
-from twisted.names import dns
 from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.admin import AdminService
@@ -27,12 +26,11 @@ from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, ConfigError, check_listen, listen_addresses
 from meshdns_plugin.listeners import VipListeners
 from meshdns_plugin.querylog import QueryLoggingFactory
-from meshdns_plugin.reload import PreparedTable, Reloader, TableLoader, TableWatcher
+from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
 from meshdns_plugin.stats import ReloadStats
 from meshdns_plugin.upstream import CachingForwarder
-from meshdns_plugin.wire import name_to_wire
 
 _log = Logger()
 
@@ -136,7 +134,6 @@ class MeshService(service.MultiService):
             self.vipListeners = VipListeners.forConfig(config, self.forwarder, reactor)
             self.vipListeners.setServiceParent(self)
             self.loader.observers.append(self.vipListeners.follow)
-        self.loader.observers.append(self._forgetAliases)
         # The forwarder also looks up the targets of ExternalName Services.
         self.authority = MeshAuthority(self.loader.load(), chase=self.forwarder)
         self.resolver = ResolverChain([self.authority, *authorities, self.forwarder])
@@ -163,22 +160,6 @@ class MeshService(service.MultiService):
         TableWatcher.forConfig(config, self.reloader, reactor).setServiceParent(self)
         if config.admin.port:
             AdminService(self, config.admin, reactor).setServiceParent(self)
-
-    def _forgetAliases(self, prepared: PreparedTable) -> None:
-        """
-        Drop the forwarder's cached answers to the A, AAAA and CNAME
-        questions that the new table answers with an alias.
-
-        The wire fast path looks in the cache for every name it has no
-        pre-encoded answer for, aliases included (they take the full path):
-        an answer cached while the name was forwarded, before a reload made
-        it an ExternalName Service's, would be served instead of the alias
-        until it expires.
-        """
-        for name in prepared.table.alias_names():
-            key = name_to_wire(name)
-            for qtype in (dns.A, dns.AAAA, dns.CNAME):
-                self.forwarder.forget((key, qtype, dns.IN))
 
     def reload(self) -> bool:
         """

@@ -271,18 +271,6 @@ class CachingForwarder(common.ResolverBase):
         upstream.addBoth(self._release, key, started)
         return upstream
 
-    def forget(self, key: CacheKey) -> None:
-        """
-        Drop the cached answer for C{key}, and the one that a forward of it
-        in flight now would store when it ends.
-        """
-        self.cache.discard(key)
-        waiting = self._inflight.get(key)
-        if waiting is not None:
-            later: defer.Deferred = defer.Deferred()
-            later.addBoth(lambda _: self.cache.discard(key))
-            waiting.append(later)
-
     def close(self) -> None:
         """Release the upstream sockets."""
         if self._client is not None:

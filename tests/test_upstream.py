@@ -163,28 +163,3 @@ def test_failure_logs_are_rate_limited(reactor) -> None:
     # 20 failures over 22 s: one line per 10 s, the rest counted.
     assert 2 <= len(warnings) <= 3
     assert sum(w["more"] for w in warnings) + len(warnings) <= 20
-
-
-def test_forget_drops_a_cached_answer(reactor) -> None:
-    forwarder = CachingForwarder([FIRST], timeout=2, reactor=reactor)
-    forwarder.lookupAddress(b"a.upstream.test")
-    ((data, _, proto),) = reactor.sent()
-    proto.datagramReceived(_reply(data, answers=[(300, "IN", "A", "127.0.0.10")]), FIRST)
-    key = (b"\x01a\x08upstream\x04test\x00", tdns.A, tdns.IN)
-    assert forwarder.cache.get(key) is not None
-    forwarder.forget(key)
-    forwarder.forget(key)
-    assert len(forwarder.cache) == 0
-
-
-def test_forget_drops_what_a_forward_in_flight_stores(reactor) -> None:
-    """A forward that ends after C{forget} still answers, but is not kept."""
-    forwarder = CachingForwarder([FIRST], timeout=2, reactor=reactor)
-    result = _results(forwarder.lookupAddress(b"a.upstream.test"))
-    merged = _results(forwarder.lookupAddress(b"a.upstream.test"))
-    forwarder.forget((b"\x01a\x08upstream\x04test\x00", tdns.A, tdns.IN))
-    ((data, _, proto),) = reactor.sent()
-    proto.datagramReceived(_reply(data, answers=[(300, "IN", "A", "127.0.0.10")]), FIRST)
-    assert [a.payload.dottedQuad() for a in result[0][0]] == ["127.0.0.10"]
-    assert [a.payload.dottedQuad() for a in merged[0][0]] == ["127.0.0.10"]
-    assert len(forwarder.cache) == 0
