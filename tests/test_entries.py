@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from meshdns_plugin import entries
 from meshdns_plugin.entries import (
     Entries,
     EntriesError,
@@ -670,3 +673,19 @@ def test_shipped_entries_are_valid() -> None:
         "tcp-echo.external-2.svc.cluster.local",
     ):
         assert hosts[host].auto_allocatable, host
+
+
+@given(address=st.ip_addresses(), form=st.sampled_from(["compressed", "exploded", "upper"]))
+def test_addresses_are_written_as_ipaddress_writes_them(address, form: str) -> None:
+    """The inet_pton shortcut of C{_ip} gives what C{ipaddress} gives, whatever the form."""
+    text = address.exploded if form == "exploded" else str(address)
+    text = text.upper() if form == "upper" else text
+    assert entries._ip("spec.addresses[0]", text) == str(ipaddress.ip_address(text))
+
+
+@pytest.mark.parametrize(
+    "text", ["010.0.0.1", "1.2.3", "256.1.1.1", "1.2.3.4 ", "::1::", "fd00::1\x00", "", "::g"]
+)
+def test_not_addresses(text: str) -> None:
+    with pytest.raises(entries._Invalid, match="is not an IP address"):
+        entries._ip("spec.addresses[0]", text)
