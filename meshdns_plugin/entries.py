@@ -29,6 +29,9 @@ SERVICE_ENTRY_APIS = frozenset(
 )
 RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
 SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
+#: EndpointSlice address types; FQDN slices carry host names, which
+#: Kubernetes DNS does not answer with, so they are skipped.
+ADDRESS_TYPES = frozenset({"IPv4", "IPv6", "FQDN"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -464,7 +467,13 @@ def _service(doc: _Document, origin: Origin) -> Service:
     )
 
 
-def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice:
+def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice | None:
+    """The slice, or L{None} for one of C{addressType: FQDN} (skipped)."""
+    address_type = doc.text("addressType", "IPv4") or "IPv4"
+    if address_type not in ADDRESS_TYPES:
+        raise _Invalid("addressType", f"{address_type!r} is not one of {sorted(ADDRESS_TYPES)}")
+    if address_type == "FQDN":
+        return None
     labels = doc.mapping("metadata").string_map("labels")
     addresses = []
     for path, raw in doc.items("endpoints"):
@@ -517,7 +526,14 @@ class _Collector:
             elif kind == "Service" and api == "v1":
                 self.services.append(_service(doc, origin))
             elif kind == "EndpointSlice" and api == "discovery.k8s.io/v1":
-                self.endpoint_slices.append(_endpoint_slice(doc, origin))
+                endpoint_slice = _endpoint_slice(doc, origin)
+                if endpoint_slice is None:
+                    self.notes.append(
+                        f"{file}: document {index}: skipped EndpointSlice {origin.name} "
+                        "(addressType FQDN: host names, not addresses)"
+                    )
+                else:
+                    self.endpoint_slices.append(endpoint_slice)
             else:
                 self.notes.append(f"{file}: document {index}: skipped {api or '?'} {kind or '?'}")
         except _Invalid as e:

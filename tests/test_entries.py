@@ -458,6 +458,34 @@ def test_endpoint_slice_ready_addresses() -> None:
     assert (es.service_name, es.origin.namespace) == ("db", "ns1")
 
 
+def test_fqdn_endpoint_slices_are_skipped_with_a_note() -> None:
+    document = endpoint_slice("db", [{"addresses": ["db-0.example.com"]}])
+    document["addressType"] = "FQDN"
+    entries = parse(document)
+    assert entries.endpoint_slices == ()
+    assert entries.notes == (
+        "test.yaml: document 0: skipped EndpointSlice db-abcde "
+        "(addressType FQDN: host names, not addresses)",
+    )
+
+
+def test_ipv6_endpoint_slices_are_read() -> None:
+    document = endpoint_slice("db", [{"addresses": ["fd00::1"]}])
+    document["addressType"] = "IPv6"
+    (es,) = parse(document).endpoint_slices
+    assert es.addresses == ("fd00::1",)
+
+
+def test_unknown_address_type() -> None:
+    document = endpoint_slice("db", [{"addresses": ["10.1.0.1"]}])
+    document["addressType"] = "ipv4"
+    with pytest.raises(EntriesError) as caught:
+        parse(document)
+    assert str(caught.value.problems[0]) == (
+        "test.yaml: document 0: addressType: 'ipv4' is not one of ['FQDN', 'IPv4', 'IPv6']"
+    )
+
+
 def test_endpoint_slice_without_service_label() -> None:
     (es,) = parse(endpoint_slice(None, [{"addresses": ["10.1.0.1"]}])).endpoint_slices
     assert es.service_name == ""
