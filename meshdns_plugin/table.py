@@ -170,16 +170,6 @@ class NameTable:
                 return base
         return None
 
-    def alias_names(self) -> Iterator[bytes]:
-        """Every name L{cname} answers: each alias, and its search-suffix form."""
-        suffix = self.search_suffix
-        for name in self.aliases:
-            yield name
-            if suffix is not None and not name.endswith(b"." + suffix):
-                shortcut = name + b"." + suffix
-                if shortcut not in self.names and shortcut not in self.aliases:
-                    yield shortcut
-
     def __iter__(self) -> Iterator[HostRecords]:
         """Every exact name, then every wildcard, in name order."""
         yield from (self.names[n] for n in sorted(self.names))

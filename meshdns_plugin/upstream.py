@@ -161,10 +161,6 @@ class ResponseCache:
             return entry
         return None
 
-    def discard(self, key: CacheKey) -> None:
-        """Forget C{key}'s entry, if there is one."""
-        self._entries.pop(key, None)
-
     def put(self, key: CacheKey, entry: CachedResponse) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
