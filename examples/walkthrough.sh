@@ -111,21 +111,8 @@ ip netns exec "$NS" "$PYTHON" "$HERE/tests/fakeupstream.py" --port 53 --address 
 PIDS+=($!)
 wait_for_line "$WORK/upstream.log" '^READY '
 
-TCP_ECHO='
-import socket, sys, threading
-address, port, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-server = socket.create_server((address, port))
-print("ready", flush=True)
-def serve(conn):
-    with conn:
-        while data := conn.recv(4096):
-            conn.sendall(prefix + b" " + data)
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-'
 for n in 1 2; do
-    ip netns exec "$NS" "$PYTHON" -c "$TCP_ECHO" "127.0.0.2$n" 9000 "external-$n says:" \
+    ip netns exec "$NS" "$PYTHON" "$HERE/tests/tcpecho.py" "127.0.0.2$n" 9000 "external-$n says:" \
         >"$WORK/echo-$n.log" 2>&1 &
     PIDS+=($!)
     wait_for_line "$WORK/echo-$n.log" '^ready'

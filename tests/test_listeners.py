@@ -51,22 +51,8 @@ from tests.conftest import (
     stop_process,
 )
 
-#: A TCP echo server, as Istio's C{tcp-echo} sample: every chunk it reads is
-#: sent back after PREFIX and a space. Run as C{python -c TCP_ECHO ADDRESS PORT
-#: PREFIX}; it prints C{ready PORT} once listening (PORT 0 picks one).
-TCP_ECHO = """
-import socket, sys, threading
-address, port, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-server = socket.create_server((address, port))
-print("ready", server.getsockname()[1], flush=True)
-def serve(conn):
-    with conn:
-        while data := conn.recv(4096):
-            conn.sendall(prefix + b" " + data)
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
+#: The tcp-echo stand-in (see its docstring).
+TCP_ECHO = Path(__file__).with_name("tcpecho.py")
 
 
 def entry(name: str, body: str) -> str:
@@ -586,7 +572,7 @@ def test_routed_here() -> None:
 def start_echo(prefix: str, address: str = LOOPBACK) -> tuple[subprocess.Popen[str], int]:
     """A L{TCP_ECHO} server on a free port of C{address}; the process and port."""
     process = subprocess.Popen(
-        [sys.executable, "-c", TCP_ECHO, address, "0", prefix],
+        [sys.executable, str(TCP_ECHO), address, "0", prefix],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -188,7 +188,7 @@ def test_the_guide_in_a_namespace(ns: Netns) -> None:
                              "--port", "53", *records], env=child_env())
         started(upstream, "READY ")
         for address, prefix in BACKENDS.values():
-            started(ns.popen([sys.executable, "-c", TCP_ECHO, address, "9000", prefix]), "ready")
+            started(ns.popen([sys.executable, str(TCP_ECHO), address, "9000", prefix]), "ready")
 
         (home / "entries").mkdir()
         shutil.copy(REPO_ROOT / "conf" / "entries" / "istio-dns-proxying.yaml", home / "entries")
