@@ -357,21 +357,22 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             if found is not None:
                 rings = found[0] if q.question[:-4] == q.key else found[1]
                 self._rotation += 1
-                section, count = rings[self._rotation % len(rings)]
-                data = wire.reply(
-                    q, wire.QR | wire.AA | self._recursion, (count, 0, 0), section, self._opt, limit
-                )
+                index = self._rotation % len(rings)
+                flags = wire.QR | wire.AA | self._recursion
+                # The memo keeps every rotation: encode them all at once, the
+                # one sent included; without it, only the one sent.
+                shown = rings if packet is not None else (rings[index],)
+                replies = [
+                    wire.reply(q, flags, (count, 0, 0), section, self._opt, limit)
+                    for section, count in shown
+                ]
+                data = replies[index if packet is not None else 0]
                 if data is not None:
                     counter = (type_name(q.qtype), stats.MESH)
                     self.stats.queries[counter] += 1
-                    if packet is not None:
-                        flags = wire.QR | wire.AA | self._recursion
-                        replies = [
-                            wire.reply(q, flags, (n, 0, 0), s, self._opt, limit) for s, n in rings
-                        ]
-                        if None not in replies:
-                            tails = tuple(r[2:] for r in replies)  # type: ignore[index]
-                            self.memo.remember(packet, MemoEntry(tails, counter))
+                    if packet is not None and None not in replies:
+                        tails = tuple(r[2:] for r in replies)  # type: ignore[index]
+                        self.memo.remember(packet, MemoEntry(tails, counter))
                 return data
         forwarder = self.forwarder
         if forwarder is not None:
