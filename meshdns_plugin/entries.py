@@ -316,7 +316,8 @@ def _ip(path: str, value: Any) -> str:
         raise _Invalid(path, f"{value!r} is not an IP address") from None
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
+    """Whether C{value} is an IP address (an endpoint may also be a host name)."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -408,7 +409,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             raise _Invalid(path, f"expected a mapping, got {raw!r}")
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
-        if address and resolution in DNS_RESOLUTIONS and not _is_ip(address):
+        if address and resolution in DNS_RESOLUTIONS and not is_ip(address):
             address = _exact_host(path + ".address", address, "an endpoint")
         elif address:
             address = _ip(path + ".address", address)

@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshdns_plugin.allocator import Vips
-from meshdns_plugin.entries import DNS_RESOLUTIONS, Entries, Port, ServiceEntry
+from meshdns_plugin.entries import DNS_RESOLUTIONS, Entries, Port, ServiceEntry, is_ip
 from meshdns_plugin.stats import ListenerStats
 
 if TYPE_CHECKING:
@@ -72,14 +72,6 @@ _log = Logger()
 def _endpoint(address: str, port: int) -> str:
     """C{address:port}, with an IPv6 address in brackets."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -411,7 +403,7 @@ class ForwardingFactory(protocol.ServerFactory):
         turn = next(self._turns)
         backends = self.spec.backends
         backend = backends[turn % len(backends)]
-        if _is_ip(backend.address):
+        if is_ip(backend.address):
             return defer.succeed((backend.address, backend.port))
         d = self._resolve(backend.address, turn // len(backends))
         d.addCallback(lambda address: (address, backend.port))
