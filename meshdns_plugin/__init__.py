@@ -37,10 +37,10 @@ from twisted.internet.interfaces import IResolver
 
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, ConfigError, load_config
+from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.entries import EntriesError
 from meshdns_plugin.reload import TableLoader
 from meshdns_plugin.service import MeshService, makeCachingForwarder, override_listen
-from meshdns_plugin.upstream import CachingForwarder
 
 __all__ = [
     "Config",

@@ -92,6 +92,8 @@ class MeshAuthority(common.ResolverBase):
         one assignment, so a lookup sees the old table or the new one.
     @ivar chase: the resolver that looks up the targets of aliases outside
         the mesh, or L{None}.
+    @ivar rotation: the counter that rotates several addresses, shared
+        with the wire fast path so that both take turns alike.
     """
 
     def __init__(self, table: NameTable, chase: IResolver | None = None) -> None:
@@ -105,7 +107,23 @@ class MeshAuthority(common.ResolverBase):
         common.ResolverBase.__init__(self)
         self.table = table
         self.chase = chase
-        self._rotation = itertools.count()
+        self.rotation = itertools.count()
+
+    def answers(self, name: bytes, type: int) -> bool:
+        """
+        Whether L{_lookup} answers C{name} (lowercase, no trailing dot) for
+        C{type} of class IN rather than failing with L{DomainError}: the
+        server asks this before it builds the Deferreds of a lookup, so
+        that a name the mesh does not know goes upstream at once.
+        """
+        table = self.table
+        if type in _FAMILY:
+            return table.resolve(name) is not None or table.cname(name) is not None
+        if type == dns.CNAME:
+            return table.cname(name) is not None
+        if type == dns.PTR:
+            return bool(table.pointers.get(name))
+        return False
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
         if cls != dns.IN:
@@ -116,7 +134,7 @@ class MeshAuthority(common.ResolverBase):
         if family is not None:
             resolution = table.resolve(key)
             if resolution is not None:
-                answers = address_records(resolution, family, table.ttl, next(self._rotation))
+                answers = address_records(resolution, family, table.ttl, next(self.rotation))
                 return defer.succeed(MeshAnswer((answers, [], [])))
             target = table.cname(key)
             if target is None:
@@ -157,7 +175,7 @@ class MeshAuthority(common.ResolverBase):
             seen.add(target)
             resolution = table.resolve(target)
             if resolution is not None:
-                rotation = next(self._rotation)
+                rotation = next(self.rotation)
                 answers += address_records(resolution, _FAMILY[type], table.ttl, rotation)
                 break
             following = table.cname(target)

@@ -5,7 +5,7 @@ under the packet less its ID, so that the same packet again (a client asking
 the same name, the same way) gets the same bytes without being parsed.
 
 A reply depends only on the packet, the name table and, for a cache hit, the
-cache entry's remaining TTLs; so a memo entry holds as long as the table is
+cached reply's remaining TTLs; so a memo entry holds as long as the table is
 the same object (the memo is emptied when another is swapped in) and, for a
 cache hit, until its TTLs lose their next second. Under load most queries
 are repeats, and this is what puts meshdns beside dnsmasq (bench/README.md).
@@ -13,10 +13,9 @@ are repeats, and this is what puts meshdns beside dnsmasq (bench/README.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.stats import ServerStats, UpstreamStats
 
 
@@ -40,7 +39,9 @@ class MemoEntry:
 
 class ReplyMemo:
     """
-    Replies keyed by the query packet less its ID, for one name table.
+    Replies keyed by the query packet less its ID, for one name table (the
+    L{meshdns_plugin.dns.fastpath.FastPath} that fills it empties it when
+    the table is replaced).
 
     A reply given from the memo is counted as the fast path counts it. A
     cache hit served from the memo does not touch the cache's LRU order: the
@@ -52,45 +53,35 @@ class ReplyMemo:
 
     def __init__(
         self,
-        mesh: MeshAuthority | None,
         clock: Callable[[], float],
         stats: ServerStats,
         upstream: UpstreamStats | None,
+        rotation: Iterator[int],
     ) -> None:
         """
-        @param mesh: the authority whose table the replies come from.
         @param clock: the cache's clock, against which C{fresh_until} is read.
         @param stats: where replies are counted.
         @param upstream: where cache hits are counted (L{None}: no cache).
+        @param rotation: the address-rotation counter the mesh answers share.
         """
-        self._mesh = mesh
         self._clock = clock
         self._queries = stats.queries
         self._upstream = upstream
+        self._rotation = rotation
         self._entries: dict[bytes, MemoEntry] = {}
-        self._table: object = None
-        self._rotation = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _forgetOtherTables(self) -> None:
-        """Empty the memo if the authority's table is not the one it was filled with."""
-        mesh = self._mesh
-        table = mesh.table if mesh is not None else None
-        if table is not self._table:
-            self._entries.clear()
-            self._table = table
+    def clear(self) -> None:
+        """Forget every reply (the table they came from is gone)."""
+        self._entries.clear()
 
     def reply(self, data: bytes) -> bytes | None:
         """
         The remembered reply to the query packet C{data}, with its ID, if
         there is one still good; L{None} otherwise.
         """
-        mesh = self._mesh
-        if (mesh.table if mesh is not None else None) is not self._table:
-            self._forgetOtherTables()
-            return None
         entry = self._entries.get(data[2:])
         if entry is None:
             return None
@@ -102,12 +93,10 @@ class ReplyMemo:
         tails = entry.tails
         if len(tails) == 1:
             return data[:2] + tails[0]
-        self._rotation += 1
-        return data[:2] + tails[self._rotation % len(tails)]
+        return data[:2] + tails[next(self._rotation) % len(tails)]
 
     def remember(self, data: bytes, entry: MemoEntry) -> None:
         """Keep C{entry} as the reply to the query packet C{data}."""
-        self._forgetOtherTables()
         entries = self._entries
         if len(entries) >= self.MAX_ENTRIES:
             entries.clear()

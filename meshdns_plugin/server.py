@@ -2,36 +2,39 @@
 """
 The DNS server: a L{DNSServerFactory} subclass and its UDP and TCP protocols.
 
-Stock L{twisted.names.server.DNSServerFactory} is the reference, but it is
-wrong for a proxy in ways this module fixes, each in the method named:
-  - L{MeshDNSServerFactory.gotResolverError}: an upstream SERVFAIL, REFUSED or
-    timeout reaches the client as such, not as NXDOMAIN; NXDOMAIN carries the
-    upstream SOA so that clients can cache it (RFC 2308);
-  - L{MeshDNSServerFactory._responseFromMessage}: RD is echoed, AA is set on
-    every mesh answer (empty ones included), EDNS is answered with EDNS;
-  - L{MeshDNSServerFactory._reply}: UDP answers longer than 512 bytes (or
-    the client's EDNS size) are truncated with TC=1, whole records only;
-  - L{MeshDNSServerFactory.messageReceived}: QR=1 packets are dropped, and
-    REFUSED, NOTIMP and FORMERR replies are real responses (QR=1), where stock
-    Twisted echoes the query back with only the rcode changed;
-  - no cache here: the L{CachingForwarder} caches, so a hit is not re-cached
-    (stock Twisted re-caches every hit, losing a TTL second each time).
-The protocols never let an exception out: a packet that cannot be parsed gets
-FORMERR when its header is readable, and is dropped otherwise.
+Every packet is read once at the wire level (L{meshdns_plugin.dns.message}),
+then answered by the first of:
+  1. the reply memo (UDP: the same packet but for its ID, answered before);
+  2. the fast path (L{meshdns_plugin.dns.fastpath}): mesh A/AAAA answers and
+     cache hits, from bytes;
+  3. the local resolvers through Twisted Names (the mesh authority for PTR,
+     ExternalName aliases and answers that need truncation; an embedding
+     application's own authorities), when one of them may answer;
+  4. the caching forwarder, at the wire level: the client's question goes
+     upstream as asked and the reply comes back as the upstream sent it.
 
-Before any of that, L{MeshDNSServerFactory.packetReceived} tries the wire fast
-path (L{meshdns_plugin.wire}): a plain query for a mesh name or a fresh cache
-entry is answered from pre-encoded bytes; everything else takes the path above.
-Over UDP, a packet the fast path has answered before (the same bytes but for
-the ID) gets the same reply again without even being parsed, while the table
-and the cache entry it came from are unchanged; and a L{BurstUDPPort} sends
-the replies to a burst of datagrams together.
+Stock L{twisted.names.server.DNSServerFactory} is wrong for a proxy in ways
+this module fixes:
+  - an upstream SERVFAIL, REFUSED or timeout reaches the client as such, not
+    as NXDOMAIN; upstream replies are passed on, never decoded and encoded
+    again (unknown types and DNSSEC records would not survive it);
+  - RD and CD are echoed, and DO in the OPT record (RFC 3225); AA is set on
+    every mesh answer (empty ones included) and never on a forwarded one;
+  - UDP answers longer than 512 bytes (or the client's EDNS size, at most
+    1232) are truncated with TC=1, whole records only;
+  - QR=1 packets are dropped; REFUSED, NOTIMP, FORMERR and BADVERS replies are
+    real responses (QR=1) where stock Twisted echoes the query back with only
+    the rcode changed; a query with two OPT records gets FORMERR and one with
+    EDNS version above 0 gets BADVERS (RFC 6891);
+  - no cache here: the forwarder caches, so a hit is not re-cached (stock
+    Twisted re-caches every hit, losing a TTL second each time).
+The protocols never let an exception out: a packet that cannot be read gets
+FORMERR when its header is readable, and is dropped otherwise.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Sequence
 
 from twisted.internet import protocol, udp
@@ -42,35 +45,18 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from meshdns_plugin import stats, wire
+from meshdns_plugin import stats
 from meshdns_plugin.authority import MeshAnswer, MeshAuthority
-from meshdns_plugin.replymemo import MemoEntry, ReplyMemo
-from meshdns_plugin.upstream import CachedNameError, CacheHit, CachingForwarder
-
-#: The largest UDP answer we send, whatever the client offers: DNS Flag Day
-#: 2020's value, which avoids IP fragmentation on common paths.
-MAX_UDP_PAYLOAD = 1232
+from meshdns_plugin.dns import message as wire
+from meshdns_plugin.dns.cache import render
+from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, type_name
+from meshdns_plugin.dns.forwarder import CachingForwarder
+from meshdns_plugin.dns.message import Query, UpstreamReply
 
 #: Most datagrams L{BurstUDPPort} reads before it sends their replies.
 MAX_BURST = 256
 
 _log = Logger()
-
-#: Query types counted under their own name; others are counted as OTHER so
-#: that junk cannot grow the metrics without bound.
-_COUNTED_TYPES = {
-    code: dns.QUERY_TYPES[code]
-    for code in (dns.A, dns.AAAA, dns.CNAME, dns.MX, dns.NS, dns.PTR, dns.SOA, dns.SRV, dns.TXT)
-}
-_COUNTED_TYPES[dns.ALL_RECORDS] = "ANY"
-_COUNTED_TYPES[65] = "HTTPS"
-_COUNTED_TYPES[64] = "SVCB"
-
-
-def type_name(qtype: int) -> str:
-    """The metrics label of a query type."""
-    return _COUNTED_TYPES.get(qtype, "OTHER")
-
 
 _RCODE_FOR_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (error.DNSNameError, dns.ENAME),
@@ -84,12 +70,6 @@ _RCODE_FOR_ERROR: tuple[tuple[type[Exception], int], ...] = (
     # to recurse for this name.
     (error.DomainError, dns.EREFUSED),
 )
-
-
-def udp_limit(query: dns._EDNSMessage) -> int:
-    """The most bytes a UDP answer to C{query} may have."""
-    payload = None if query.ednsVersion is None else query.maxSize
-    return wire.udp_limit(payload, MAX_UDP_PAYLOAD)
 
 
 def encode(message: dns._EDNSMessage, limit: int | None) -> bytes:
@@ -113,7 +93,7 @@ def encode(message: dns._EDNSMessage, limit: int | None) -> bytes:
 
 def parse_query(data: bytes) -> dns._EDNSMessage:
     """
-    Decode a query packet.
+    Decode a query packet with Twisted Names, for the local resolvers.
 
     @raise ValueError: for anything that is not a well-formed message; Twisted's
         decoder raises several unrelated types, all folded into this one.
@@ -249,6 +229,11 @@ class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
 class MeshDNSServerFactory(server.DNSServerFactory):
     """
     A L{DNSServerFactory} with the fixes listed in this module's docstring.
+
+    @ivar fastpath: the L{FastPath} asked first.
+    @ivar forwarder: the L{CachingForwarder} that answers the rest, or
+        L{None} when the last client resolver is not one (it is then asked
+        through Twisted Names like the authorities).
     """
 
     _messageFactory = dns._EDNSMessage
@@ -277,24 +262,23 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         @param tcp_max_queries: queries per TCP connection.
 
         The fast path answers mesh names only when a L{MeshAuthority} is the
-        first resolver of the chain, and cache hits only when a
-        L{CachingForwarder} is the last: exactly the cases where the full
-        path would give the same answer.
+        first resolver, and cache hits only when a L{CachingForwarder} is the
+        last: exactly the cases where the full path would give the same
+        answer.
         """
+        authorities = list(authorities or [])
+        clients = list(clients or [])
         super().__init__(authorities=authorities, clients=clients, verbose=verbose)
-        resolvers = self.resolver.resolvers
-        first = resolvers[0] if resolvers else None
-        last = resolvers[-1] if resolvers else None
+        first = authorities[0] if authorities else None
+        last = clients[-1] if clients else None
         self.mesh: MeshAuthority | None = first if isinstance(first, MeshAuthority) else None
         self.forwarder: CachingForwarder | None = (
             last if isinstance(last, CachingForwarder) else None
         )
-        # Clients that ask over TCP are forwarded over TCP (UDP over UDP).
-        self.streamResolver = (
-            ResolverChain([*resolvers[:-1], self.forwarder.overTCP()])
-            if self.forwarder is not None
-            else self.resolver
-        )
+        local = authorities + (clients[:-1] if self.forwarder is not None else clients)
+        # Asked through Twisted Names only when one of them may answer.
+        self.resolver = ResolverChain(local)
+        self._others = bool(local) and local != [self.mesh]
         self.stats = stats.ServerStats()
         self.allow = tuple(allow)
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -302,14 +286,13 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.tcp_max_queries = tcp_max_queries
         self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
-        self._rotation = 0
-        self._opt = wire.opt_record(MAX_UDP_PAYLOAD)
         forwarder = self.forwarder
-        self.memo = ReplyMemo(
+        self.fastpath = FastPath(
             self.mesh,
-            forwarder.cache.clock if forwarder is not None else time.monotonic,
+            forwarder.cache if forwarder is not None else None,
             self.stats,
             forwarder.stats if forwarder is not None else None,
+            self._recursion,
         )
 
     #: Bound of the memo of per-address access decisions.
@@ -339,80 +322,135 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             return None
         return super().buildProtocol(addr)
 
-    def fastReply(self, q: wire.Question, udp: bool, packet: bytes | None = None) -> bytes | None:
-        """
-        The reply to C{q} from pre-encoded bytes, or L{None} when the full
-        path must answer (not a mesh name or fresh cache entry, or the reply
-        would need truncation).
-
-        @param packet: the UDP query packet C{q} comes from: when given, the
-            reply (every rotation of it) is remembered in L{memo}.
-        """
-        if q.qclass != wire.CLASS_IN:
-            return None
-        limit = wire.udp_limit(q.edns_payload, MAX_UDP_PAYLOAD) if udp else None
-        mesh = self.mesh
-        if mesh is not None and (q.qtype == wire.TYPE_A or q.qtype == wire.TYPE_AAAA):
-            found = mesh.table.wire.lookup(q.key, q.qtype)
-            if found is not None:
-                rings = found[0] if q.question[:-4] == q.key else found[1]
-                self._rotation += 1
-                index = self._rotation % len(rings)
-                flags = wire.QR | wire.AA | self._recursion
-                # The memo keeps every rotation: encode them all at once, the
-                # one sent included; without it, only the one sent.
-                shown = rings if packet is not None else (rings[index],)
-                replies = [
-                    wire.reply(q, flags, (count, 0, 0), section, self._opt, limit)
-                    for section, count in shown
-                ]
-                data = replies[index if packet is not None else 0]
-                if data is not None:
-                    counter = (type_name(q.qtype), stats.MESH)
-                    self.stats.queries[counter] += 1
-                    if packet is not None and None not in replies:
-                        tails = tuple(r[2:] for r in replies)  # type: ignore[index]
-                        self.memo.remember(packet, MemoEntry(tails, counter))
-                return data
-        forwarder = self.forwarder
-        if forwarder is not None:
-            if mesh is not None and mesh.table.aliases:
-                # An alias (ExternalName) has no pre-encoded answer, but the
-                # authority answers it: an answer cached while the name was
-                # forwarded, before a reload made it an alias, must not be.
-                if mesh.table.cname(wire.wire_to_name(q.key)) is not None:
-                    return None
-            entry = forwarder.cache.get((q.key, q.qtype, q.qclass))
-            if entry is not None and entry.encoded is not None:
-                elapsed = int(forwarder.cache.clock() - entry.stored_at)
-                encoded = entry.encoded
-                data = wire.reply(
-                    q,
-                    wire.QR | self._recursion | entry.rcode,
-                    encoded.counts,
-                    encoded.aged(elapsed),
-                    self._opt,
-                    limit,
-                )
-                if data is not None:
-                    forwarder.stats.cache_hits += 1
-                    counter = (type_name(q.qtype), stats.CACHE_HIT)
-                    self.stats.queries[counter] += 1
-                    if packet is not None:
-                        fresh_until = entry.stored_at + elapsed + 1
-                        self.memo.remember(packet, MemoEntry((data[2:],), counter, fresh_until))
-                return data
-        return None
-
     def memoized(self, data: bytes, host: str) -> bytes | None:
         """
-        The reply to the UDP query C{data} from C{host} if L{memo} has one:
+        The reply to the UDP query C{data} from C{host} if the memo has one:
         what L{BurstUDPPort} tries before L{packetReceived}. L{None} also
         for a host not yet let in: L{packetReceived} decides about it.
         """
         if not self._allowed.get(host):
             return None
-        return self.memo.reply(data)
+        return self.fastpath.memoized(data)
+
+    @staticmethod
+    def _send(proto, data: bytes, address) -> None:
+        if address is None:
+            proto.writeBytes(data)
+        else:
+            proto.writeBytes(data, address)
+
+    def packetReceived(self, data: bytes, proto, address=None) -> None:
+        """
+        Answer C{data}: the single entry point of both protocols (C{address}
+        is L{None} over TCP), so that no decoding error escapes either.
+        """
+        if not (self.allowed(address[0]) if address is not None else proto.peer_allowed):
+            self._refuse(data, proto, address)
+            return
+        if address is not None:
+            memoized = self.fastpath.memoized(data)
+            if memoized is not None:
+                proto.writeBytes(memoized, address)
+                return
+        query = wire.read_query(data)
+        if query is None:
+            reply = wire.header_error_reply(data, wire.FORMERR)
+            if reply is None:
+                self.stats.dropped += 1
+                return
+            self.stats.queries["OTHER", stats.ERROR] += 1
+            self._send(proto, reply, address)
+            return
+        if query.problem is not None:
+            self._error(query, query.problem, proto, address)
+            return
+        limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
+        if query.qclass == wire.CLASS_IN:
+            fast = self.fastpath.answer(query, limit, data if address is not None else None)
+            if fast is not None:
+                self._send(proto, fast, address)
+                return
+        else:
+            self._error(query, wire.REFUSED, proto, address)
+            return
+        if query.qtype == wire.TYPE_ANY or self._localMayAnswer(query):
+            try:
+                message = parse_query(data)
+            except ValueError:
+                self._error(query, wire.FORMERR, proto, address)
+                return
+            self.messageReceived(message, proto, address, query)
+            return
+        self._forward(query, proto, address, limit)
+
+    def _localMayAnswer(self, query: Query) -> bool:
+        """Whether a local resolver (not the forwarder) may answer C{query}."""
+        if self._others or self.forwarder is None:
+            return True
+        mesh = self.mesh
+        return mesh is not None and mesh.answers(wire.wire_to_name(query.key), query.qtype)
+
+    def _error(self, query: Query, rcode: int, proto, address) -> None:
+        self.stats.queries[type_name(query.qtype), stats.ERROR] += 1
+        self._send(proto, wire.error_reply(query, rcode, self._recursion, MAX_UDP_PAYLOAD), address)
+
+    def _forward(self, query: Query, proto, address, limit: int | None) -> None:
+        """Have the forwarder answer C{query}, at the wire level."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            self._error(query, wire.REFUSED, proto, address)
+            return
+        asked = [True]
+
+        def done(reply: UpstreamReply | None, age: int, fixed_ttl: int | None) -> None:
+            if reply is None:
+                self._error(query, wire.SERVFAIL, proto, address)
+                return
+            outcome = stats.CACHE_HIT if asked[0] else stats.FORWARDED
+            if reply.rcode in (wire.SERVFAIL, wire.REFUSED):
+                outcome = stats.ERROR
+            self.stats.queries[type_name(query.qtype), outcome] += 1
+            data = render(reply, query, self._recursion, MAX_UDP_PAYLOAD, limit, age, fixed_ttl)
+            self._send(proto, data, address)
+
+        forwarder.resolve(query, address is None, done)
+        asked[0] = False
+
+    def _refuse(self, data: bytes, proto, address) -> None:
+        """REFUSED for a client outside C{allow}, echoing the question if readable."""
+        query = wire.read_query(data)
+        if query is not None:
+            self._error(query, wire.REFUSED, proto, address)
+            return
+        reply = wire.header_error_reply(data, wire.REFUSED)
+        if reply is None:
+            self.stats.dropped += 1
+            return
+        self.stats.queries["OTHER", stats.ERROR] += 1
+        self._send(proto, reply, address)
+
+    # The full Twisted Names path, for what a local resolver answers.
+
+    def messageReceived(self, message, proto, address=None, query: Query | None = None) -> None:
+        """
+        Answer a decoded query with the local resolvers; what none of them
+        answers is forwarded (C{query} is its wire form).
+        """
+        if message.answer:
+            self.stats.dropped += 1
+            return
+        if len(message.queries) != 1 or message.opCode != dns.OP_QUERY:
+            rcode = dns.EFORMAT if message.opCode == dns.OP_QUERY else dns.ENOTIMP
+            self._count(message, stats.ERROR)
+            self._reply(proto, message, address, rCode=rcode)
+            return
+        if message.queries[0].type == dns.ALL_RECORDS:
+            self._answerAny(message, proto, address)
+            return
+        resolver = self.resolver
+        d = resolver.query(message.queries[0])
+        d.addCallback(self.gotResolverResponse, proto, message, address)
+        d.addErrback(self.gotResolverError, proto, message, address, query)
 
     def _responseFromMessage(
         self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False
@@ -426,7 +464,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             recAv=self.canRecurse,
             rCode=rCode,
             auth=auth or any(r.isAuthoritative() for r in answers),
+            checkingDisabled=message.checkingDisabled,
             ednsVersion=None if message.ednsVersion is None else 0,
+            dnssecOK=message.dnssecOK,
             maxSize=MAX_UDP_PAYLOAD,
         )
         response.queries = message.queries[:]
@@ -437,38 +477,24 @@ class MeshDNSServerFactory(server.DNSServerFactory):
 
     def _reply(self, protocol, query, address, **kwargs) -> None:
         """
-        Answer C{query}: every reply goes through here (stock C{sendReply}
-        is not used), so every reply is encoded and truncated the same way.
+        Answer C{query}: every reply of the full path goes through here (stock
+        C{sendReply} is not used), so every one is encoded and truncated the
+        same way.
         """
         response = self._responseFromMessage(query, **kwargs)
         if address is None:
             protocol.writeBytes(encode(response, None))
         else:
-            protocol.writeBytes(encode(response, udp_limit(query)), address)
-
-    def handleQuery(self, message, protocol, address):
-        """
-        Resolve the first question, through C{streamResolver} when the client
-        asked over TCP.
-        """
-        resolver = self.resolver if address is not None else self.streamResolver
-        return (
-            resolver.query(message.queries[0])
-            .addCallback(self.gotResolverResponse, protocol, message, address)
-            .addErrback(self.gotResolverError, protocol, message, address)
-        )
+            payload = 0 if query.ednsVersion is None else query.maxSize
+            limit = max(wire.CLASSIC_UDP_PAYLOAD, min(payload, MAX_UDP_PAYLOAD))
+            protocol.writeBytes(encode(response, limit), address)
 
     def _count(self, message, outcome: str) -> None:
         qtype = message.queries[0].type if message.queries else 0
         self.stats.queries[type_name(qtype), outcome] += 1
 
     def gotResolverResponse(self, response, protocol, message, address) -> None:
-        if isinstance(response, MeshAnswer):
-            self._count(message, stats.MESH)
-        elif isinstance(response, CacheHit):
-            self._count(message, stats.CACHE_HIT)
-        else:
-            self._count(message, stats.FORWARDED)
+        self._count(message, stats.MESH if isinstance(response, MeshAnswer) else stats.FORWARDED)
         answers, authority, additional = response
         self._reply(
             protocol,
@@ -480,7 +506,12 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             auth=isinstance(response, MeshAnswer),
         )
 
-    def gotResolverError(self, failure: Failure, protocol, message, address) -> None:
+    def gotResolverError(self, failure: Failure, protocol, message, address, query=None) -> None:
+        if failure.check(error.DomainError) and self.forwarder is not None and query is not None:
+            # No local resolver knows the name: it goes upstream.
+            limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
+            self._forward(query, protocol, address, limit)
+            return
         authority = []
         for kind, rcode in _RCODE_FOR_ERROR:
             if failure.check(kind):
@@ -489,34 +520,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
                 break
         else:
             rcode = dns.ESERVER
-            if not failure.check(TimeoutError, error.DNSQueryTimeoutError):
-                _log.failure("Unexpected error resolving {query}", failure, query=message.queries)
-        if rcode != dns.ENAME:
-            self._count(message, stats.ERROR)
-        elif failure.check(CachedNameError):
-            self._count(message, stats.CACHE_HIT)
-        else:
-            self._count(message, stats.FORWARDED)
+            _log.failure("Unexpected error resolving {query}", failure, query=message.queries)
+        self._count(message, stats.ERROR if rcode != dns.ENAME else stats.FORWARDED)
         self._reply(protocol, message, address, rCode=rcode, authority=authority)
-
-    def messageReceived(self, message, proto, address=None) -> None:
-        if message.answer:
-            self.stats.dropped += 1
-            return
-        if message.opCode != dns.OP_QUERY:
-            rcode = dns.ENOTIMP
-        elif len(message.queries) != 1:
-            rcode = dns.EFORMAT
-        elif message.queries[0].cls != dns.IN:
-            rcode = dns.EREFUSED
-        elif message.queries[0].type == dns.ALL_RECORDS:
-            self._answerAny(message, proto, address)
-            return
-        else:
-            self.handleQuery(message, proto, address)
-            return
-        self._count(message, stats.ERROR)
-        self._reply(proto, message, address, rCode=rcode)
 
     def _answerAny(self, message, proto, address) -> None:
         """
@@ -534,59 +540,3 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         )
         self._count(message, stats.MESH)
         self._reply(proto, message, address, answers=[hinfo])
-
-    def _refuse(self, data: bytes, proto, address) -> None:
-        """REFUSED for a client outside C{allow}, echoing the question if readable."""
-        question = wire.parse_question(data)
-        if question is not None:
-            reply = wire.reply(question, wire.QR | dns.EREFUSED, (0, 0, 0), b"", self._opt, None)
-        else:
-            reply = wire.error_reply(data, dns.EREFUSED)
-        if reply is None:
-            self.stats.dropped += 1
-            return
-        self.stats.queries[
-            "OTHER" if question is None else type_name(question.qtype), stats.ERROR
-        ] += 1
-        if address is None:
-            proto.writeBytes(reply)
-        else:
-            proto.writeBytes(reply, address)
-
-    def packetReceived(self, data: bytes, proto, address=None) -> None:
-        """
-        Answer C{data} on the fast path if possible, else decode it and
-        dispatch it; the single entry point of both protocols, so that no
-        decoding error escapes either.
-        """
-        if not (self.allowed(address[0]) if address is not None else proto.peer_allowed):
-            self._refuse(data, proto, address)
-            return
-        if address is not None:
-            memoized = self.memoized(data, address[0])
-            if memoized is not None:
-                proto.writeBytes(memoized, address)
-                return
-        question = wire.parse_question(data)
-        if question is not None:
-            fast = self.fastReply(question, address is not None, data if address else None)
-            if fast is not None:
-                if address is None:
-                    proto.writeBytes(fast)
-                else:
-                    proto.writeBytes(fast, address)
-                return
-        try:
-            message = parse_query(data)
-        except ValueError:
-            reply = wire.error_reply(data, dns.EFORMAT)
-            if reply is None:
-                self.stats.dropped += 1
-                return
-            self.stats.queries["OTHER", stats.ERROR] += 1
-            if address is None:
-                proto.writeBytes(reply)
-            else:
-                proto.writeBytes(reply, address)
-            return
-        self.messageReceived(message, proto, address)

@@ -68,9 +68,16 @@ class UpstreamStats:
     @ivar rejected: questions answered SERVFAIL at once because
         C{max_concurrent} questions were already in flight.
     @ivar stale_served: expired answers served because every upstream failed.
+    @ivar sent: queries sent to upstream servers (each attempt of each
+        server, TCP retries included).
+    @ivar ignored_replies: datagrams from an upstream server that were not a
+        reply to the query sent (another ID or question): late replies, or
+        spoofing attempts.
     """
 
     requests: int = 0
+    sent: int = 0
+    ignored_replies: int = 0
     failures: int = 0
     rejected: int = 0
     stale_served: int = 0

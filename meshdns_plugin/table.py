@@ -106,11 +106,6 @@ class NameTable:
         self.ttl = ttl
         self.vips = dict(vips)
         self.aliases = dict(aliases or {})
-        # Pre-encoded answers for the wire fast path, built with the table so
-        # that a reload swaps both in one assignment.
-        from meshdns_plugin.wire import WireIndex
-
-        self.wire = WireIndex(self)
 
     def __len__(self) -> int:
         return len(self.names) + len(self.wildcards) + len(self.aliases)

@@ -14,11 +14,13 @@ from twisted.names import dns
 
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import parse_config
+from meshdns_plugin.dns.cache import ResponseCache, cache_key
+from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD
+from meshdns_plugin.dns.forwarder import CachingForwarder, plain_query
+from meshdns_plugin.dns.message import UpstreamReply, read_query, read_reply, udp_limit
 from meshdns_plugin.server import MeshDNSServerFactory, parse_query
 from meshdns_plugin.service import MeshService
 from meshdns_plugin.table import NameTable
-from meshdns_plugin.upstream import CachedResponse, CachingForwarder
-from meshdns_plugin.wire import name_to_wire
 
 CLIENT = ("127.0.0.1", 40000)
 
@@ -53,27 +55,20 @@ class MemoryServer:
         self.reactor.advance(1_000_000)
         self.authority = MeshAuthority(table)
         self.forwarder = CachingForwarder([upstream], timeout=2, reactor=self.reactor)
+        self.sockets = FakeDatagramSockets(self.reactor)
+        self.forwarder.upstream.datagram_socket = self.sockets
         self.factory = factory_type(authorities=[self.authority], clients=[self.forwarder])
 
     def cache(self, name: str, rtype: int, answers=(), authority=(), rcode=dns.OK, ttl=None):
         """Put an upstream answer in the cache, as if it had just arrived."""
-        records = list(answers)
-        ttls = [r.ttl for r in records] or [r.ttl for r in authority]
-        key = (name_to_wire(name.lower().encode()), rtype, dns.IN)
-        entry = CachedResponse(
-            self.reactor.seconds(),
-            ttl if ttl is not None else min(ttls),
-            rcode,
-            records,
-            list(authority),
-            [],
-        )
-        self.forwarder.cache.put(key, entry)
+        put_cached(self.forwarder.cache, name, rtype, answers, authority, rcode, ttl)
 
     def full(self, data: bytes, udp: bool = True) -> bytes | None:
         """The reply of the full Twisted Names path, bypassing the fast path."""
         proto = RecordingProtocol()
-        self.factory.messageReceived(parse_query(data), proto, CLIENT if udp else None)
+        self.factory.messageReceived(
+            parse_query(data), proto, CLIENT if udp else None, read_query(data)
+        )
         return proto.sent[-1] if proto.sent else None
 
     def packet(self, data: bytes, udp: bool = True) -> bytes | None:
@@ -81,6 +76,105 @@ class MemoryServer:
         proto = RecordingProtocol()
         self.factory.packetReceived(data, proto, CLIENT if udp else None)
         return proto.sent[-1] if proto.sent else None
+
+
+def fast_reply(factory: MeshDNSServerFactory, packet: bytes, udp: bool = True) -> bytes | None:
+    """What the fast path alone answers to C{packet} (L{None}: it declines)."""
+    query = read_query(packet)
+    assert query is not None and query.problem is None
+    return factory.fastpath.answer(query, udp_limit(query, MAX_UDP_PAYLOAD) if udp else None, None)
+
+
+def upstream_reply(
+    name: str, rtype: int, answers=(), authority=(), rcode: int = dns.OK
+) -> UpstreamReply:
+    """
+    An upstream reply to a plain query for C{name}, as meshdns reads one off
+    the wire: encoded by Twisted Names from the records given.
+    """
+    message = dns.Message(answer=True, rCode=rcode, recDes=True, recAv=True)
+    message.queries = [dns.Query(name.encode(), rtype, dns.IN)]
+    message.answers = list(answers)
+    message.authority = list(authority)
+    data = message.toStr()
+    return read_reply(data, 12 + len(plain_query(name.encode(), rtype, dns.IN).question))
+
+
+def put_cached(
+    cache: ResponseCache, name: str, rtype: int, answers=(), authority=(), rcode=dns.OK, ttl=None
+) -> None:
+    """
+    Put an upstream answer to a plain query (RD, no DO) in C{cache}, as if
+    it had just arrived; C{ttl}, if given, replaces the one its records give.
+    """
+    query = plain_query(name.lower().encode(), rtype, dns.IN)
+    entry = cache.put(cache_key(query), upstream_reply(name, rtype, answers, authority, rcode))
+    assert entry is not None, "not cacheable"
+    if ttl is not None:
+        entry.ttl = ttl
+
+
+class FakeDatagramSocket:
+    """A connected, non-blocking UDP socket that records what is sent to it."""
+
+    def __init__(self, fileno: int) -> None:
+        self.peer: tuple[str, int] | None = None
+        self.sent: list[bytes] = []
+        self.inbox: list[bytes | OSError] = []
+        self.closed = False
+        self._fileno = fileno
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def connect(self, address: tuple[str, int]) -> None:
+        self.peer = address
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        if not self.inbox:
+            raise BlockingIOError()
+        item = self.inbox.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDatagramSockets:
+    """
+    Stands in for C{socket.socket} in an L{UpstreamClient}
+    (C{forwarder.upstream.datagram_socket}), on a Twisted memory reactor:
+    every socket made is kept, and L{deliver} hands one a datagram and lets
+    its reader read it.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+        self.created: list[FakeDatagramSocket] = []
+
+    def __call__(self, family: int, kind: int) -> FakeDatagramSocket:
+        sock = FakeDatagramSocket(1000 + len(self.created))
+        self.created.append(sock)
+        return sock
+
+    def open(self) -> list[FakeDatagramSocket]:
+        """The sockets not closed yet."""
+        return [s for s in self.created if not s.closed]
+
+    def deliver(self, sock: FakeDatagramSocket, data: bytes | OSError) -> None:
+        """C{data} arrives on C{sock} (an C{OSError}: an ICMP error does)."""
+        sock.inbox.append(data)
+        (reader,) = [r for r in self.reactor.readers if r.fileno() == sock.fileno()]
+        reader.doRead()
 
 
 class FakeUDPTransport:

@@ -34,11 +34,11 @@ from meshdns_plugin import (
     meshService,
 )
 from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.service import BurstUDPServer
-from meshdns_plugin.upstream import CachingForwarder
 from tests.conftest import REPO_ROOT
 from tests.samples import external_name
-from tests.servers import UDPReactor
+from tests.servers import FakeDatagramSockets, UDPReactor
 
 #: Never reached: lookups here go to a fake reactor's fake UDP transport.
 UPSTREAM = ("127.0.0.1", 5399)
@@ -144,6 +144,8 @@ def test_precedence_in_a_resolver_chain(config_path: Path) -> None:
     never = NamesResolver({b"x.upstream.test": "192.0.2.4"})
     mesh = meshAuthority(config_path)
     forwarder = cachingForwarder(config_path, reactor=reactor)
+    sockets = FakeDatagramSockets(reactor)
+    forwarder.upstream.datagram_socket = sockets
     chain = ResolverChain([before, mesh, after, forwarder, never])
 
     # Before the mesh: the caller's answer wins over the mesh's.
@@ -153,16 +155,16 @@ def test_precedence_in_a_resolver_chain(config_path: Path) -> None:
     assert vip.startswith("240.240.") and b"auto.internal" not in after.asked
     # A name the mesh does not know goes on to the next resolver.
     assert a_records(result(chain.lookupAddress(b"app.example"))) == ["192.0.2.3"]
-    assert reactor.protocols == []
+    assert sockets.created == []
 
     # A name nobody before it owns is forwarded; nothing after it is asked.
     d = chain.lookupAddress(b"x.upstream.test")
-    (protocol,) = reactor.protocols
-    ((data, address),) = protocol.transport.sent
-    assert address == UPSTREAM
+    (sock,) = sockets.created
+    (data,) = sock.sent
+    assert sock.peer == UPSTREAM
     reply = dns.message.make_response(dns.message.from_wire(data))
     reply.answer.append(dns.rrset.from_text("x.upstream.test.", 300, "IN", "A", "127.0.0.10"))
-    protocol.datagramReceived(reply.to_wire(), UPSTREAM)
+    sockets.deliver(sock, reply.to_wire())
     assert a_records(result(d)) == ["127.0.0.10"]
     assert never.asked == []
     forwarder.close()
@@ -208,8 +210,10 @@ def test_mesh_service_serves_the_callers_authorities(config_path: Path) -> None:
     assert isinstance(service.authority, MeshAuthority)
     assert isinstance(service.forwarder, CachingForwarder)
     # The mesh first and the forwarder last: the wire fast path stays on.
+    # The factory asks its local resolvers through Twisted Names, the
+    # forwarder at the wire level.
     resolvers = service.factory.resolver.resolvers
-    assert resolvers == [service.authority, zone, service.forwarder]
+    assert resolvers == [service.authority, zone]
     assert service.factory.mesh is service.authority
     assert service.factory.forwarder is service.forwarder
     resolve = service.factory.resolver.lookupAddress

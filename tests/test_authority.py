@@ -21,12 +21,10 @@ from twisted.names import dns as tdns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 from twisted.python.failure import Failure
 
-from meshdns_plugin import wire
 from meshdns_plugin.authority import MAX_ALIAS_STEPS, MeshAnswer, MeshAuthority
 from meshdns_plugin.service import MeshService
-from meshdns_plugin.upstream import CachedResponse
 from tests.samples import ENTRIES, external_name, make_table
-from tests.servers import MemoryServer, memory_mesh_service
+from tests.servers import MemoryServer, fast_reply, memory_mesh_service, put_cached
 
 EXTERNAL = "".join(
     external_name(name, namespace, target)
@@ -346,9 +344,7 @@ def test_server_answers_an_alias_on_the_full_path_with_aa(table, udp: bool) -> N
     server = MemoryServer(table)
     server.authority.chase = FakeChase(UPSTREAM)
     packet = query_packet("MyDB.ns1.svc.cluster.local")
-    question = wire.parse_question(packet)
-    assert question is not None
-    assert server.factory.fastReply(question, udp) is None
+    assert fast_reply(server.factory, packet, udp) is None
     reply = dns.message.from_wire(server.packet(packet, udp))
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.flags & dns.flags.AA
@@ -372,6 +368,12 @@ def test_server_cname_alone_keeps_aa_and_noerror(table) -> None:
 # --- MeshService: the chase is the forwarder; cached answers do not shadow aliases ----
 
 SERVICE_DB = external_name("mydb", "default", "db.upstream.test")
+SOA = tdns.RRHeader(
+    b"upstream.test",
+    tdns.SOA,
+    ttl=300,
+    payload=tdns.Record_SOA(b"ns.upstream.test", b"admin.upstream.test", minimum=60, ttl=300),
+)
 
 
 def mesh_service(folder: Path, entries: str) -> MeshService:
@@ -381,11 +383,11 @@ def mesh_service(folder: Path, entries: str) -> MeshService:
 def test_mesh_service_chases_through_its_forwarder(tmp_path: Path) -> None:
     mesh = mesh_service(tmp_path, SERVICE_DB)
     assert mesh.authority.chase is mesh.forwarder
-    key = (wire.name_to_wire(b"db.upstream.test"), tdns.A, tdns.IN)
-    now = mesh.forwarder.cache.clock()
-    mesh.forwarder.cache.put(
-        key,
-        CachedResponse(now, 300, tdns.OK, [upstream_a(b"db.upstream.test", "127.0.0.10")], [], []),
+    put_cached(
+        mesh.forwarder.cache,
+        "db.upstream.test",
+        tdns.A,
+        answers=[upstream_a(b"db.upstream.test", "127.0.0.10")],
     )
     answer = lookup(mesh.authority, "mydb.default.svc.cluster.local")
     assert texts(answer) == [
@@ -406,16 +408,12 @@ def test_answers_cached_before_a_name_became_an_alias_are_not_served(tmp_path: P
     names = ["mydb", "mydb.default.svc.cluster.local", "mydb.default.default.svc.cluster.local"]
     for name in names:
         for qtype in (tdns.A, tdns.AAAA):
-            key = (wire.name_to_wire(name.encode()), qtype, tdns.IN)
-            cache.put(key, CachedResponse(cache.clock(), 60, tdns.ENAME, [], [], []))
-    questions = [
-        wire.parse_question(query_packet(name, rdtype))
-        for name in names
-        for rdtype in ("A", "AAAA")
-    ]
-    assert all(mesh.factory.fastReply(q, True) is not None for q in questions)  # cached NXDOMAIN
+            put_cached(cache, name, qtype, authority=[SOA], rcode=tdns.ENAME, ttl=60)
+    packets = [query_packet(name, rdtype) for name in names for rdtype in ("A", "AAAA")]
+    # Cached NXDOMAIN:
+    assert all(fast_reply(mesh.factory, p) is not None for p in packets)
 
     (tmp_path / "entries.yaml").write_text(SERVICE_DB)
     assert mesh.reload()
-    assert all(mesh.factory.fastReply(q, True) is None for q in questions)
+    assert all(fast_reply(mesh.factory, p) is None for p in packets)
     mesh.forwarder.close()

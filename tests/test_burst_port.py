@@ -59,7 +59,7 @@ def test_every_waiting_datagram_is_answered(served) -> None:
     assert [m.question[0].name.to_text() for m in answered] == [n + "." for n in names]
     assert all(m.answer for m in answered)
     # The repeats came from the memo, and were counted all the same.
-    assert len(port.protocol.controller.memo) == 2
+    assert len(port.protocol.controller.fastpath.memo) == 2
     assert sum(port.protocol.controller.stats.queries.values()) == len(names)
 
 

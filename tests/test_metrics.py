@@ -21,10 +21,8 @@ from meshdns_plugin.config import parse_config
 from meshdns_plugin.metrics import registry_for
 from meshdns_plugin.service import MeshService
 from meshdns_plugin.stats import LATENCY_BUCKETS
-from meshdns_plugin.upstream import CachedResponse
-from meshdns_plugin.wire import name_to_wire
 from tests.conftest import free_port
-from tests.servers import CLIENT, RecordingProtocol, memory_mesh_service
+from tests.servers import CLIENT, RecordingProtocol, memory_mesh_service, put_cached
 from tests.test_reload import entry
 
 ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
@@ -91,10 +89,8 @@ def test_queries_by_type_and_outcome(mesh: MeshService) -> None:
     mesh_queries = [packet("address.internal")] * 2 + [packet("auto.internal", tdns.AAAA)]
     for data in mesh_queries:
         factory.packetReceived(data, RecordingProtocol(), CLIENT)
-    cache = mesh.forwarder.cache
     record = tdns.RRHeader(b"cached.example", payload=tdns.Record_A("192.0.2.9", 60), ttl=60)
-    key = (name_to_wire(b"cached.example"), tdns.A, tdns.IN)
-    cache.put(key, CachedResponse(cache.clock(), 60, tdns.OK, [record], [], []))
+    put_cached(mesh.forwarder.cache, "cached.example", tdns.A, answers=[record])
     factory.packetReceived(packet("cached.example"), RecordingProtocol(), CLIENT)
     factory.packetReceived(packet("x.example", cls=tdns.CH), RecordingProtocol(), CLIENT)
     samples = collect(mesh)

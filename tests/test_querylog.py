@@ -13,10 +13,10 @@ from twisted.names import dns
 
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import parse_config
+from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.querylog import QueryLoggingFactory, describe_reply
 from meshdns_plugin.server import MeshDNSServerFactory
 from meshdns_plugin.service import MeshService
-from meshdns_plugin.upstream import CachingForwarder
 from tests.samples import make_table
 from tests.servers import CLIENT, RecordingProtocol
 

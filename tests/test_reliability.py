@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.names import dns as tdns
 
+from meshdns_plugin.dns.cache import ResponseCache
 from meshdns_plugin.server import MeshDNSServerFactory
-from meshdns_plugin.upstream import CachedResponse, ResponseCache
 from tests.conftest import free_port, run_twistd
 from tests.samples import CONF_ENTRIES, make_table
-from tests.servers import MemoryServer, RecordingProtocol
+from tests.servers import MemoryServer, RecordingProtocol, upstream_reply
 
 HEADER = struct.Struct("!HHHHHH")
 
@@ -159,14 +159,20 @@ def test_refuses_open_resolver(tmp_path) -> None:
 def test_cache_bound_and_lru() -> None:
     clock = [0.0]
     cache = ResponseCache(10, clock=lambda: clock[0])
+
+    def key(i: int) -> tuple[bytes, int, int, int, bytes]:
+        return (b"\x02n%d\x00" % i, 1, 1, 0, b"")
+
+    record = tdns.RRHeader(b"n", tdns.A, ttl=60, payload=tdns.Record_A("192.0.2.1", 60))
+    reply = upstream_reply("n", tdns.A, answers=[record])
     for i in range(100):
-        cache.put((b"n%d" % i, 1, 1), CachedResponse(0.0, 60, tdns.OK, [], [], []))
+        cache.put(key(i), reply)
         if i >= 1:
             # Keep touching the first entry: the LRU keeps it.
-            assert cache.get((b"n0", 1, 1)) is not None
+            assert cache.get(key(0)) is not None
     assert len(cache) == 10 and cache.evictions == 90
-    assert cache.get((b"n0", 1, 1)) is not None
-    assert cache.get((b"n50", 1, 1)) is None
+    assert cache.get(key(0)) is not None
+    assert cache.get(key(50)) is None
 
 
 def test_no_timers_left_behind() -> None:

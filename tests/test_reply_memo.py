@@ -91,15 +91,15 @@ def test_not_used_once_the_cache_entry_expired() -> None:
 def test_tcp_is_not_memoized() -> None:
     server = MemoryServer(make_table())
     assert server.packet(query("productpage.ns1"), udp=False) is not None
-    assert len(server.factory.memo) == 0
+    assert len(server.factory.fastpath.memo) == 0
 
 
 def test_bounded() -> None:
     server = MemoryServer(make_table())
-    server.factory.memo.MAX_ENTRIES = 2
+    server.factory.fastpath.memo.MAX_ENTRIES = 2
     for ident, name in enumerate(["productpage.ns1", "ipv4only.example", "many.example"]):
         server.packet(query(name, ident=ident))
-    assert len(server.factory.memo) == 1
+    assert len(server.factory.fastpath.memo) == 1
     reply = server.packet(query("productpage.ns1", ident=9))
     assert reply is not None and reply[:2] == b"\x00\x09"
 

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.names import dns as tdns
 
-from meshdns_plugin import wire
+from meshdns_plugin.dns import message as wire
 from tests.samples import make_table
-from tests.servers import CLIENT, MemoryServer
+from tests.servers import CLIENT, MemoryServer, fast_reply
 
 MESH_NAMES = [
     "productpage.ns1.svc.cluster.local",
@@ -112,9 +112,7 @@ def _decoded(data: bytes) -> tuple:
 
 
 def _both(server: MemoryServer, data: bytes, udp: bool = True) -> tuple[bytes | None, bytes]:
-    question = wire.parse_question(data)
-    assert question is not None, "the corpus must be fast-path eligible"
-    fast = server.factory.fastReply(question, udp)
+    fast = fast_reply(server.factory, data, udp)
     full = server.full(data, udp)
     assert full is not None
     return fast, full
@@ -149,7 +147,7 @@ def _assert_equivalent(server: MemoryServer, data: bytes) -> None:
     assert len(fast) >= len(full)
     # The reply memo's copy, given to the same packet with another ID, is the
     # same reply with that ID.
-    server.factory.fastReply(wire.parse_question(data), True, data)
+    assert server.packet(data) is not None
     assert server.factory.allowed(CLIENT[0])
     repeat = b"\xbe\xef" + data[2:]
     memoized = server.factory.memoized(repeat, CLIENT[0])
@@ -166,18 +164,18 @@ def test_fast_path_equals_full_path(server, name, rdtype, edns, seed) -> None:
 def test_truncation_left_to_full_path(server) -> None:
     """60 addresses do not fit 512 bytes: TC=1 from the full path, empty answer."""
     data = _query("big.example", "A", None)
-    assert server.factory.fastReply(wire.parse_question(data), True) is None
+    assert fast_reply(server.factory, data) is None
     reply = dns.message.from_wire(server.packet(data))
     assert reply.flags & dns.flags.TC and not reply.answer
     # With EDNS 1232 the lowercase question's answer fits, on the fast path.
     data = _query("big.example", "A", 1232)
-    assert server.factory.fastReply(wire.parse_question(data), True) is not None
+    assert fast_reply(server.factory, data) is not None
 
 
 def test_corpus_is_mostly_fast(server) -> None:
     """The fast path really answers (a test of equivalence alone could pass if it never did)."""
     answered = sum(
-        server.factory.fastReply(wire.parse_question(_query(n, t, e, s)), True) is not None
+        fast_reply(server.factory, _query(n, t, e, s)) is not None
         for n, t, e, s in CORPUS
     )
     assert answered >= len(CORPUS) - 6
@@ -214,31 +212,58 @@ def test_rotation_visits_every_order(server) -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        # Two questions: FORMERR (RFC 1035 4.1.2 allows one in practice).
+        (
+            bytes.fromhex("1234 0100 0002 0000 0000 0000".replace(" ", ""))
+            + b"\x01a\x00\x00\x01\x00\x01" * 2,
+            wire.FORMERR,
+        ),
+        # Trailing junk after the question.
+        (
+            bytes.fromhex("1234 0100 0001 0000 0000 0000".replace(" ", ""))
+            + b"\x01a\x00\x00\x01\x00\x01xx",
+            wire.FORMERR,
+        ),
+        # Not a QUERY (opcode STATUS).
+        (
+            bytes.fromhex("1234 1100 0001 0000 0000 0000".replace(" ", ""))
+            + b"\x01a\x00\x00\x01\x00\x01",
+            wire.NOTIMP,
+        ),
+        # EDNS version 1: BADVERS (RFC 6891 6.1.3).
+        (dns.message.make_query("a.", "A", use_edns=1).to_wire(), wire.BADVERS),
+        # A cookie is understood (and not forwarded): no problem.
+        (
+            dns.message.make_query(
+                "a.", "A", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")]
+            ).to_wire(),
+            None,
+        ),
+    ],
+)
+def test_query_problems(data: bytes, problem: int | None) -> None:
+    query = wire.read_query(data)
+    assert query is not None and query.problem == problem
+
+
+@pytest.mark.parametrize(
     "data",
     [
         b"",
         b"\x00" * 11,
-        # Two questions.
-        bytes.fromhex("1234 0100 0002 0000 0000 0000".replace(" ", ""))
-        + b"\x01a\x00\x00\x01\x00\x01" * 2,
         # Compression pointer in the question.
         bytes.fromhex("1234 0100 0001 0000 0000 0000".replace(" ", ""))
         + b"\xc0\x0c\x00\x01\x00\x01",
         # A response.
         bytes.fromhex("1234 8100 0001 0000 0000 0000".replace(" ", ""))
         + b"\x01a\x00\x00\x01\x00\x01",
-        # Trailing junk.
-        bytes.fromhex("1234 0100 0001 0000 0000 0000".replace(" ", ""))
-        + b"\x01a\x00\x00\x01\x00\x01xx",
-        # OPT with options (a cookie).
-        dns.message.make_query(
-            "a.", "A", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")]
-        ).to_wire(),
     ],
 )
-def test_unusual_packets_fall_through(data: bytes) -> None:
-    """What the fast path does not fully understand goes to the full path."""
-    assert wire.parse_question(data) is None
+def test_unreadable_packets(data: bytes) -> None:
+    """No question to read: the server answers FORMERR from the header, or drops it."""
+    assert wire.read_query(data) is None
 
 
 def test_name_wire_round_trip() -> None:
@@ -270,4 +295,6 @@ _mesh_name = st.one_of(
 def test_fast_path_equals_full_path_generated(server, question, edns, seed, rd) -> None:
     """Generated mesh, wildcard, shortcut and cached queries: same answers."""
     name, rdtype = question
+    # A cached answer is cached for the RD bit it was asked with.
+    rd = rd or question in CACHED
     _assert_equivalent(server, _query(name, rdtype, edns, seed, rd))

@@ -1,0 +1,335 @@
+# -*- test-case-name: tests.test_dns_upstream -*-
+"""
+Asking the upstream servers: one question, in order with failover, within
+one deadline, as bytes.
+
+Twisted's L{twisted.names.client.Resolver} decodes every reply into record
+objects, sends no EDNS, accepts any reply with the right ID and source, and
+treats SERVFAIL and REFUSED as final. Here:
+  - each UDP query leaves from a socket of its own, connected to the server,
+    so from a fresh port the kernel picks at random, with a random ID: an
+    off-path attacker must guess both (RFC 5452). The kernel drops datagrams
+    from any other address or port; a reply that comes from the server but
+    with another ID or question is ignored (and counted) while the real one
+    is awaited. ICMP "port unreachable" fails the attempt at once;
+  - a UDP socket is a plain reader of the reactor, not a L{udp.Port}: no
+    protocol object, no log line per port, one C{recv} per reply;
+  - over TCP (for a client that asked over TCP, or after a truncated UDP
+    reply) a reply about another question fails the attempt, and a
+    connection closed before the reply fails it at once;
+  - SERVFAIL and REFUSED fail over to the next server, like a timeout; the
+    last server's reply is kept, so the client gets it (with its extended
+    error) if every server fails;
+  - each server gets an equal share of the deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Sequence
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.python.failure import Failure
+
+from meshdns_plugin.dns.message import (
+    REFUSED,
+    SERVFAIL,
+    TC,
+    MalformedMessage,
+    UpstreamReply,
+    is_reply_to,
+    read_reply,
+)
+from meshdns_plugin.stats import UpstreamStats
+
+#: The largest reply meshdns reads over UDP.
+MAX_DATAGRAM = 65535
+
+_log = Logger()
+
+#: What a finished attempt gives: the reply bytes, or L{None} and why not.
+AttemptDone = Callable[[bytes | None, str], None]
+
+
+class _DatagramAttempt:
+    """
+    One query to one server over a UDP socket of its own (an
+    L{twisted.internet.interfaces.IReadDescriptor} of the reactor).
+    """
+
+    __slots__ = ("_socket", "_fileno", "_reactor", "_done", "_timer", "_ident", "_question",
+                 "_stats")
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        server: tuple[str, int],
+        packet: bytes,
+        question: bytes,
+        seconds: float,
+        stats: UpstreamStats,
+        new_socket: Callable[[int, int], socket.socket],
+        done: AttemptDone,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        sock = new_socket(family, socket.SOCK_DGRAM)
+        self._socket = sock
+        self._reactor = reactor
+        self._done: AttemptDone | None = done
+        self._ident = int.from_bytes(packet[:2])
+        self._question = question
+        self._stats = stats
+        self._timer = None
+        try:
+            sock.setblocking(False)
+            sock.connect(server)
+            sock.send(packet)
+        except OSError as e:
+            sock.close()
+            self._done = None
+            reactor.callLater(0, done, None, f"cannot send to {server[0]}:{server[1]}: {e}")
+            return
+        self._fileno = sock.fileno()
+        reactor.addReader(self)  # type: ignore[attr-defined]
+        self._timer = reactor.callLater(seconds, self._finish, None, "timeout")
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "meshdns-upstream"
+
+    def doRead(self) -> None:
+        recv = self._socket.recv
+        while self._done is not None:
+            try:
+                data = recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                reason = "port unreachable" if e.errno == errno.ECONNREFUSED else str(e)
+                self._finish(None, reason)
+                return
+            if is_reply_to(data, self._ident, self._question):
+                self._finish(data, "")
+            else:
+                self._stats.ignored_replies += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._finish(None, "socket lost")
+
+    def _finish(self, data: bytes | None, why: str) -> None:
+        done = self._done
+        if done is None:
+            return
+        self._done = None
+        self._reactor.removeReader(self)  # type: ignore[attr-defined]
+        self._socket.close()
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        done(data, why)
+
+
+class _StreamAttempt(Int16StringReceiver):
+    """One query to one server over a TCP connection of its own."""
+
+    def __init__(self, packet: bytes, question: bytes, done: AttemptDone) -> None:
+        self._packet = packet
+        self._ident = int.from_bytes(packet[:2])
+        self._question = question
+        self._done: AttemptDone | None = done
+
+    def connectionMade(self) -> None:
+        self.sendString(self._packet)
+
+    def stringReceived(self, data: bytes) -> None:
+        if is_reply_to(data, self._ident, self._question):
+            self.finish(data, "")
+        else:
+            self.finish(None, "TCP reply about another question")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.finish(None, "connection closed before the reply")
+
+    def finish(self, data: bytes | None, why: str) -> None:
+        done = self._done
+        if done is None:
+            return
+        self._done = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+        done(data, why)
+
+
+class _StreamAttemptFactory(protocol.ClientFactory):
+    """Connects one L{_StreamAttempt}; fails it if the connection fails or takes too long."""
+
+    noisy = False
+
+    def __init__(
+        self, reactor: IReactorTime, packet: bytes, question: bytes, seconds: float,
+        done: AttemptDone,
+    ) -> None:
+        self._attempt = _StreamAttempt(packet, question, self._finished)
+        self._done: AttemptDone | None = done
+        self._timer = reactor.callLater(seconds, self._attempt.finish, None, "timeout")
+
+    def buildProtocol(self, addr: object) -> _StreamAttempt:
+        self._attempt.factory = self
+        return self._attempt
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self._attempt.finish(None, f"cannot connect: {reason.getErrorMessage()}")
+
+    def _finished(self, data: bytes | None, why: str) -> None:
+        if self._timer.active():
+            self._timer.cancel()
+        done, self._done = self._done, None
+        if done is not None:
+            done(data, why)
+
+
+class Exchange:
+    """
+    One question asked of the servers in turn until one gives a reply that
+    is not SERVFAIL or REFUSED, or the deadline passes.
+
+    @ivar failures: why each server failed, for the log.
+    """
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        packet_tail: bytes,
+        question: bytes,
+        tcp: bool,
+        done: Callable[[UpstreamReply | None, list[str]], None],
+    ) -> None:
+        """
+        @param packet_tail: the query without its ID.
+        @param question: the question section, lowercased.
+        @param tcp: ask over TCP from the start.
+        @param done: called once with the reply (or the last SERVFAIL or
+            REFUSED one; L{None} if no server replied) and the failures.
+        """
+        self._client = client
+        self._tail = packet_tail
+        self._question = question
+        self._question_end = 12 + len(question)
+        self._tcp = tcp
+        self._done = done
+        self._next_server = 0
+        self._server: tuple[str, int] | None = None
+        self._last: UpstreamReply | None = None
+        self.failures: list[str] = []
+        reactor = client.reactor
+        self._deadline = reactor.seconds() + client.timeout
+        self._next()
+
+    def _next(self) -> None:
+        client = self._client
+        servers = client.servers
+        if self._next_server >= len(servers):
+            self._done(self._last, self.failures)
+            return
+        self._server = servers[self._next_server]
+        self._next_server += 1
+        self._send(self._tcp)
+
+    def _send(self, tcp: bool) -> None:
+        client = self._client
+        remaining = self._deadline - client.reactor.seconds()
+        if remaining <= 0:
+            self.failures.append("deadline passed")
+            self._done(self._last, self.failures)
+            return
+        seconds = min(client.attempt_timeout, remaining)
+        packet = os.urandom(2) + self._tail
+        server = self._server
+        assert server is not None
+        client.stats.sent += 1
+        if tcp:
+            factory = _StreamAttemptFactory(
+                client.reactor, packet, self._question, seconds, self._tcpReplied
+            )
+            client.reactor.connectTCP(  # type: ignore[attr-defined]
+                server[0], server[1], factory, timeout=seconds
+            )
+        else:
+            _DatagramAttempt(
+                client.reactor, server, packet, self._question, seconds, client.stats,
+                client.datagram_socket, self._udpReplied,
+            )
+
+    def _udpReplied(self, data: bytes | None, why: str) -> None:
+        self._replied(data, why, tcp=False)
+
+    def _tcpReplied(self, data: bytes | None, why: str) -> None:
+        self._replied(data, why, tcp=True)
+
+    def _replied(self, data: bytes | None, why: str, tcp: bool) -> None:
+        server = self._server
+        where = f"{server[0]}:{server[1]}" if server else "?"
+        transport = "TCP" if tcp else "UDP"
+        if data is None:
+            self.failures.append(f"{where} ({transport}): {why}")
+            self._next()
+            return
+        if data[2] << 8 & TC and not tcp:
+            self._send(tcp=True)
+            return
+        try:
+            reply = read_reply(data, self._question_end)
+        except MalformedMessage as e:
+            self.failures.append(f"{where} ({transport}): malformed reply: {e}")
+            self._next()
+            return
+        if reply.rcode in (SERVFAIL, REFUSED):
+            name = "SERVFAIL" if reply.rcode == SERVFAIL else "REFUSED"
+            self.failures.append(f"{where} ({transport}): {name}")
+            self._last = reply
+            self._next()
+            return
+        self._done(reply, self.failures)
+
+
+class UpstreamClient:
+    """
+    Sends questions to the upstream servers (see the module docstring).
+
+    @ivar servers: C{(ip, port)} pairs, tried in order.
+    @ivar timeout: seconds that bound one question, failover included.
+    @ivar attempt_timeout: each server's share of it.
+    @ivar datagram_socket: makes the UDP sockets (C{socket.socket}; tests
+        give a fake).
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        timeout: float,
+        reactor: IReactorTime,
+        stats: UpstreamStats,
+    ) -> None:
+        self.servers = tuple(servers)
+        self.timeout = timeout
+        self.attempt_timeout = max(timeout / max(len(self.servers), 1), 0.1)
+        self.reactor: IReactorTime = reactor
+        self.stats = stats
+        self.datagram_socket: Callable[[int, int], socket.socket] = socket.socket
+
+    def ask(
+        self,
+        packet_tail: bytes,
+        question: bytes,
+        tcp: bool,
+        done: Callable[[UpstreamReply | None, list[str]], None],
+    ) -> Exchange:
+        """Ask every server in turn (see L{Exchange})."""
+        return Exchange(self, packet_tail, question, tcp, done)
