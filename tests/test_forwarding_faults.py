@@ -121,6 +121,7 @@ def start_pair(
         # Silence: the first gets its share (TIMEOUT / 2), then the second.
         ("drop-all", TIMEOUT / 2 + MARGIN),
     ],
+    ids=["refused", "servfail", "timeout"],
 )
 def test_failover_to_second_server(start_meshdns, upstream_factory, mode, within) -> None:
     meshdns, first, second = start_pair(start_meshdns, upstream_factory, mode)
@@ -309,7 +310,7 @@ def test_responses_are_dropped_and_counted(meshdns, module_upstream, admin_port)
     """
     A packet with QR=1 is never answered nor forwarded: meshdns's dropped
     counter rises by one per such packet (UDP and TCP), and the upstream
-    never hears of its name.
+    never hears of its name. Nor is a datagram too short for a header.
     """
     name = "qr-set.upstream.test."
     before = metric(admin_port, "meshdns_queries_dropped_total")
@@ -319,6 +320,7 @@ def test_responses_are_dropped_and_counted(meshdns, module_upstream, admin_port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5)
         sock.sendto(response.to_wire(), (meshdns.address, meshdns.port))
+        sock.sendto(b"\x01\x02\x03", (meshdns.address, meshdns.port))
         # Datagrams are read in order: once the probe is answered, the
         # response before it has been dealt with.
         sock.sendto(probe.to_wire(), (meshdns.address, meshdns.port))
@@ -330,9 +332,9 @@ def test_responses_are_dropped_and_counted(meshdns, module_upstream, admin_port)
         assert reply.id == probe.id
     dropped = before
     deadline = time.monotonic() + 3
-    while dropped < before + 2 and time.monotonic() < deadline:
+    while dropped < before + 3 and time.monotonic() < deadline:
         time.sleep(0.05)
         dropped = metric(admin_port, "meshdns_queries_dropped_total")
-    assert dropped == before + 2
+    assert dropped == before + 3
     assert module_upstream.count(name, transport="udp") == 0
     assert module_upstream.count(name, transport="tcp") == 0
