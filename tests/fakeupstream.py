@@ -31,7 +31,34 @@ with EDNS when the query has it):
     other queries; C{blackhole.upstream.test.}: never answered;
   - C{txt.upstream.test.} TXT: C{"fake upstream txt"}; C{upstream.test.} MX:
     C{10 mail.upstream.test.}; C{upstream.test.} SOA: the zone's SOA;
+  - C{unknown.upstream.test.} TYPE65280 (a private-use type no software knows):
+    one record, C{\\# 4 0a0b0c0d} in RFC 3597 form;
+  - C{signed.upstream.test.} and the names below it look like a signed zone to
+    a query with DO=1 (whose reply echoes DO, RFC 3225): every answer RRset is
+    followed by its RRSIG, a negative answer carries an NSEC record and the
+    RRSIGs of the SOA and the NSEC in authority, and NSEC is answered with the
+    NSEC record; with DO=0 they are plain names (a real signed zone sends
+    DNSSEC records only to DO=1 queries);
+  - C{options.upstream.test.}, to a query with EDNS: the usual answer, with the
+    reply's OPT record carrying NSID (3) C{fake-upstream}, COOKIE (10) (the
+    query's client cookie, else 8 zero bytes, plus a 16-byte server cookie),
+    ECS (8) (the query's, with scope = source prefix, else C{192.0.2.0/24}
+    scope 24), EDE (15) info-code 0 C{fake upstream}, and option 65001 (local
+    use) C{fake upstream}: per-hop options a forwarder must not relay next to
+    end-to-end ones it must;
   - the apex for other types: NODATA; any name outside the zone: NXDOMAIN.
+
+Fault labels: any label below the zone may be one of these, and they combine
+(C{x.tc-blackhole.delay-1500.upstream.test.} is truncated over UDP after
+1.5 s and never answered over TCP); the name otherwise answers as above:
+
+  - C{delay-MS}: the reply, whatever it is, is sent MS milliseconds late (at
+    most 10 s), without holding up other queries;
+  - C{size-N} (N at most 60000): A is answered with C{ceil(N / 16)} A records
+    C{127.1.X.Y} (16 bytes each on the wire), so the encoded reply is at least
+    N bytes: over UDP it is truncated (TC=1, no records) past the query's
+    limit, over TCP it is whole;
+  - C{tc-blackhole}: UDP gets TC=1 with no records, TCP is never answered.
 
 NXDOMAIN and NODATA carry the SOA C{ns.upstream.test. hostmaster.upstream.test.
 1 3600 600 86400 60} with TTL 120 (RFC 2308: a negative answer is cached for
@@ -55,8 +82,14 @@ answers A (for an IPv4 IP) or AAAA (for an IPv6 one) with TTL 300; the
 other type, and other types, are NODATA. They are counted as the zone is.
 
 Fail modes (C{--fail-mode}), for fault tests: C{servfail-all} answers every
-counted query with SERVFAIL; C{drop-all} never answers; C{wrong-id} sends the
-normal answer with the ID plus one (a spoofing attempt a client must ignore).
+counted query with SERVFAIL; C{refused-all} with REFUSED (a server that will
+not recurse for us); C{drop-all} never answers; C{wrong-id} sends the normal
+answer with the ID plus one (a spoofing attempt a client must ignore);
+C{wrong-question-tcp} answers UDP normally but every TCP query with a reply
+about another name (C{wrong.upstream.test.}, the question asked with that
+name, A C{192.0.2.66}), which a client must not take for the answer. Every
+reply of every mode has QR and AA set (the zone is authoritative), so a
+forwarder's AA scrubbing is really exercised.
 """
 
 from __future__ import annotations
@@ -74,6 +107,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -92,7 +126,25 @@ SOA = "ns.upstream.test. hostmaster.upstream.test. 1 3600 600 86400 60"
 SOA_TTL = 120
 TTL = 300
 SLOW_DELAY = 3.0
-FAIL_MODES = ("servfail-all", "drop-all", "wrong-id")
+FAIL_MODES = ("servfail-all", "refused-all", "drop-all", "wrong-id", "wrong-question-tcp")
+#: The owner of the reply C{wrong-question-tcp} sends, and its address.
+WRONG_NAME = dns.name.from_text("wrong.upstream.test.")
+WRONG_ADDRESS = "192.0.2.66"
+#: Bounds of the fault labels C{delay-MS} and C{size-N}.
+MAX_DELAY_MS = 10_000
+MAX_SIZE = 60_000
+#: Wire bytes of one A record with a compressed owner: pointer, type, class,
+#: TTL, length, address.
+A_RECORD_SIZE = 16
+#: The private-use type of C{unknown.upstream.test.} (RFC 6895 section 3.1).
+UNKNOWN_TYPE = 65280
+UNKNOWN_RDATA = r"\# 4 0a0b0c0d"
+#: An EDNS option code of the local/experimental range (RFC 6891 section 9).
+UNKNOWN_OPTION = 65001
+NSID = b"fake-upstream"
+SERVER_COOKIE = bytes(range(16))
+RRSIG_FIELDS = "13 3 {ttl} 20300101000000 20200101000000 12345 upstream.test. ZmFrZSBzaWduYXR1cmU="
+NSEC_NEXT = "zz.upstream.test."
 #: The UDP answer limit for queries without EDNS (RFC 1035).
 CLASSIC_UDP_PAYLOAD = 512
 #: The longest a single TXT string may be.
@@ -132,6 +184,9 @@ _NODATA = _name("nodata")
 _SERVFAIL = _name("servfail")
 _REFUSED = _name("refused")
 _TXT = _name("txt")
+_UNKNOWN = _name("unknown")
+_SIGNED = _name("signed")
+_OPTIONS = _name("options")
 _COUNTS = dns.name.from_text("counts", CONTROL)
 _RESET = dns.name.from_text("reset", CONTROL)
 
@@ -204,6 +259,10 @@ class FakeUpstream:
             return Reply(None)
         if self.fail_mode == "servfail-all":
             return Reply(_response(query, dns.rcode.SERVFAIL))
+        if self.fail_mode == "refused-all":
+            return Reply(_response(query, dns.rcode.REFUSED))
+        if self.fail_mode == "wrong-question-tcp" and transport == "tcp":
+            return Reply(_wrong_question(query))
         recorded = self.records.get(qname)
         reply = answer(query, transport) if recorded is None else _recorded(query, recorded)
         if self.fail_mode == "wrong-id" and reply.message is not None:
@@ -238,11 +297,22 @@ def _recorded(
     return Reply(response)
 
 
+def _wrong_question(query: dns.message.Message) -> dns.message.Message:
+    """A well-formed reply with the query's ID, about L{WRONG_NAME} instead."""
+    response = _response(query, dns.rcode.NOERROR)
+    asked = query.question[0]
+    response.question = [dns.rrset.RRset(WRONG_NAME, asked.rdclass, asked.rdtype)]
+    response.answer.append(dns.rrset.from_text(WRONG_NAME, TTL, "IN", "A", WRONG_ADDRESS))
+    return response
+
+
 def _response(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
-    """A reply skeleton: ID, question, RD and EDNS copied, QR and AA set."""
+    """A reply skeleton: ID, question, RD, EDNS and DO copied, QR and AA set."""
     response = dns.message.make_response(query, our_payload=4096)
     response.flags |= dns.flags.AA
     response.set_rcode(rcode)
+    if query.ednsflags & dns.flags.DO:
+        response.ednsflags |= dns.flags.DO
     return response
 
 
@@ -253,12 +323,110 @@ def _negative(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message
     return response
 
 
+@dataclass(frozen=True)
+class Faults:
+    """
+    The fault labels of a name (see the module docstring).
+
+    @ivar delay: seconds to hold the reply back.
+    @ivar size: the least size of an A answer, in bytes, or 0.
+    @ivar tc_blackhole: truncate over UDP, never answer over TCP.
+    """
+
+    delay: float = 0.0
+    size: int = 0
+    tc_blackhole: bool = False
+
+    @classmethod
+    def of(cls, qname: dns.name.Name) -> Faults:
+        """The faults that C{qname}'s labels below the zone ask for."""
+        delay, size, tc_blackhole = 0.0, 0, False
+        for raw in qname.relativize(ZONE).labels:
+            label = raw.decode("ascii", "replace").lower()
+            kind, _, number = label.partition("-")
+            if kind == "delay" and number.isdigit():
+                delay = min(int(number), MAX_DELAY_MS) / 1000
+            elif kind == "size" and number.isdigit():
+                size = min(int(number), MAX_SIZE)
+            elif label == "tc-blackhole":
+                tc_blackhole = True
+        return cls(delay, size, tc_blackhole)
+
+
 def answer(query: dns.message.Message, transport: str) -> Reply:
-    """The zone's answer to a one-question query, as the module docstring lists."""
-    question = query.question[0]
-    qname, rdtype = question.name, question.rdtype
+    """
+    The zone's answer to a one-question query, as the module docstring lists,
+    with the name's fault labels applied.
+    """
+    qname = query.question[0].name
     if not qname.is_subdomain(ZONE):
         return Reply(_negative(query, dns.rcode.NXDOMAIN))
+    faults = Faults.of(qname)
+    if faults.tc_blackhole and transport == "tcp":
+        return Reply(None)
+    reply = _zone_answer(query, transport, faults)
+    if faults.tc_blackhole and reply.message is not None:
+        reply.message.answer.clear()
+        reply.message.authority.clear()
+        reply.message.flags |= dns.flags.TC
+    if reply.message is not None and _signed(query):
+        _sign(reply.message)
+    if reply.message is not None and qname == _OPTIONS and query.edns >= 0:
+        reply.message.use_edns(0, reply.message.ednsflags, 4096, options=_reply_options(query))
+    return Reply(reply.message, max(reply.delay, faults.delay))
+
+
+def _signed(query: dns.message.Message) -> bool:
+    """Whether the reply to C{query} gets DNSSEC records."""
+    return bool(query.ednsflags & dns.flags.DO) and query.question[0].name.is_subdomain(_SIGNED)
+
+
+def _sign(response: dns.message.Message) -> None:
+    """
+    Make C{response} look signed: an RRSIG after every answer RRset, and for a
+    negative answer an NSEC (with RRSIGs for it and the SOA) in authority. The
+    signatures are not valid; only their presence matters to a forwarder.
+    """
+    for section in (response.answer, response.authority):
+        for rrset in list(section):
+            section.append(_rrsig(rrset))
+    if not response.answer and response.authority:
+        nsec = dns.rrset.from_text(
+            response.question[0].name, SOA_TTL, "IN", "NSEC", f"{NSEC_NEXT} A AAAA RRSIG NSEC"
+        )
+        response.authority += [nsec, _rrsig(nsec)]
+
+
+def _rrsig(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+    """A (fake) RRSIG covering C{rrset}."""
+    covered = dns.rdatatype.to_text(rrset.rdtype)
+    rdata = f"{covered} {RRSIG_FIELDS.format(ttl=rrset.ttl)}"
+    return dns.rrset.from_text(rrset.name, rrset.ttl, "IN", "RRSIG", rdata)
+
+
+def _reply_options(query: dns.message.Message) -> list[dns.edns.Option]:
+    """The EDNS options of C{options.upstream.test.} (see the module docstring)."""
+    asked = {option.otype: option for option in query.options}
+    cookie = asked.get(dns.edns.OptionType.COOKIE)
+    client_cookie = cookie.client if isinstance(cookie, dns.edns.CookieOption) else bytes(8)
+    ecs = asked.get(dns.edns.OptionType.ECS)
+    if isinstance(ecs, dns.edns.ECSOption):
+        subnet = dns.edns.ECSOption(ecs.address, ecs.srclen, ecs.srclen)
+    else:
+        subnet = dns.edns.ECSOption("192.0.2.0", 24, 24)
+    return [
+        dns.edns.NSIDOption(NSID),
+        dns.edns.CookieOption(client_cookie, SERVER_COOKIE),
+        subnet,
+        dns.edns.EDEOption(dns.edns.EDECode.OTHER, "fake upstream"),
+        dns.edns.GenericOption(UNKNOWN_OPTION, b"fake upstream"),
+    ]
+
+
+def _zone_answer(query: dns.message.Message, transport: str, faults: Faults) -> Reply:
+    """The answer for a name inside the zone, before fault labels and signing."""
+    question = query.question[0]
+    qname, rdtype = question.name, question.rdtype
     if any(label.lower().startswith(b"nx") for label in qname.relativize(ZONE).labels):
         return Reply(_negative(query, dns.rcode.NXDOMAIN))
     if qname == _BLACKHOLE:
@@ -267,7 +435,7 @@ def answer(query: dns.message.Message, transport: str) -> Reply:
         return Reply(_response(query, dns.rcode.SERVFAIL))
     if qname == _REFUSED:
         return Reply(_response(query, dns.rcode.REFUSED))
-    records = _records(qname, rdtype, transport)
+    records = _records(qname, rdtype, faults)
     if not records:
         return Reply(_negative(query, dns.rcode.NOERROR))
     response = _response(query, dns.rcode.NOERROR)
@@ -279,7 +447,7 @@ def answer(query: dns.message.Message, transport: str) -> Reply:
     return Reply(response, SLOW_DELAY if qname == _SLOW else 0.0)
 
 
-def _records(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, transport: str) -> list[str]:
+def _records(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, faults: Faults) -> list[str]:
     """The rdata texts of C{qname}/C{rdtype}; empty means NODATA."""
     if qname == ZONE:
         return {
@@ -290,7 +458,14 @@ def _records(qname: dns.name.Name, rdtype: dns.rdatatype.RdataType, transport: s
         return []
     if rdtype == dns.rdatatype.TXT and qname == _TXT:
         return ['"fake upstream txt"']
+    if rdtype == UNKNOWN_TYPE and qname == _UNKNOWN:
+        return [UNKNOWN_RDATA]
+    if rdtype == dns.rdatatype.NSEC and qname.is_subdomain(_SIGNED):
+        return [f"{NSEC_NEXT} A AAAA RRSIG NSEC"]
     if rdtype == dns.rdatatype.A:
+        if faults.size:
+            count = -(-faults.size // A_RECORD_SIZE)
+            return [f"127.1.{i // 256}.{i % 256}" for i in range(count)]
         if qname == _BIG:
             return [f"127.0.1.{i}" for i in range(1, 61)]
         if qname == _TC:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
@@ -169,3 +170,80 @@ def test_servfail_all_and_drop_all_modes(upstream_factory: Callable[..., Upstrea
         dns.query.udp(query, dropping.address, port=dropping.port, timeout=0.5)
     # The control zone still answers, so that counts can be read while it plays dead.
     assert dropping.count("foo.upstream.test.") == 1
+
+
+def test_every_reply_sets_aa(upstream_factory: Callable[..., UpstreamProcess]) -> None:
+    """AA on answers, negative answers and fail modes: a forwarder's AA scrubbing is exercised."""
+    upstream = upstream_factory("refused-all")
+    refused = ask(upstream, "foo.upstream.test.")
+    assert refused.rcode() == dns.rcode.REFUSED and refused.flags & dns.flags.AA
+    assert upstream.count("foo.upstream.test.") == 1
+
+
+def test_wrong_question_tcp_mode(upstream_factory: Callable[..., UpstreamProcess]) -> None:
+    upstream = upstream_factory("wrong-question-tcp")
+    assert addresses(ask(upstream, "foo.upstream.test.")) == ["127.0.0.10"]
+    # Read without dnspython's own question check, which would reject it.
+    query = dns.message.make_query("foo.upstream.test.", "A")
+    with socket.create_connection((upstream.address, upstream.port), timeout=5) as sock:
+        dns.query.send_tcp(sock, query)
+        wrong, _ = dns.query.receive_tcp(sock, time.time() + 5)
+    assert wrong.id == query.id
+    assert str(wrong.question[0].name) == "wrong.upstream.test."
+    assert addresses(wrong) == ["192.0.2.66"]
+    assert upstream.count("foo.upstream.test.", transport="tcp") == 1
+
+
+@pytest.mark.parametrize("size", [2000, 5000])
+def test_size_label(module_upstream: UpstreamProcess, size: int) -> None:
+    """At least C{size} bytes over TCP; truncated over UDP even with EDNS 4096 when too big."""
+    name = f"x.size-{size}.upstream.test."
+    query = dns.message.make_query(name, "A")
+    whole = dns.query.tcp(query, module_upstream.address, port=module_upstream.port, timeout=5)
+    assert len(whole.to_wire()) >= size and len(whole.answer[0]) == -(-size // 16)
+    udp = ask(module_upstream, name, use_edns=0, payload=4096)
+    assert bool(udp.flags & dns.flags.TC) == (size > 4096)
+
+
+def test_tc_blackhole_and_delay_labels(module_upstream: UpstreamProcess) -> None:
+    name = "x.tc-blackhole.delay-600.upstream.test."
+    module_upstream.reset()
+    started = time.monotonic()
+    udp = ask(module_upstream, name)
+    assert time.monotonic() - started >= 0.55
+    assert udp.flags & dns.flags.TC and not udp.answer
+    query = dns.message.make_query(name, "A")
+    with pytest.raises(dns.exception.Timeout):
+        dns.query.tcp(query, module_upstream.address, port=module_upstream.port, timeout=1)
+    assert module_upstream.count(name, transport="tcp") == 1
+
+
+def test_unknown_type(module_upstream: UpstreamProcess) -> None:
+    response = ask(module_upstream, "unknown.upstream.test.", "TYPE65280")
+    (rrset,) = response.answer
+    assert rrset.rdtype == 65280 and rrset[0].to_text() == r"\# 4 0a0b0c0d"
+
+
+def test_signed_names_with_do(module_upstream: UpstreamProcess) -> None:
+    plain = ask(module_upstream, "signed.upstream.test.", use_edns=0)
+    assert [r.rdtype for r in plain.answer] == [dns.rdatatype.A]
+    signed = ask(module_upstream, "signed.upstream.test.", use_edns=0, want_dnssec=True)
+    assert signed.ednsflags & dns.flags.DO
+    assert [r.rdtype for r in signed.answer] == [dns.rdatatype.A, dns.rdatatype.RRSIG]
+    negative = ask(module_upstream, "nx.signed.upstream.test.", use_edns=0, want_dnssec=True)
+    assert negative.rcode() == dns.rcode.NXDOMAIN
+    assert {r.rdtype for r in negative.authority} == {
+        dns.rdatatype.SOA,
+        dns.rdatatype.NSEC,
+        dns.rdatatype.RRSIG,
+    }
+
+
+def test_options_in_reply(module_upstream: UpstreamProcess) -> None:
+    ecs = dns.edns.ECSOption("10.1.2.0", 24)
+    response = ask(module_upstream, "options.upstream.test.", use_edns=0, options=[ecs])
+    by_code = {option.otype: option for option in response.options}
+    assert set(by_code) == {3, 8, 10, 15, 65001}
+    assert by_code[8].address == "10.1.2.0" and by_code[8].scopelen == 24
+    assert addresses(response) == ["127.0.0.10"]
+    assert not ask(module_upstream, "options.upstream.test.").options

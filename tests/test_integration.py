@@ -202,10 +202,11 @@ def _raw_udp(port: int, data: bytes, timeout: float = 1.0) -> bytes | None:
 
 
 def test_bad_packets(meshdns) -> None:
-    """Responses and short junk are dropped; junk with a header gets FORMERR."""
-    response = dns.message.make_response(dns.message.make_query("productpage", "A"))
-    assert _raw_udp(meshdns.port, response.to_wire(), 0.5) is None
-    assert _raw_udp(meshdns.port, b"\x01\x02\x03", 0.5) is None
+    """
+    Junk with a header gets FORMERR, other opcodes NOTIMP. (That responses and
+    short junk are dropped is shown by the dropped counter, in
+    test_forwarding_faults: no reply within a timeout proves nothing.)
+    """
     reply = _raw_udp(meshdns.port, b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff")
     assert reply is not None
     assert reply[:2] == b"\x12\x34" and reply[2] & 0x80 and reply[3] & 0x0F == dns.rcode.FORMERR
