@@ -483,7 +483,9 @@ def encode(query: dns.message.Message, response: dns.message.Message, transport:
     as a real server does, so that the client retries over TCP.
     """
     if transport != "udp":
-        return response.to_wire()
+        # Over TCP the EDNS payload size does not apply (RFC 6891 6.2.3);
+        # dnspython would otherwise hold a response to the query's.
+        return response.to_wire(max_size=65535)
     limit = CLASSIC_UDP_PAYLOAD if query.edns < 0 else max(CLASSIC_UDP_PAYLOAD, query.payload)
     try:
         return response.to_wire(max_size=limit)
