@@ -9,6 +9,7 @@ the local workload is 50/50 A/AAAA.
 
     python bench/gen_entries.py --hosts 1000 --out DIR            # entries only
     python bench/gen_entries.py --hosts 1000 --out DIR --servers  # + peers, queries
+    python bench/gen_entries.py ... --servers --forward-names N --forward-light-names M
 
 Files written in C{DIR}:
   - C{entries/bench.yaml}: one ServiceEntry per host (C{--hosts-per-entry} to
@@ -17,7 +18,13 @@ Files written in C{DIR}:
     (C{local-data} lines), C{bench.internal.zone} (a BIND zone for stock
     C{twistd dns --bindzone}), and the dnsperf query files C{local.txt},
     C{upstream.txt} (names the fake upstream answers, 50/50 A/AAAA) and
-    C{nxdomain.txt} (names it answers NXDOMAIN).
+    C{nxdomain.txt} (names it answers NXDOMAIN);
+  - with C{--servers}, for the forward workload: C{fwd.bench.zone} (the zone NSD
+    serves: a wildcard answers any name below it), C{forward.txt} (the names
+    bench/probe.py checks), and the dnsperf files C{forward.sat.txt} and
+    C{forward.light.txt}, C{--forward-names} and C{--forward-light-names}
+    lines of names never used anywhere else: each one is a cache miss at
+    every server, asked once (dnsperf C{-n 1}).
 """
 
 from __future__ import annotations
@@ -35,6 +42,14 @@ LOCAL_ZONE = "bench.internal"
 UPSTREAM_ZONE = "upstream.test"
 #: TTL of the local answers everywhere (meshdns's default mesh TTL).
 LOCAL_TTL = 30
+#: The forward workload's zone, served by NSD with a wildcard, so that a name
+#: nobody asked before is answered at once. Outside C{test.}, C{bench.internal.}
+#: and C{upstream.test.}, so no server can answer it from anything else.
+FORWARD_ZONE = "fwd.bench"
+#: What the wildcard answers: the fake upstream's addresses and TTL, so that
+#: bench/probe.py checks both upstreams alike.
+FORWARD_ANSWER = {"A": "127.0.0.10", "AAAA": "::10"}
+FORWARD_TTL = 300
 
 _IPV4_BASE = int(ipaddress.IPv4Address("10.0.0.0"))
 _IPV6_BASE = int(ipaddress.IPv6Address("fd00:bec::"))
@@ -119,7 +134,42 @@ def queries(count: int) -> dict[str, str]:
     }
 
 
-def write(out: Path, count: int, per_entry: int = 1, servers: bool = False) -> None:
+def forward_zone(ns_address: str) -> str:
+    """
+    The forward workload's zone for NSD: a wildcard A and AAAA below the apex,
+    so any fresh name is answered NOERROR without a lookup in a large zone.
+    """
+    return (
+        f"$ORIGIN {FORWARD_ZONE}.\n"
+        f"$TTL {FORWARD_TTL}\n"
+        f"@ IN SOA ns.{FORWARD_ZONE}. hostmaster.{FORWARD_ZONE}. 1 3600 600 86400 60\n"
+        f"@ IN NS ns.{FORWARD_ZONE}.\n"
+        f"ns IN A {ns_address}\n"
+        f"* IN A {FORWARD_ANSWER['A']}\n"
+        f"* IN AAAA {FORWARD_ANSWER['AAAA']}\n"
+    )
+
+
+def forward_queries(prefix: str, count: int) -> str:
+    """
+    C{count} dnsperf lines of distinct names below the forward zone, 50/50
+    A/AAAA. Distinct prefixes keep the files apart: a name of one file is
+    never in another, so no run warms the cache for the next.
+    """
+    return "".join(
+        f"{prefix}-{i:07d}.{FORWARD_ZONE} {'A' if i % 2 == 0 else 'AAAA'}\n" for i in range(count)
+    )
+
+
+def write(
+    out: Path,
+    count: int,
+    per_entry: int = 1,
+    servers: bool = False,
+    forward_names: int = 0,
+    forward_light_names: int = 0,
+    forward_ns: str = "127.0.0.163",
+) -> None:
     """Write the files described in the module docstring into C{out}."""
     names = list(local_names(count))
     (out / "entries").mkdir(parents=True, exist_ok=True)
@@ -131,6 +181,10 @@ def write(out: Path, count: int, per_entry: int = 1, servers: bool = False) -> N
     (out / f"{LOCAL_ZONE}.zone").write_text(bind_zone(names))
     for file, text in queries(count).items():
         (out / file).write_text(text)
+    (out / f"{FORWARD_ZONE}.zone").write_text(forward_zone(forward_ns))
+    (out / "forward.txt").write_text(forward_queries("probe", count))
+    (out / "forward.sat.txt").write_text(forward_queries("sat", forward_names))
+    (out / "forward.light.txt").write_text(forward_queries("light", forward_light_names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +198,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", action="store_true", help="also the peers' files and the query files"
     )
+    parser.add_argument(
+        "--forward-names",
+        type=int,
+        default=0,
+        help="lines of forward.sat.txt: more than any server answers in the saturation run",
+    )
+    parser.add_argument(
+        "--forward-light-names",
+        type=int,
+        default=0,
+        help="lines of forward.light.txt: more than the latency run sends",
+    )
+    parser.add_argument(
+        "--forward-ns", default="127.0.0.163", help="NSD's address, for the zone's NS glue"
+    )
     args = parser.parse_args(argv)
-    write(args.out, args.hosts, args.hosts_per_entry, args.servers)
+    write(
+        args.out,
+        args.hosts,
+        args.hosts_per_entry,
+        args.servers,
+        args.forward_names,
+        args.forward_light_names,
+        args.forward_ns,
+    )
     return 0
 
 

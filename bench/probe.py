@@ -1,6 +1,6 @@
 """
 Wait until a DNS server under test answers, then check that it answers the
-benchmark's three workloads as expected.
+benchmark's workloads as expected.
 
 A comparison is only fair if every server gives the same answers: a server
 that answers NXDOMAIN where the others forward (unbound's default C{test.}
@@ -8,7 +8,9 @@ zone, say) would look fast for the wrong reason. So before it is measured,
 each server must answer a sample of each query file correctly:
   - C{local.txt}: NOERROR, AA or not, with the generated address;
   - C{upstream.txt}: NOERROR with the fake upstream's address (127.0.0.10 or ::10);
-  - C{nxdomain.txt}: NXDOMAIN.
+  - C{nxdomain.txt}: NXDOMAIN;
+  - C{forward.txt}: NOERROR with NSD's wildcard answer (the same addresses),
+    names of their own that the measured runs never ask.
 
     python bench/probe.py --server 127.0.0.154 --port 5300 --data DIR [--workloads local,...]
 
@@ -68,6 +70,8 @@ def expected(
         return dns.rcode.NOERROR, local[name]
     if workload == "upstream":
         return dns.rcode.NOERROR, UPSTREAM_ANSWER[rdtype]
+    if workload == "forward":
+        return dns.rcode.NOERROR, gen_entries.FORWARD_ANSWER[rdtype]
     return dns.rcode.NXDOMAIN, None
 
 
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="gen_entries.py --servers output")
     parser.add_argument("--hosts", type=int, default=1000, help="local names generated")
-    parser.add_argument("--workloads", default="local,upstream,nxdomain")
+    parser.add_argument("--workloads", default="local,upstream,nxdomain,forward")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for start-up")
     parser.add_argument("--wait-only", action="store_true", help="only wait until it answers")
     args = parser.parse_args(argv)

@@ -2,15 +2,19 @@
 Turn one benchmark run's raw dnsperf output into the tables of bench/README.md.
 
 C{bench/run.sh} leaves in its results folder, per server and workload,
-C{SERVER.WORKLOAD.sat.txt} (dnsperf at saturation) and C{SERVER.WORKLOAD.light.txt}
-(dnsperf C{-v} at a light fixed rate, one line per query), C{SERVER.rss}
-(C{/proc/PID/status} after the server's last workload), and optionally
-C{table_build.json} (bench/table_build.py) and C{machine.txt}.
+C{SERVER.WORKLOAD.sat.txt} (dnsperf at saturation), C{SERVER.WORKLOAD.cpu}
+(C{key=value} lines: the CPU the server, dnsperf and, for forward, the
+upstream used over the saturation run, and the queries the upstream got) and
+C{SERVER.WORKLOAD.light.txt} (dnsperf C{-v} at a light fixed rate, one line
+per query), C{SERVER.rss} (C{/proc/PID/status} after the server's last
+workload; C{SERVER.forward.rss} for the instance that runs the forward
+workload), and optionally C{table_build.json} (bench/table_build.py) and
+C{machine.txt}.
 
     python bench/report.py RESULTS_DIR [--json FILE]
 
-prints the results, meshdns's ratio to every peer and the targets of issue 5
-as Markdown; C{--json} also writes the parsed figures.
+prints the results, meshdns's ratio to every peer and the targets of issues 5
+and 11 as Markdown; C{--json} also writes the parsed figures.
 """
 
 from __future__ import annotations
@@ -24,9 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SERVERS = ("meshdns", "dnsmasq", "unbound", "twistd")
-WORKLOADS = ("local", "upstream", "nxdomain")
+WORKLOADS = ("local", "upstream", "nxdomain", "forward")
 #: The rcode every reply of a workload must have.
-EXPECTED_RCODE = {"local": "NOERROR", "upstream": "NOERROR", "nxdomain": "NXDOMAIN"}
+EXPECTED_RCODE = {
+    "local": "NOERROR",
+    "upstream": "NOERROR",
+    "nxdomain": "NXDOMAIN",
+    "forward": "NOERROR",
+}
+#: Above this share of a core, the upstream (or the client core it shares
+#: with dnsperf) may be what limits the forward workload, not the server.
+BUSY_CORE = 0.8
 LABELS = {
     "meshdns": "meshdns",
     "dnsmasq": "dnsmasq",
@@ -55,6 +67,23 @@ class Run:
 
 
 @dataclass
+class Cpu:
+    """
+    CPU over one saturation run (C{SERVER.WORKLOAD.cpu}), in seconds: what a
+    query costs the server, and whether the client side kept up. For the
+    forward workload, also the upstream's CPU and the queries it received, to
+    show that it was not the bottleneck and that no query was a cache hit.
+    """
+
+    wall_s: float
+    server_s: float
+    client_s: float
+    upstream_s: float | None = None
+    upstream_queries: int | None = None
+    names: int | None = None
+
+
+@dataclass
 class Result:
     """One server under one workload."""
 
@@ -63,7 +92,20 @@ class Result:
     saturation: Run
     light: Run
     rss_mb: float | None = None
+    cpu: Cpu | None = None
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> int:
+        """Queries of the saturation run that were answered."""
+        return self.saturation.sent - self.saturation.lost
+
+    @property
+    def cpu_us(self) -> float | None:
+        """Server CPU per answered query of the saturation run, in µs."""
+        if self.cpu is None or self.completed <= 0:
+            return None
+        return self.cpu.server_s / self.completed * 1e6
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -110,6 +152,67 @@ def read_rss_mb(path: Path) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def read_cpu(path: Path) -> Cpu | None:
+    """
+    A C{SERVER.WORKLOAD.cpu} file of C{key=value} lines (clock ticks for the
+    processes read from C{/proc/PID/stat}, seconds for dnsperf's own time).
+
+    @raise ValueError: if a line is malformed or a required key is missing.
+    """
+    if not path.exists():
+        return None
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"{path.name}: not key=value: {line!r}")
+        values[key.strip()] = value.strip()
+    try:
+        tick = 1 / int(values["clk_tck"])
+        cpu = Cpu(
+            wall_s=float(values["wall_s"]),
+            server_s=int(values["server_ticks"]) * tick,
+            client_s=float(values["client_s"]),
+        )
+        if "upstream_ticks" in values:
+            cpu.upstream_s = int(values["upstream_ticks"]) * tick
+            cpu.upstream_queries = int(values["upstream_queries"])
+            cpu.names = int(values["names"])
+    except KeyError as e:
+        raise ValueError(f"{path.name}: no {e.args[0]}") from None
+    return cpu
+
+
+def forward_problems(result: Result) -> list[str]:
+    """
+    What makes a forward run not measure what it should: names that reached
+    no upstream (cache hits, or answered from elsewhere), a file too short
+    for the run, an upstream or client core too busy to keep up.
+    """
+    cpu = result.cpu
+    if cpu is None or cpu.upstream_queries is None:
+        return ["no upstream figures (.cpu file)"]
+    found = []
+    if cpu.upstream_queries < result.completed:
+        found.append(
+            f"the upstream got {cpu.upstream_queries} queries for {result.completed} answers: "
+            "some were not forwarded"
+        )
+    if cpu.names is not None and result.saturation.sent >= cpu.names:
+        found.append(f"dnsperf used all {cpu.names} names: the run ended early")
+    if cpu.wall_s > 0 and cpu.upstream_s is not None:
+        upstream = cpu.upstream_s / cpu.wall_s
+        client_core = (cpu.upstream_s + cpu.client_s) / cpu.wall_s
+        if upstream > BUSY_CORE:
+            found.append(f"the upstream used {upstream:.0%} of a core: it may be the bottleneck")
+        elif client_core > BUSY_CORE:
+            found.append(
+                f"the upstream and dnsperf used {client_core:.0%} of their core: "
+                "the client side may be the bottleneck"
+            )
+    return found
+
+
 def load(results: Path) -> list[Result]:
     """Every (server, workload) the results folder has both runs of."""
     loaded = []
@@ -119,23 +222,31 @@ def load(results: Path) -> list[Result]:
             light = results / f"{server}.{workload}.light.txt"
             if not (sat.exists() and light.exists()):
                 continue
+            rss = results / f"{server}.{workload}.rss"
             result = Result(
                 server,
                 workload,
                 parse_dnsperf(sat.read_text()),
                 parse_dnsperf(light.read_text()),
-                read_rss_mb(results / f"{server}.rss"),
+                read_rss_mb(rss if rss.exists() else results / f"{server}.rss"),
+                read_cpu(results / f"{server}.{workload}.cpu"),
             )
             for name, run in (("saturation", result.saturation), ("light", result.light)):
                 wrong = {r: n for r, n in run.rcodes.items() if r != EXPECTED_RCODE[workload]}
                 if wrong:
                     result.problems.append(f"{name} run: unexpected rcodes {wrong}")
+            if workload == "forward":
+                result.problems += forward_problems(result)
             loaded.append(result)
     return loaded
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _ratio(mine: float | None, theirs: float | None) -> str:
@@ -147,27 +258,58 @@ def _ratio(mine: float | None, theirs: float | None) -> str:
 def results_table(results: list[Result]) -> str:
     """One row per server and workload."""
     lines = [
-        "| workload | server | qps (saturation) | mean ms (300 qps) | p99 ms (300 qps) "
-        "| lost (sat + light) | RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | server | qps (saturation) | CPU µs/query (saturation) "
+        "| mean ms (300 qps) | p99 ms (300 qps) | lost (sat + light) | RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lost = r.saturation.lost + r.light.lost
         note = f" ⚠ {'; '.join(r.problems)}" if r.problems else ""
         lines.append(
-            f"| {r.workload} | {LABELS[r.server]} | {r.saturation.qps:,.0f} "
+            f"| {r.workload} | {LABELS[r.server]} | {r.saturation.qps:,.0f} | {_us(r.cpu_us)} "
             f"| {_ms(r.light.mean_ms)} | {_ms(r.light.p99_ms)} | {lost} "
             f"| {r.rss_mb or 0:.1f} |{note}"
         )
     return "\n".join(lines)
 
 
+def _share(seconds: float | None, cpu: Cpu) -> str:
+    if seconds is None or cpu.wall_s <= 0:
+        return "-"
+    return f"{seconds / cpu.wall_s:.0%}"
+
+
+def forward_table(results: list[Result]) -> str:
+    """
+    The forward workload's checks, per server: every answered query reached
+    the upstream once (upstream queries ÷ answered = 1.00; below 1, some were
+    cache hits), and the upstream, on the client core beside dnsperf, kept up.
+    """
+    lines = [
+        "| server | answered (saturation) | upstream got | ÷ answered "
+        "| upstream CPU | dnsperf CPU | client core busy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.workload != "forward" or r.cpu is None or r.cpu.upstream_queries is None:
+            continue
+        cpu = r.cpu
+        ratio = f"{cpu.upstream_queries / r.completed:.3f}" if r.completed else "-"
+        both = None if cpu.upstream_s is None else cpu.upstream_s + cpu.client_s
+        lines.append(
+            f"| {LABELS[r.server]} | {r.completed:,} | {cpu.upstream_queries:,} | {ratio} "
+            f"| {_share(cpu.upstream_s, cpu)} | {_share(cpu.client_s, cpu)} "
+            f"| {_share(both, cpu)} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def ratios_table(results: list[Result]) -> str:
     """meshdns's figures divided by each peer's, per workload."""
     by_key = {(r.server, r.workload): r for r in results}
     lines = [
-        "| workload | meshdns ÷ | qps | mean latency | p99 latency | RSS |",
-        "|---|---|---:|---:|---:|---:|",
+        "| workload | meshdns ÷ | qps | CPU per query | mean latency | p99 latency | RSS |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for workload in WORKLOADS:
         mine = by_key.get(("meshdns", workload))
@@ -180,6 +322,7 @@ def ratios_table(results: list[Result]) -> str:
             lines.append(
                 f"| {workload} | {LABELS[peer]} "
                 f"| {_ratio(mine.saturation.qps, theirs.saturation.qps)} "
+                f"| {_ratio(mine.cpu_us, theirs.cpu_us)} "
                 f"| {_ratio(mine.light.mean_ms, theirs.light.mean_ms)} "
                 f"| {_ratio(mine.light.p99_ms, theirs.light.p99_ms)} "
                 f"| {_ratio(mine.rss_mb, theirs.rss_mb)} |"
@@ -189,7 +332,7 @@ def ratios_table(results: list[Result]) -> str:
 
 @dataclass
 class Target:
-    """One target of issue 5 and how this run did."""
+    """One target of issue 5 or 11 and how this run did."""
 
     what: str
     wanted: str
@@ -217,6 +360,18 @@ def targets(results: list[Result], table_build: list[dict] | None) -> list[Targe
     qps_ratio("local", "twistd", 4.0)
     qps_ratio("upstream", "dnsmasq", 1.0)
     qps_ratio("nxdomain", "dnsmasq", 0.8)
+    # Issue 11, item 6: the miss path.
+    qps_ratio("forward", "dnsmasq", 1.5)
+    forward = by_key.get(("meshdns", "forward"))
+    if forward is not None and forward.cpu_us is not None:
+        found.append(
+            Target(
+                "forward: server CPU per forwarded query",
+                "≤ 100 µs",
+                f"{forward.cpu_us:.0f} µs",
+                forward.cpu_us <= 100,
+            )
+        )
     mine = [r for r in results if r.server == "meshdns"]
     if mine:
         lost = sum(r.saturation.lost + r.light.lost for r in mine)
@@ -280,6 +435,12 @@ def markdown(results_dir: Path, results: list[Result], table_build: list[dict] |
         parts.append("```\n" + machine.read_text().strip() + "\n```")
     if results:
         parts += ["### Results", results_table(results)]
+        forward = forward_table(results)
+        if forward:
+            parts += [
+                "### Forward: did every query reach the upstream, and did the client side keep up?",
+                forward,
+            ]
         if any(r.server != "meshdns" for r in results):
             parts += ["### meshdns as a ratio to each peer (same run)", ratios_table(results)]
     if table_build:
@@ -289,7 +450,7 @@ def markdown(results_dir: Path, results: list[Result], table_build: list[dict] |
         ]
     found = targets(results, table_build)
     if found:
-        parts += ["### Targets (issue 5)", targets_table(found)]
+        parts += ["### Targets (issues 5 and 11)", targets_table(found)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -311,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "results": [asdict(r) for r in results],
+                    "results": [{**asdict(r), "cpu_us_per_query": r.cpu_us} for r in results],
                     "table_build": table_build,
                     "targets": [asdict(t) for t in targets(results, table_build)],
                 },
