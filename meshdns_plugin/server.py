@@ -119,16 +119,44 @@ class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
 
     def __init__(self, controller: MeshDNSServerFactory) -> None:
         self.controller = controller
+        self._late: list[tuple[bytes, tuple[str, int]]] = []
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.controller.packetReceived(data, self, addr)
 
     def writeBytes(self, data: bytes, address: tuple[str, int]) -> None:
+        """
+        Send a reply: in a burst, with the burst; else (an upstream answer)
+        at the end of this turn of the reactor, with the others that arrive
+        in it, so that they reach the client back to back.
+        """
         pending = self.pending
         if pending is not None:
             pending.append((data, address))
-        else:
-            self.transport.write(data, address)
+            return
+        late = self._late
+        late.append((data, address))
+        if len(late) == 1:
+            self.transport.reactor.callLater(0, self._sendLate)
+
+    def _sendLate(self) -> None:
+        late, self._late = self._late, []
+        send(self.transport, late, self.controller.stats)
+
+
+def send(port: udp.Port, replies: list[tuple[bytes, tuple[str, int]]], stats_: stats.ServerStats
+         ) -> None:
+    """
+    Send C{replies} straight to the socket, without the five address checks
+    of L{udp.Port.write} (the addresses come from C{recvfrom}). A reply the
+    kernel will not take (a full buffer) is dropped and counted, as UDP may.
+    """
+    sendto = port.socket.sendto
+    for data, address in replies:
+        try:
+            sendto(data, address)
+        except OSError:
+            stats_.dropped += 1
 
 
 class BurstUDPPort(udp.Port):
@@ -156,6 +184,10 @@ class BurstUDPPort(udp.Port):
         size = self.maxPacketSize
         received = protocol.datagramReceived
         memoized = protocol.controller.memoized
+        forwarder = protocol.controller.forwarder
+        upstream = forwarder.upstream if forwarder is not None else None
+        if upstream is not None:
+            upstream.hold()
         try:
             for _ in range(MAX_BURST):
                 try:
@@ -175,12 +207,9 @@ class BurstUDPPort(udp.Port):
                     _log.failure("Unexpected error answering a datagram")
         finally:
             protocol.pending = None
-            sendto = self.socket.sendto
-            for data, address in pending:
-                try:
-                    sendto(data, address)
-                except OSError:
-                    protocol.controller.stats.dropped += 1
+            if upstream is not None:
+                upstream.release()
+            send(self, pending, protocol.controller.stats)
 
 
 class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
