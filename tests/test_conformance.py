@@ -18,8 +18,8 @@ the RFCs' rules, not byte for byte where a forwarder may legitimately differ:
     from different instants) and at most L{TTL_LAG} seconds below it;
   - the Extended DNS Errors unbound sent (RFC 8914), and never unbound's NSID:
     NSID is per hop (RFC 5001).
-Unbound is asked first, so that meshdns's answer, which comes through
-unbound's cache, can only be younger.
+Unbound is asked first: meshdns's answer comes through unbound's cache
+afterwards, so its TTLs can only have counted further down.
 
 The tests are black-box on purpose: they talk to the twistd process over real
 sockets and import nothing of meshdns. The few tests named C{test_lab_...} check
@@ -147,7 +147,6 @@ def make_query(
 class Server:
     """Somewhere to ask: unbound or meshdns."""
 
-    name: str
     address: str
     port: int
 
@@ -201,12 +200,12 @@ def meshdns_process(
 
 @pytest.fixture(scope="module")
 def unbound(lab: dnslab.Lab) -> Server:
-    return Server("unbound", lab.unbound.address, lab.unbound.port)
+    return Server(lab.unbound.address, lab.unbound.port)
 
 
 @pytest.fixture(scope="module")
 def meshdns(meshdns_process: MeshdnsProcess) -> Server:
-    return Server("meshdns", meshdns_process.address, meshdns_process.port)
+    return Server(meshdns_process.address, meshdns_process.port)
 
 
 # -- comparing by the RFCs' rules ------------------------------------------------------------
