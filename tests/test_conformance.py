@@ -255,6 +255,11 @@ def error_kinds(reply: dns.message.Message) -> set[int | str]:
     }
 
 
+def describe_errors(reply: dns.message.Message) -> list[str]:
+    """C{reply}'s Extended DNS Errors as RFC 8914 writes them: code (text)."""
+    return [f"{error.code} ({error.text or ''})" for error in reply.extended_errors()]
+
+
 def flag(message: dns.message.Message, bit: int) -> bool:
     return bool(message.flags & bit)
 
@@ -318,7 +323,7 @@ def assert_conforms(
                 f"unbound's {ttl}"
             )
     assert error_kinds(got) == error_kinds(expected), (
-        f"Extended DNS Errors {got.extended_errors()}, unbound's {expected.extended_errors()}"
+        f"Extended DNS Errors {describe_errors(got)}, unbound's {describe_errors(expected)}"
     )
     assert dnslab.UNBOUND_NSID.encode() not in option_data(got, dns.edns.OptionType.NSID), (
         "unbound's NSID relayed: NSID is per hop (RFC 5001)"
