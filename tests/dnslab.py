@@ -27,7 +27,7 @@ forwarding to it) to try by hand with C{dig}; it waits for Ctrl-C.
 
 Both daemons run in the foreground, are stopped by their PID when the lab
 closes, and are told by the kernel to stop (SIGTERM) if the process that
-started them dies first, so a killed test run leaves nothing behind.
+started them dies first, so a killed test run leaves no daemon behind.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
-import dns.rcode
 
 from tests.conftest import free_port, launch_meshdns, stop_process
 
