@@ -2,15 +2,18 @@
 # Installs everything the tests need, then runs the whole test suite.
 #
 # Debian packages (iptables, iproute2 for the capture and network-namespace
-# tests, dnsperf for the benchmark smoke test) are installed with apt-get when
-# missing and we are root; without them those tests skip with a reason.
+# tests, dnsperf for the benchmark smoke test; nsd, unbound and ldnsutils for
+# the DNSSEC conformance lab) are installed with apt-get when missing and we
+# are root. Without them those tests skip with a reason, except the conformance
+# tests, which fail when we are root (this script should have installed them).
 # Python packages go into .venv beside this file. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=()
-    for pair in iptables:iptables iproute2:ip dnsperf:dnsperf; do
+    for pair in iptables:iptables iproute2:ip dnsperf:dnsperf \
+        nsd:nsd unbound:unbound ldnsutils:ldns-signzone; do
         command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
     done
     if [ ${#missing[@]} -gt 0 ]; then
