@@ -52,6 +52,8 @@ _BLANKS = "\0 \t\r\n\x85\u2028\u2029"
 #: libyaml's complaint about C{x:} before C{,[]{}} in a flow collection,
 #: which go-yaml (and so Kubernetes) reads as part of the scalar.
 _FLOW_COLON = "found unexpected ':'"
+#: Longer problems (quoting a huge tag, say) are cut here.
+_LONGEST_PROBLEM = 200
 #: libyaml's own nesting limit (1000), met before L{MAX_DEPTH} is checked.
 _LIBYAML_DEPTH = "exceeded maximum nesting depth"
 
@@ -212,6 +214,17 @@ class _Bounded:
         self._built = {}
         return data
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """
+        PyYAML's, with a value its tag cannot read (C{!!int abc}) as a
+        L{yaml.YAMLError} of one short line, not the C{ValueError} that
+        quotes the whole value.
+        """
+        try:
+            return super().construct_object(node, deep)  # type: ignore[misc]
+        except (ValueError, TypeError, OverflowError):
+            raise _unreadable(node) from None
+
     def _direct(self, node: Any, depth: int) -> Any:
         if depth >= MAX_DEPTH:
             raise LimitError(
@@ -225,7 +238,10 @@ class _Bounded:
             construct = self.yaml_constructors.get(node.tag)
             if construct is None:
                 raise _Unusual
-            return construct(self, node)
+            try:
+                return construct(self, node)
+            except (ValueError, TypeError, OverflowError):
+                raise _unreadable(node) from None
         if self._anchored and node in self._built:
             return self._built[node]
         if kind is MappingNode and node.tag == _MAP_TAG:
@@ -247,6 +263,16 @@ class _Bounded:
         if self._anchored:
             self._built[node] = data
         return data
+
+
+def _unreadable(node: Node) -> yaml.constructor.ConstructorError:
+    """The error for a scalar that its tag cannot read, quoting a short prefix."""
+    value = node.value if isinstance(node.value, str) else ""
+    shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+    tag = node.tag.rsplit(":", 1)[-1]
+    return yaml.constructor.ConstructorError(
+        None, None, f"{shown} is not a valid {tag}", node.start_mark
+    )
 
 
 class _GoScanner:
@@ -379,6 +405,8 @@ def describe(error: yaml.YAMLError, text: str) -> str:
     if isinstance(error, yaml.reader.ReaderError):
         return f"{where}invalid YAML: {error.reason} ({error.character!r})"
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if len(problem) > _LONGEST_PROBLEM:
+        problem = problem[:_LONGEST_PROBLEM] + "..."
     if isinstance(error, LimitError):
         return f"{where}{problem}"
     if problem == _LIBYAML_DEPTH:

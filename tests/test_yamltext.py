@@ -45,6 +45,32 @@ def test_unknown_tag_is_an_error() -> None:
         list(yamltext.load_all("x: !python/object:os.system echo\n"))
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("v: !!int abc\n", "line 1: invalid YAML: 'abc' is not a valid int"),
+        (
+            "a: 1\nv: !!float " + "x" * 10_000 + "\n",
+            "line 2: invalid YAML: '" + "x" * 40 + "'... is not a valid float",
+        ),
+        # Through the generic constructor (a merge key in the same mapping).
+        ("v: {<<: {b: 1}, t: !!timestamp 2020-13-45}\n",
+         "line 1: invalid YAML: '2020-13-45' is not a valid timestamp"),
+    ],
+)
+def test_a_value_its_tag_cannot_read_is_one_short_error(text: str, message: str) -> None:
+    with pytest.raises(yaml.YAMLError) as caught:
+        list(yamltext.load_all(text))
+    assert yamltext.describe(caught.value, text) == message
+
+
+def test_a_long_problem_is_cut() -> None:
+    text = "v: !" + "t" * 10_000 + " x\n"
+    with pytest.raises(yaml.YAMLError) as caught:
+        list(yamltext.load_all(text))
+    assert len(yamltext.describe(caught.value, text)) < 250
+
+
 _scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.text(max_size=20), st.floats(allow_nan=False)
 )
