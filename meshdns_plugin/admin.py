@@ -111,8 +111,20 @@ class Health(_Leaf):
         return b"ok\n"
 
 
+class DebugIndex(_Folder):
+    """C{/debug}: the list of debug pages (GET and HEAD, as every page here)."""
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", _TEXT)
+        return b"meshdns debug pages: /debug/table\n"
+
+
 class Readiness(_Leaf):
-    """C{/readyz}: whether DNS queries are being answered from a table."""
+    """
+    C{/readyz}: whether DNS queries are being answered from a table: the
+    first table is loaded and every DNS listener is bound (the service's
+    C{listening}, false again as soon as it starts shutting down).
+    """
 
     def __init__(self, mesh: MeshService) -> None:
         super().__init__()
@@ -120,7 +132,7 @@ class Readiness(_Leaf):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _TEXT)
-        if self._mesh.running and self._mesh.authority.table is not None:
+        if self._mesh.listening and self._mesh.authority.table is not None:
             return b"ready\n"
         request.setResponseCode(503)
         return b"not ready\n"
@@ -158,7 +170,8 @@ def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
     root.putChild(b"healthz", Health())
     root.putChild(b"readyz", Readiness(mesh))
     root.putChild(b"metrics", Metrics(registry))
-    debug = _Folder()
+    debug = DebugIndex()
+    debug.putChild(b"", debug)
     debug.putChild(b"table", TableDump(mesh))
     root.putChild(b"debug", debug)
     return root

@@ -173,6 +173,18 @@ class VipListenersConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """
+    Bounds on what one entry file may cost to read (see
+    L{meshdns_plugin.yamltext}); a file over one is an error for that file.
+
+    @ivar max_file_size: bytes; a larger file is refused before it is read.
+    """
+
+    max_file_size: int = yamltext.MAX_FILE_SIZE
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration.
@@ -190,6 +202,7 @@ class Config:
     reload: ReloadConfig = field(default_factory=ReloadConfig)
     log: LogConfig = field(default_factory=LogConfig)
     vip_listeners: VipListenersConfig = field(default_factory=VipListenersConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<defaults>"
 
 
@@ -403,6 +416,9 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "enabled": _boolean,
         "connect_timeout": _seconds,
     },
+    LimitsConfig: {
+        "max_file_size": _integer(1, 2**40),
+    },
 }
 
 #: YAML keys whose field has another name: C{listen.address} may be one IP
@@ -455,6 +471,7 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         "reload": ReloadConfig,
         "log": LogConfig,
         "vip_listeners": VipListenersConfig,
+        "limits": LimitsConfig,
     }
     unknown = sorted(set(raw) - set(sections) - {"entries"}, key=str)
     if unknown:

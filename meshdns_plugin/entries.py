@@ -496,7 +496,8 @@ def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice | None:
 class _Collector:
     """Accumulates model objects, notes and problems over many files."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_file_size: int = yamltext.MAX_FILE_SIZE) -> None:
+        self.max_file_size = max_file_size
         self.service_entries: list[ServiceEntry] = []
         self.services: list[Service] = []
         self.endpoint_slices: list[EndpointSlice] = []
@@ -568,7 +569,7 @@ class _Collector:
 
     def file(self, path: str) -> None:
         try:
-            text = yamltext.read_text(path)
+            text = yamltext.read_text(path, self.max_file_size)
         except OSError as e:
             self.problems.append(Problem(path, None, None, f"cannot read: {e.strerror}"))
             return
@@ -588,16 +589,18 @@ class _Collector:
         )
 
 
-def load_entries(paths: Iterable[str]) -> Entries:
+def load_entries(paths: Iterable[str], max_file_size: int = yamltext.MAX_FILE_SIZE) -> Entries:
     """
     Read every entry file and folder.
+
+    @param max_file_size: bytes; a larger file is one error, and is not read.
 
     A path that does not exist contributes nothing (a note, not an error):
     deleting every entry file is a valid, empty mesh.
 
     @raise EntriesError: listing every problem, if any document is invalid.
     """
-    collector = _Collector()
+    collector = _Collector(max_file_size)
     for path in paths:
         collector.path(path)
     return collector.result()

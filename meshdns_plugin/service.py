@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import time
 from collections.abc import Sequence
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
@@ -90,13 +92,51 @@ def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
     )
 
 
+class ListenError(Exception):
+    """
+    A DNS listener cannot be opened; C{str()} is one line naming the address,
+    the port and the protocol, with the reason (C{Address already in use}).
+    """
+
+    def __init__(self, protocol: str, error: CannotListenError) -> None:
+        reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        super().__init__(
+            f"cannot listen on {error.interface or '*'} port {error.port} ({protocol}): {reason}"
+        )
+
+
 class BurstUDPServer(internet.UDPServer):
     """An L{internet.UDPServer} listening with a L{BurstUDPPort}."""
 
     def _getPort(self) -> BurstUDPPort:
+        """
+        @raise ListenError: if the port cannot be bound.
+        """
         port = BurstUDPPort(*self.args, reactor=self.reactor, **self.kwargs)
-        port.startListening()
+        try:
+            port.startListening()
+        except CannotListenError as e:
+            raise ListenError("UDP", e) from None
         return port
+
+
+class TCPServer(internet.StreamServerEndpointService):
+    """
+    A L{internet.StreamServerEndpointService} that fails when it starts if
+    its port cannot be bound, as the UDP server beside it does, instead of
+    logging the failure and serving UDP alone.
+    """
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        """
+        @raise ListenError: if the port cannot be bound.
+        """
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise ListenError("TCP", e) from None
 
 
 class MeshService(service.MultiService):
@@ -111,6 +151,10 @@ class MeshService(service.MultiService):
     @ivar reloads: reload counters.
     @ivar vipListeners: the per-VIP TCP listeners (their C{stats} too), or
         L{None} when C{vip_listeners.enabled} is off.
+    @ivar listening: whether every DNS listener is bound: from the end of
+        C{startService} (which raises L{ListenError} if one cannot be) to
+        the start of C{stopService}. C{running} is set before the children
+        start, and so says nothing about the sockets.
     """
 
     def __init__(self, config: Config, reactor=None, authorities: Sequence[IResolver] = ()) -> None:
@@ -124,6 +168,10 @@ class MeshService(service.MultiService):
         """
         super().__init__()
         self.config = config
+        self.listening = False
+        for path in config.entries:
+            if not os.path.exists(path):
+                _log.warn("Entries path {path} does not exist: no entries from it", path=path)
         self.loader = TableLoader(config)
         self.reloads = ReloadStats(ok=1, last_time=time.time())
         self.forwarder = makeCachingForwarder(config, reactor)
@@ -148,13 +196,6 @@ class MeshService(service.MultiService):
             tcp_max_queries=listen.tcp_max_queries,
         )
         self.factory.noisy = False
-        _log.info(
-            "meshdns: {names} mesh names, {vips} VIP hosts, serving on {addresses} port {port}",
-            names=len(self.authority.table),
-            vips=len(self.authority.table.vips),
-            addresses=", ".join(config.listen.addresses),
-            port=config.listen.port,
-        )
         self._listen(reactor)
         self.reloader = Reloader(self.loader, self.authority, self.reloads, reactor)
         TableWatcher.forConfig(config, self.reloader, reactor).setServiceParent(self)
@@ -171,7 +212,25 @@ class MeshService(service.MultiService):
         """
         return self.reloader.reload()
 
+    def startService(self) -> None:
+        """
+        Start every child, then say so: the DNS listeners are bound once
+        this returns.
+
+        @raise ListenError: if a DNS listener cannot be opened.
+        """
+        super().startService()
+        self.listening = True
+        _log.info(
+            "meshdns: {names} mesh names, {vips} VIP hosts, serving on {addresses} port {port}",
+            names=len(self.authority.table),
+            vips=len(self.authority.table.vips),
+            addresses=", ".join(self.config.listen.addresses),
+            port=self.config.listen.port,
+        )
+
     def stopService(self):
+        self.listening = False
         self.forwarder.close()
         return super().stopService()
 
@@ -195,8 +254,5 @@ class MeshService(service.MultiService):
                 if ipaddress.ip_address(address).version == 6
                 else endpoints.TCP4ServerEndpoint
             )
-            tcp = internet.StreamServerEndpointService(
-                endpoint_type(reactor, port, interface=address), self.factory
-            )
-            tcp._raiseSynchronously = True
+            tcp = TCPServer(endpoint_type(reactor, port, interface=address), self.factory)
             tcp.setServiceParent(self)

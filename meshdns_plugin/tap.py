@@ -4,17 +4,41 @@ twistd glue: C{twistd meshdns} options -> the meshdns service tree, through
 the public API (L{meshdns_plugin.loadConfig}, L{meshdns_plugin.meshService}),
 so that the command and an embedding application build the same thing.
 
+Every start-up fault ends the process with one line on stderr (the option,
+the file and key, or the address and port) and exit code 1: no twistd usage
+text, no traceback.
+
 Nothing here imports the reactor at module level: twistd chooses and installs
 the reactor after it has imported plugins.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
+from twisted.application import service
+from twisted.logger import Logger
 from twisted.python import usage
 
 from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
 from meshdns_plugin.config import listen_addresses
-from meshdns_plugin.service import override_listen
+from meshdns_plugin.service import ListenError, override_listen
+
+_log = Logger()
+
+
+def _exit(line: str) -> NoReturn:
+    """
+    End start-up with C{line} on the process's own stderr and exit code 1.
+
+    Once twistd has started logging, C{sys.stderr} is redirected into the
+    log, where a message passed to L{SystemExit} would become an error line
+    of the log, not a line on stderr: the line goes to both.
+    """
+    _log.critical("{line}", line=line)
+    print(line, file=sys.__stderr__, flush=True)
+    raise SystemExit(1)
 
 
 class Options(usage.Options):
@@ -34,6 +58,19 @@ class Options(usage.Options):
         self["interface"].append(address)
 
     opt_i = opt_interface
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the options; a bad one ends start-up with one line naming it.
+
+        twistd would print its usage text (every option of every plugin)
+        before the one line that says what is wrong; C{--help} still prints
+        it.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"meshdns: {e}") from None
 
     def postOptions(self) -> None:
         try:
@@ -56,13 +93,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(options: Options):
+class TwistdRoot(service.MultiService):
+    """
+    The service twistd starts: the meshdns service, whose DNS listeners are
+    bound here (as root, before twistd's C{--uid} drops privileges), and a
+    port that cannot be bound ends start-up in one line (L{_exit}).
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            _exit(f"meshdns: {e}")
+
+
+def makeService(options: Options) -> TwistdRoot:
     """
     Build the service tree; invalid entries stop start-up with one line per
     problem (there is no previous table to keep serving yet).
     """
     config: Config = options["meshConfig"]
     try:
-        return meshService(config)
+        mesh = meshService(config)
     except EntriesError as e:
         raise SystemExit(f"meshdns: invalid entries:\n{e}") from None
+    root = TwistdRoot()
+    mesh.setServiceParent(root)
+    return root

@@ -43,9 +43,10 @@ def admin_of(mesh: MeshService) -> AdminService:
     return admin
 
 
-def get(mesh: MeshService, path: str) -> tuple[int, str, bytes]:
-    """(status, content type, body) of a GET of C{path}."""
+def get(mesh: MeshService, path: str, method: bytes = b"GET") -> tuple[int, str, bytes]:
+    """(status, content type, body) of a GET (or C{method}) of C{path}."""
     request = DummyRequest(path.lstrip("/").encode().split(b"/"))
+    request.method = method
     resource = getChildForRequest(admin_resource(mesh, admin_of(mesh).registry), request)
     body = resource.render(request)
     (content_type,) = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
@@ -59,11 +60,54 @@ def test_healthz(mesh: MeshService) -> None:
 def test_readyz_follows_the_service(mesh: MeshService) -> None:
     assert get(mesh, "/readyz")[:1] == (503,)
     mesh.running = True  # what startService sets before starting the listeners
+    assert get(mesh, "/readyz")[:1] == (503,)
+    mesh.listening = True  # what it sets once they are bound
     assert get(mesh, "/readyz")[::2] == (200, b"ready\n")
 
 
+def test_readyz_from_start_to_stop(mesh: MeshService) -> None:
+    """Ready once every listener is bound, and no longer from the start of shutdown."""
+    said = []
+    mesh.startService()
+    said.append(get(mesh, "/readyz")[0])
+    mesh.stopService()
+    said.append(get(mesh, "/readyz")[0])
+    assert said == [200, 503]
+
+
+def test_readyz_is_false_when_a_listener_cannot_bind(tmp_path: Path) -> None:
+    import socket
+
+    from meshdns_plugin.service import ListenError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        mesh = memory_mesh_service(
+            tmp_path, ENTRIES, listen={"port": taken.getsockname()[1]}, admin={"port": 15999}
+        )
+        with pytest.raises(ListenError, match=r"^cannot listen on 127\.0\.0\.1 port \d+ \(UDP\)"):
+            mesh.startService()
+    assert get(mesh, "/readyz")[0] == 503
+
+
+@pytest.mark.parametrize("path", ["/debug", "/debug/", "/debug/table", "/readyz", "/"])
+def test_debug_pages_answer_get_and_head(mesh: MeshService, path: str) -> None:
+    mesh.listening = True
+    status, content_type, body = get(mesh, path)
+    assert status == 200 and body
+    assert get(mesh, path, b"HEAD")[:2] == (status, content_type)
+
+
+def test_debug_lists_its_pages(mesh: MeshService) -> None:
+    assert get(mesh, "/debug")[1:] == (
+        "text/plain; charset=utf-8",
+        b"meshdns debug pages: /debug/table\n",
+    )
+    assert get(mesh, "/debug/nope")[0] == 404
+
+
 def test_readyz_stays_ready_after_a_rejected_reload(mesh: MeshService, tmp_path: Path) -> None:
-    mesh.running = True
+    mesh.listening = True
     (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
     assert mesh.reload() is False
     assert get(mesh, "/readyz")[0] == 200

@@ -650,3 +650,11 @@ def test_folder_instead_of_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(str(tmp_path))
     assert_one_line_naming(str(caught.value), str(tmp_path), "cannot read")
+
+
+def test_limits_max_file_size(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "limits: {max_file_size: 1024}\n"))
+    assert config.limits.max_file_size == 1024
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "limits: {max_file_size: 0}\n"))
+    assert str(caught.value).endswith("limits.max_file_size: 0 is out of range 1..1099511627776")
