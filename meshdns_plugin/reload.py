@@ -134,7 +134,7 @@ class TableLoader:
 
     def _prepare(self) -> PreparedTable:
         mesh = self.config.mesh
-        entries = load_entries(self.config.entries)
+        entries = load_entries(self.config.entries, self.config.limits.max_file_size)
         errors = []
         if mesh.auto_allocate:
             previous, state_error = self._previous_vips()
