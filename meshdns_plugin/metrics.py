@@ -78,6 +78,16 @@ class MeshCollector(Collector):
             value=upstream.failures,
         )
         yield CounterMetricFamily(
+            "meshdns_upstream_sent",
+            "Queries sent to upstream servers: every attempt, TCP retries included.",
+            value=upstream.sent,
+        )
+        yield CounterMetricFamily(
+            "meshdns_upstream_ignored_replies",
+            "Datagrams from an upstream server with another ID or question (late, or spoofed).",
+            value=upstream.ignored_replies,
+        )
+        yield CounterMetricFamily(
             "meshdns_upstream_rejected",
             "Questions answered SERVFAIL at once: upstream.max_concurrent were in flight.",
             value=upstream.rejected,
