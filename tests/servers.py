@@ -18,6 +18,7 @@ from meshdns_plugin.dns.cache import ResponseCache, cache_key
 from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD
 from meshdns_plugin.dns.forwarder import CachingForwarder, plain_query
 from meshdns_plugin.dns.message import UpstreamReply, read_query, read_reply, udp_limit
+from meshdns_plugin.dns.upstream import ReactorReaders, UpstreamClient
 from meshdns_plugin.server import MeshDNSServerFactory, parse_query
 from meshdns_plugin.service import MeshService
 from meshdns_plugin.table import NameTable
@@ -56,7 +57,7 @@ class MemoryServer:
         self.authority = MeshAuthority(table)
         self.forwarder = CachingForwarder([upstream], timeout=2, reactor=self.reactor)
         self.sockets = FakeDatagramSockets(self.reactor)
-        self.forwarder.upstream.datagram_socket = self.sockets
+        self.sockets.install(self.forwarder.upstream)
         self.factory = factory_type(authorities=[self.authority], clients=[self.forwarder])
 
     def cache(self, name: str, rtype: int, answers=(), authority=(), rcode=dns.OK, ttl=None):
@@ -165,6 +166,11 @@ class FakeDatagramSockets:
         sock = FakeDatagramSocket(1000 + len(self.created))
         self.created.append(sock)
         return sock
+
+    def install(self, client: UpstreamClient) -> None:
+        """Make C{client}'s UDP sockets fakes, watched by the memory reactor."""
+        client.datagram_socket = self  # type: ignore[assignment]
+        client.readers = ReactorReaders(self.reactor)
 
     def open(self) -> list[FakeDatagramSocket]:
         """The sockets not closed yet."""

@@ -145,7 +145,7 @@ def test_precedence_in_a_resolver_chain(config_path: Path) -> None:
     mesh = meshAuthority(config_path)
     forwarder = cachingForwarder(config_path, reactor=reactor)
     sockets = FakeDatagramSockets(reactor)
-    forwarder.upstream.datagram_socket = sockets
+    sockets.install(forwarder.upstream)
     chain = ResolverChain([before, mesh, after, forwarder, never])
 
     # Before the mesh: the caller's answer wins over the mesh's.

@@ -61,7 +61,7 @@ def sockets(reactor: UDPReactor) -> FakeDatagramSockets:
 
 def forwarder_for(reactor, sockets, servers=(FIRST,), **kwargs) -> CachingForwarder:
     forwarder = CachingForwarder(list(servers), reactor=reactor, **kwargs)
-    forwarder.upstream.datagram_socket = sockets
+    sockets.install(forwarder.upstream)
     return forwarder
 
 

@@ -12,8 +12,9 @@ treats SERVFAIL and REFUSED as final. Here:
     from any other address or port; a reply that comes from the server but
     with another ID or question is ignored (and counted) while the real one
     is awaited. ICMP "port unreachable" fails the attempt at once;
-  - a UDP socket is a plain reader of the reactor, not a L{udp.Port}: no
-    protocol object, no log line per port, one C{recv} per reply;
+  - a UDP socket is a plain socket, not a L{udp.Port}: no protocol object,
+    no log line per port, one C{recv} per reply; all of them sit in one
+    epoll set of their own that the reactor watches as one reader;
   - over TCP (for a client that asked over TCP, or after a truncated UDP
     reply) a reply about another question fails the attempt, and a
     connection closed before the reply fails it at once;
@@ -27,8 +28,10 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IReactorTime
@@ -63,7 +66,8 @@ class _DatagramAttempt:
     """
 
     __slots__ = (
-        "_socket", "_fileno", "_reactor", "_done", "_timer", "_ident", "_question", "_stats"
+        "_socket", "_fileno", "_reactor", "_readers", "_done", "_timer", "_ident", "_question",
+        "_stats",
     )
 
     def __init__(
@@ -75,6 +79,7 @@ class _DatagramAttempt:
         seconds: float,
         stats: UpstreamStats,
         new_socket: Callable[[int, int], socket.socket],
+        readers: Readers,
         held: list[tuple[_DatagramAttempt, bytes]] | None,
         done: AttemptDone,
     ) -> None:
@@ -86,6 +91,7 @@ class _DatagramAttempt:
         sock = new_socket(family, socket.SOCK_DGRAM)
         self._socket = sock
         self._reactor = reactor
+        self._readers = readers
         self._done: AttemptDone | None = done
         self._ident = int.from_bytes(packet[:2])
         self._question = question
@@ -100,7 +106,7 @@ class _DatagramAttempt:
             reactor.callLater(0, done, None, f"cannot send to {server[0]}:{server[1]}: {e}")
             return
         self._fileno = sock.fileno()
-        reactor.addReader(self)  # type: ignore[attr-defined]
+        readers.add(self)
         self._timer = reactor.callLater(seconds, self._finish, None, "timeout")
         if held is None:
             self.send(packet)
@@ -146,12 +152,78 @@ class _DatagramAttempt:
         if done is None:
             return
         self._done = None
-        self._reactor.removeReader(self)  # type: ignore[attr-defined]
+        self._readers.remove(self)
         self._socket.close()
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
         done(data, why)
+
+
+class Readers(Protocol):
+    """Watches the UDP sockets of the attempts in flight, calling C{doRead} on a reply."""
+
+    def add(self, attempt: _DatagramAttempt) -> None: ...
+
+    def remove(self, attempt: _DatagramAttempt) -> None: ...
+
+
+class ReactorReaders:
+    """Each socket a reader of the reactor of its own (for any reactor, fakes included)."""
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def add(self, attempt: _DatagramAttempt) -> None:
+        self._reactor.addReader(attempt)  # type: ignore[attr-defined]
+
+    def remove(self, attempt: _DatagramAttempt) -> None:
+        self._reactor.removeReader(attempt)  # type: ignore[attr-defined]
+
+
+class NestedEpollReaders:
+    """
+    Every socket in one epoll set of its own, which is a single reader of the
+    reactor: a burst of replies is one wake-up of the reactor and one
+    C{doRead} here, not a reactor dispatch (with its logging context) per
+    socket, and adding or removing a socket is one C{epoll_ctl}.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._epoll = select.epoll()
+        self._attempts: dict[int, _DatagramAttempt] = {}
+        self._watched = False
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "meshdns-upstream"
+
+    def add(self, attempt: _DatagramAttempt) -> None:
+        fd = attempt.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._attempts[fd] = attempt
+        if not self._watched:
+            self._watched = True
+            self._reactor.addReader(self)  # type: ignore[attr-defined]
+
+    def remove(self, attempt: _DatagramAttempt) -> None:
+        fd = attempt.fileno()
+        if self._attempts.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def doRead(self) -> None:
+        attempts = self._attempts
+        for fd, _ in self._epoll.poll(0):
+            attempt = attempts.get(fd)
+            if attempt is not None:
+                attempt.doRead()
+
+    def connectionLost(self, reason: Failure) -> None:
+        for attempt in list(self._attempts.values()):
+            attempt.connectionLost(reason)
 
 
 class _StreamAttempt(Int16StringReceiver):
@@ -282,7 +354,7 @@ class Exchange:
         else:
             _DatagramAttempt(
                 client.reactor, server, packet, self._question, seconds, client.stats,
-                client.datagram_socket, client.held, self._udpReplied,
+                client.datagram_socket, client.readers, client.held, self._udpReplied,
             )
 
     def _udpReplied(self, data: bytes | None, why: str) -> None:
@@ -326,6 +398,7 @@ class UpstreamClient:
     @ivar attempt_timeout: each server's share of it.
     @ivar datagram_socket: makes the UDP sockets (C{socket.socket}; tests
         give a fake).
+    @ivar readers: watches the UDP sockets for replies.
     """
 
     def __init__(
@@ -341,6 +414,9 @@ class UpstreamClient:
         self.reactor: IReactorTime = reactor
         self.stats = stats
         self.datagram_socket: Callable[[int, int], socket.socket] = socket.socket
+        self.readers: Readers = (
+            NestedEpollReaders(reactor) if hasattr(select, "epoll") else ReactorReaders(reactor)
+        )
         self.held: list[tuple[_DatagramAttempt, bytes]] | None = None
 
     def hold(self) -> None:
