@@ -102,7 +102,7 @@ def meshAuthority(
     @param chase: the resolver that looks up the targets of ExternalName
         Services outside the mesh, or L{None}.
     @raise ConfigError: if C{config} is a path to an unusable file.
-    @raise EntriesError: if any entry is invalid.
+    Invalid documents are logged and left out; every valid one is served.
     """
     return MeshAuthority(TableLoader(_asConfig(config)).load(), chase=chase)
 
@@ -167,8 +167,7 @@ def meshService(
         C{interface} is not one IP or a list of distinct ones, or if the
         listen settings cannot be used (an address beyond loopback without
         a C{listen.allow} list, port 0 with several addresses).
-    @raise EntriesError: if any entry is invalid (there is no previous table
-        to keep serving yet).
+    Invalid documents are logged and left out; every valid one is served.
     """
     config = override_listen(_asConfig(config), port=port, interface=interface)
     return MeshService(config, reactor, authorities)

@@ -39,7 +39,6 @@ import dns.rdatatype
 from meshdns_plugin import capture
 from meshdns_plugin.admin import table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
-from meshdns_plugin.entries import EntriesError
 from meshdns_plugin.reload import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
@@ -59,17 +58,34 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, PreparedTable]:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Validate config and entries; a one-line summary."""
+    """
+    Validate config and entries, strictly enough for CI: exit code 1 if any
+    document is invalid or a configured entries path does not exist (the
+    server would serve without them), each named on stderr; else a one-line
+    summary and 0.
+    """
     config, prepared = _prepare(args)
-    for note in prepared.entries.notes:
+    entries = prepared.entries
+    for note in entries.notes:
         print(f"meshdns: note: {note}", file=sys.stderr)
     for error in prepared.errors:
         print(f"meshdns: {error}", file=sys.stderr)
+    for problem in entries.problems:
+        print(f"meshdns: invalid: {problem}", file=sys.stderr)
+    for path in entries.missing:
+        print(f"meshdns: missing: {path}: no such file or folder", file=sys.stderr)
     table = prepared.table
-    print(
-        f"OK {config.source}: {prepared.entry_count} entries, "
+    summary = (
+        f"{config.source}: {prepared.entry_count} entries, "
         f"{len(table)} names, {len(table.vips)} VIP hosts"
     )
+    if entries.problems or entries.missing:
+        print(
+            f"FAILED {summary}; {len(entries.problems)} invalid document(s) and "
+            f"{len(entries.missing)} missing path(s), left out by a server",
+        )
+        return 1
+    print(f"OK {summary}")
     return 0
 
 
@@ -230,13 +246,6 @@ def _guarded(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except EntriesError as e:
-            for problem in e.problems:
-                print(f"meshdns: {problem}", file=sys.stderr)
-            print(
-                f"meshdns: {len(e.problems)} problem(s): a reload would be rejected",
-                file=sys.stderr,
-            )
         except (ConfigError, CommandError, dns.exception.DNSException) as e:
             print(f"meshdns: {e}", file=sys.stderr)
         except BrokenPipeError:

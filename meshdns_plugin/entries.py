@@ -51,6 +51,21 @@ def is_k8s_label(text: str) -> bool:
     return len(text) <= 63 and _K8S_LABEL.fullmatch(text) is not None
 
 
+#: How much of a bad value a message quotes: enough to recognise it, never a
+#: whole pasted certificate or a megabyte of garbage in one log line.
+QUOTE_LIMIT = 60
+
+
+def _quote(value: Any) -> str:
+    """C{value} as C{repr} writes it, cut to L{QUOTE_LIMIT} characters."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
+
+
+#: What identifies a document across loads: kind, namespace and name.
+DocumentKey = tuple[str, str, str]
+
+
 @dataclass(frozen=True)
 class Origin:
     """
@@ -67,6 +82,11 @@ class Origin:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def key(self) -> DocumentKey:
+        """The document's identity, which a fixed or broken version keeps."""
+        return (self.kind, self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -191,12 +211,18 @@ class Entries:
 
     @ivar notes: things worth a log line that are not errors (skipped kinds,
         missing paths).
+    @ivar problems: the invalid documents (and unreadable files), each left
+        out: one team's broken file never takes the others' entries down.
+    @ivar missing: configured paths that do not exist; the server serves an
+        empty mesh from them, C{meshdns check} calls them a mistake.
     """
 
     service_entries: tuple[ServiceEntry, ...] = ()
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     notes: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,12 +232,15 @@ class Problem:
 
     @ivar document: the YAML document index, or L{None} for the whole file.
     @ivar field: a dotted path inside the document, or L{None}.
+    @ivar key: the document's kind, namespace and name when they could be
+        read, so that its last valid version can keep serving.
     """
 
     file: str
     document: int | None
     field: str | None
     message: str
+    key: DocumentKey | None = None
 
     def __str__(self) -> str:
         where = self.file
@@ -253,7 +282,7 @@ class _Document:
         if value is None:
             return _Document({}, self._path(key) + ".")
         if not isinstance(value, dict):
-            raise _Invalid(self._path(key), f"expected a mapping, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a mapping, got {_quote(value)}")
         return _Document(value, self._path(key) + ".")
 
     def text(self, key: str, default: str = "") -> str:
@@ -261,7 +290,7 @@ class _Document:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise _Invalid(self._path(key), f"expected a string, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a string, got {_quote(value)}")
         return value
 
     def items(self, key: str) -> Iterator[tuple[str, Any]]:
@@ -270,7 +299,7 @@ class _Document:
         if value is None:
             return
         if not isinstance(value, list):
-            raise _Invalid(self._path(key), f"expected a list, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a list, got {_quote(value)}")
         for index, item in enumerate(value):
             yield f"{self._path(key)}[{index}]", item
 
@@ -278,7 +307,7 @@ class _Document:
         result = []
         for path, item in self.items(key):
             if not isinstance(item, str):
-                raise _Invalid(path, f"expected a string, got {item!r}")
+                raise _Invalid(path, f"expected a string, got {_quote(item)}")
             result.append(item)
         return tuple(result)
 
@@ -287,7 +316,7 @@ class _Document:
         result = {}
         for name, value in section.raw.items():
             if not isinstance(value, str | int | float | bool):
-                raise _Invalid(section._path(str(name)), f"expected a string, got {value!r}")
+                raise _Invalid(section._path(str(name)), f"expected a string, got {_quote(value)}")
             result[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
         return result
 
@@ -313,7 +342,7 @@ def _ip(path: str, value: Any) -> str:
     try:
         return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
     except ValueError:
-        raise _Invalid(path, f"{value!r} is not an IP address") from None
+        raise _Invalid(path, f"{_quote(value)} is not an IP address") from None
 
 
 def is_ip(value: str) -> bool:
@@ -327,7 +356,7 @@ def is_ip(value: str) -> bool:
 
 def _port_number(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _Invalid(path, f"{value!r} is not a port number (1-65535)")
+        raise _Invalid(path, f"{_quote(value)} is not a port number (1-65535)")
     return value
 
 
@@ -339,12 +368,12 @@ def _host(path: str, value: Any) -> str:
     labels = host.split(".")
     if "*" in host and (labels[0] != "*" or "*" in ".".join(labels[1:]) or len(labels) < 2):
         raise _Invalid(
-            path, f"{value!r}: a wildcard must be the whole first label, as in *.example.com"
+            path, f"{_quote(value)}: a wildcard must be the whole first label, as in *.example.com"
         )
     if len(host) > 253 or any(
         len(label) > 63 or not (label == "*" or _HOST_LABEL.fullmatch(label)) for label in labels
     ):
-        raise _Invalid(path, f"{value!r} is not a valid host name")
+        raise _Invalid(path, f"{_quote(value)} is not a valid host name")
     return host
 
 
@@ -352,7 +381,7 @@ def _exact_host(path: str, value: Any, what: str) -> str:
     """A host name that is not a wildcard (C{what} says what it is, for the message)."""
     host = _host(path, value)
     if host.startswith("*."):
-        raise _Invalid(path, f"{host!r}: {what} cannot be a wildcard")
+        raise _Invalid(path, f"{_quote(host)}: {what} cannot be a wildcard")
     return host
 
 
@@ -360,7 +389,7 @@ def _ports(doc: _Document) -> tuple[Port, ...]:
     ports = []
     for path, raw in doc.items("ports"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         port = _Document(raw, path + ".")
         number = _port_number(path + ".number", raw.get("number", raw.get("port")))
         target = raw.get("targetPort")
@@ -383,7 +412,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
     for path, raw in spec.items("hosts"):
         host = _host(path, raw)
         if host in hosts:
-            raise _Invalid(path, f"duplicate host {host!r}")
+            raise _Invalid(path, f"duplicate host {_quote(host)}")
         hosts.append(host)
     if not hosts:
         raise _Invalid("spec.hosts", "a ServiceEntry needs at least one host")
@@ -393,7 +422,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             try:
                 network = ipaddress.ip_network(raw, strict=False)
             except ValueError:
-                raise _Invalid(path, f"{raw!r} is not an IP address or CIDR") from None
+                raise _Invalid(path, f"{_quote(raw)} is not an IP address or CIDR") from None
             if network.num_addresses == 1:
                 addresses.append(str(network.network_address))
             else:
@@ -402,11 +431,13 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             addresses.append(_ip(path, raw))
     resolution = spec.text("resolution", "NONE").upper() or "NONE"
     if resolution not in RESOLUTIONS:
-        raise _Invalid("spec.resolution", f"{resolution!r} is not one of {sorted(RESOLUTIONS)}")
+        raise _Invalid(
+            "spec.resolution", f"{_quote(resolution)} is not one of {sorted(RESOLUTIONS)}"
+        )
     endpoints = []
     for path, raw in spec.items("endpoints"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
         if address and resolution in DNS_RESOLUTIONS and not is_ip(address):
@@ -436,11 +467,11 @@ def _service(doc: _Document, origin: Origin) -> Service:
     # a bogus name (even the root) in the table.
     for key, value in (("name", origin.name), ("namespace", origin.namespace)):
         if not is_k8s_label(value):
-            raise _Invalid(f"metadata.{key}", f"{value!r} is not a valid Service {key}")
+            raise _Invalid(f"metadata.{key}", f"{_quote(value)} is not a valid Service {key}")
     spec = doc.mapping("spec")
     service_type = spec.text("type", "ClusterIP") or "ClusterIP"
     if service_type not in SERVICE_TYPES:
-        raise _Invalid("spec.type", f"{service_type!r} is not one of {sorted(SERVICE_TYPES)}")
+        raise _Invalid("spec.type", f"{_quote(service_type)} is not one of {sorted(SERVICE_TYPES)}")
     if service_type == "ExternalName":
         # Kubernetes gives such a Service no cluster IP: whatever the
         # document says about one is not looked at.
@@ -472,14 +503,16 @@ def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice | None:
     """The slice, or L{None} for one of C{addressType: FQDN} (skipped)."""
     address_type = doc.text("addressType", "IPv4") or "IPv4"
     if address_type not in ADDRESS_TYPES:
-        raise _Invalid("addressType", f"{address_type!r} is not one of {sorted(ADDRESS_TYPES)}")
+        raise _Invalid(
+            "addressType", f"{_quote(address_type)} is not one of {sorted(ADDRESS_TYPES)}"
+        )
     if address_type == "FQDN":
         return None
     labels = doc.mapping("metadata").string_map("labels")
     addresses = []
     for path, raw in doc.items("endpoints"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
         ready = endpoint.mapping("conditions").raw.get("ready")
         if ready is False:
@@ -502,6 +535,7 @@ class _Collector:
         self.endpoint_slices: list[EndpointSlice] = []
         self.notes: list[str] = []
         self.problems: list[Problem] = []
+        self.missing: list[str] = []
 
     def document(self, raw: Any, file: str, index: int, prefix: str = "") -> None:
         """Read one document (or, recursively, the items of a C{kind: List})."""
@@ -511,6 +545,7 @@ class _Collector:
             self.problems.append(Problem(file, index, prefix or None, "expected a mapping"))
             return
         doc = _Document(raw, prefix)
+        key = _key(raw)
         try:
             kind = doc.text("kind")
             api = doc.text("apiVersion")
@@ -541,7 +576,7 @@ class _Collector:
             path, message = e.args
             if prefix and not path.startswith(prefix):
                 path = prefix + path
-            self.problems.append(Problem(file, index, path, message))
+            self.problems.append(Problem(file, index, path, message, key))
 
     def text(self, text: str, file: str) -> None:
         """Read every document of one file's text."""
@@ -565,6 +600,7 @@ class _Collector:
             self.file(path)
         else:
             self.notes.append(f"{path}: does not exist (no entries from it)")
+            self.missing.append(path)
 
     def file(self, path: str) -> None:
         try:
@@ -578,24 +614,43 @@ class _Collector:
         self.text(text, path)
 
     def result(self) -> Entries:
-        if self.problems:
-            raise EntriesError(self.problems)
         return Entries(
             tuple(self.service_entries),
             tuple(self.services),
             tuple(self.endpoint_slices),
             tuple(self.notes),
+            tuple(self.problems),
+            tuple(self.missing),
         )
+
+
+def _key(raw: Mapping[str, Any]) -> DocumentKey | None:
+    """
+    A document's kind, namespace and name, read leniently (before its fields
+    are checked), or L{None} when they are not all plain strings.
+    """
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    kind, namespace, name = (
+        raw.get("kind"),
+        metadata.get("namespace") or "default",
+        metadata.get("name"),
+    )
+    if not all(isinstance(part, str) for part in (kind, namespace, name)):
+        return None
+    return (kind, namespace, name)
 
 
 def load_entries(paths: Iterable[str]) -> Entries:
     """
-    Read every entry file and folder.
+    Read every entry file and folder, leaving out what is invalid.
 
-    A path that does not exist contributes nothing (a note, not an error):
+    Every invalid document (and unreadable or unparsable file) is one
+    L{Problem} in the result, and everything else is read: in a folder of
+    many teams' files, one team's mistake must not take the rest down. A path
+    that does not exist contributes nothing (a note, and one of C{missing}):
     deleting every entry file is a valid, empty mesh.
-
-    @raise EntriesError: listing every problem, if any document is invalid.
     """
     collector = _Collector()
     for path in paths:
@@ -605,10 +660,13 @@ def load_entries(paths: Iterable[str]) -> Entries:
 
 def parse_entries(text: str, file: str = "<string>") -> Entries:
     """
-    Read the documents of one YAML text (for tests and the embedding API).
+    Read the documents of one YAML text, strictly (for tests and the
+    embedding API, whose callers want to hear about their own mistakes).
 
     @raise EntriesError: listing every problem, if any document is invalid.
     """
     collector = _Collector()
     collector.text(text, file)
+    if collector.problems:
+        raise EntriesError(collector.problems)
     return collector.result()

@@ -43,7 +43,8 @@ from twisted.python.filepath import FilePath
 from meshdns_plugin.allocator import Allocation, StateError, Vips, allocate, load_state, save_state
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config
-from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, EntriesError, load_entries
+from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
+from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.stats import ReloadStats
 from meshdns_plugin.table import NameTable, build_table, vip_hosts
@@ -95,12 +96,16 @@ class TableLoader:
     @ivar observers: called with every accepted load, start-up included, in
         the reactor thread just before its table serves (the VIP listeners
         follow the entries this way); they must not raise.
+    @ivar problems: the invalid documents of the load serving now, for the
+        admin endpoint and the metrics.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.observers: list[Callable[[PreparedTable], None]] = []
+        self.problems: tuple[Problem, ...] = ()
         self._vips: dict[str, Vips] | None = None
+        self._entries: Entries | None = None
 
     def _previous_vips(self) -> tuple[dict[str, Vips], str | None]:
         """The VIPs to keep, and the reason the state file was ignored, if it was."""
@@ -117,9 +122,9 @@ class TableLoader:
     def prepare(self) -> PreparedTable:
         """
         Read every entry file and build a table, changing nothing: safe in a
-        thread, and what C{meshdns check} runs.
-
-        @raise meshdns_plugin.entries.EntriesError: if any entry is invalid.
+        thread, and what C{meshdns check} runs. Invalid documents are left
+        out (listed in C{entries.problems}); where one was valid in the load
+        serving now, its last valid version is kept.
         """
         # Building a table creates millions of small objects that all stay
         # alive: the cyclic collector would scan them again and again for
@@ -134,7 +139,7 @@ class TableLoader:
 
     def _prepare(self) -> PreparedTable:
         mesh = self.config.mesh
-        entries = load_entries(self.config.entries)
+        entries = carry_over(load_entries(self.config.entries), self._entries)
         errors = []
         if mesh.auto_allocate:
             previous, state_error = self._previous_vips()
@@ -165,9 +170,13 @@ class TableLoader:
         """
         for note in prepared.entries.notes:
             _log.info("{note}", note=note)
+        for problem in prepared.entries.problems:
+            _log.error("Invalid, left out: {problem}", problem=problem)
         for error in prepared.errors:
             _log.error("{problem}", problem=error)
         self._vips = dict(prepared.allocation.vips)
+        self._entries = prepared.entries
+        self.problems = prepared.entries.problems
         state_file = self.config.mesh.state_file
         if state_file is not None:
             try:
@@ -181,9 +190,6 @@ class TableLoader:
     def load(self) -> NameTable:
         """
         Read every entry file and build a table (L{prepare} then L{commit}).
-
-        @raise meshdns_plugin.entries.EntriesError: if any entry is invalid;
-            nothing is changed then, not even the remembered VIPs.
         """
         return self.commit(self.prepare())
 
@@ -203,11 +209,12 @@ class Reloader:
     says what a reload does, whether it runs inline (L{reload}) or with the
     parsing in a thread (L{reloadInThread}).
 
-    A rejected reload logs one line per problem (file, document, field) and
-    leaves the current table serving; an accepted one logs one line with the
-    entry, name and VIP counts and the time it took. An unexpected error (a
-    bug, not bad input) is logged with its traceback and counted as a failed
-    reload, so it too leaves the current table serving. Either way C{stats}
+    Invalid documents do not reject a reload: they are left out (one error
+    line each, file, document and field), the rest is served, and an
+    accepted reload logs one line with the entry, invalid-document, name and
+    VIP counts and the time it took. An unexpected error (a bug, not bad
+    input) is logged with its traceback and counted as a failed reload, so
+    it leaves the current table serving. Either way C{stats}
     is updated, which is what C{/metrics} reports.
     """
 
@@ -266,8 +273,10 @@ class Reloader:
         self.stats.last_ok = True
         self.stats.last_time = time.time()
         _log.info(
-            "Reloaded: {entries} entries, {names} mesh names, {vips} VIP hosts in {seconds:.3f} s",
+            "Reloaded: {entries} entries ({invalid} invalid documents left out), "
+            "{names} mesh names, {vips} VIP hosts in {seconds:.3f} s",
             entries=prepared.entry_count,
+            invalid=len(prepared.entries.problems),
             names=len(table),
             vips=len(table.vips),
             seconds=time.monotonic() - started,
@@ -275,11 +284,7 @@ class Reloader:
         return True
 
     def _rejected(self, reason: Failure) -> bool:
-        if reason.check(EntriesError):
-            for problem in reason.value.problems:
-                _log.error("Reload rejected, keeping the current table: {problem}", problem=problem)
-        else:
-            _log.failure("Reload failed, keeping the current table", reason)
+        _log.failure("Reload failed, keeping the current table", reason)
         self.stats.failed += 1
         self.stats.last_ok = False
         return False

@@ -119,8 +119,8 @@ class MeshService(service.MultiService):
             before the forwarder: the mesh stays first so that its names
             keep the wire fast path (see L{MeshDNSServerFactory}), and the
             forwarder, which answers every name, must be last.
-        @raise EntriesError: if the entries are invalid at start-up (there is
-            no previous table to keep serving).
+        Invalid documents at start-up do not stop it: each is logged and
+        left out, and every valid one is served.
         """
         super().__init__()
         self.config = config

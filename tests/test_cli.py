@@ -20,8 +20,7 @@ from twisted.logger import capturedLogs
 from meshdns_plugin.admin import table_document
 from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
-from meshdns_plugin.reload import Reloader, TableLoader
-from meshdns_plugin.stats import ReloadStats
+from meshdns_plugin.reload import TableLoader
 from tests.conftest import free_port
 from tests.samples import external_name
 from tests.test_reload import BROKEN, entry
@@ -68,19 +67,27 @@ def test_check_reports_what_a_reload_would_log(capsys, tmp_path: Path) -> None:
     code, _, err = run(capsys, "check", "-c", config)
     assert code == 1
     (tmp_path / "b.yaml").write_text(BROKEN + "---\n" + bad)
-    code, _, err = run(capsys, "check", "-c", config)
+    code, out, err = run(capsys, "check", "-c", config)
     assert code == 1
     lines = err.splitlines()
-    assert len(lines) == 3
-    assert lines[-1] == "meshdns: 2 problem(s): a reload would be rejected"
-    # The very messages the server logs when it rejects the same files.
+    assert len(lines) == 2
+    assert out.startswith("FAILED ") and "2 invalid document(s)" in out
+    # The very messages the server logs when it leaves the same documents out.
     loader = TableLoader(load_config(config))
     with capturedLogs() as events:
-        Reloader(loader, None, ReloadStats(), inThread=lambda f: None).reload()
-    logged = [f"meshdns: {event['problem']}" for event in events if "problem" in event]
-    assert lines[:2] == logged
+        loader.load()
+    logged = [f"meshdns: invalid: {event['problem']}" for event in events if "problem" in event]
+    assert lines == logged
     assert "b.yaml: document 0: spec.addresses[0]" in lines[0]
     assert "b.yaml: document 1: spec.addresses[0]" in lines[1]
+
+
+def test_check_fails_for_a_missing_entries_path(capsys, tmp_path: Path) -> None:
+    (tmp_path / "meshdns.yaml").write_text("entries: [entires/]\n")
+    code, out, err = run(capsys, "check", "-c", str(tmp_path / "meshdns.yaml"))
+    assert code == 1
+    assert "missing: " in err and "entires" in err
+    assert out.startswith("FAILED ")
 
 
 def test_check_bad_config_is_one_line(capsys, tmp_path: Path) -> None:

@@ -572,16 +572,17 @@ def test_document_that_is_not_a_mapping(document: Any) -> None:
     assert_names(only_problem(service(), document), 1, None)
 
 
-def test_every_problem_of_every_file_is_reported_together(tmp_path: Path) -> None:
+def test_every_problem_of_every_file_is_reported_and_the_rest_is_read(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(
         dump(service_entry(["*"]), service(name="ok"), service_entry(addresses=["nope"]))
     )
     (tmp_path / "b.yaml").write_text("kind: [\n")
     (tmp_path / "c.yaml").write_text(dump(service_entry(["fine.example"])))
     (tmp_path / "d.yml").write_text(dump(service(clusterIP="1.2.3"), endpoint_slice("x", [7])))
-    with pytest.raises(EntriesError) as caught:
-        load_entries([str(tmp_path)])
-    found = [(Path(p.file).name, p.document, p.field) for p in caught.value.problems]
+    entries = load_entries([str(tmp_path)])
+    assert [s.name for s in entries.services] == ["ok"]
+    assert [e.hosts for e in entries.service_entries] == [("fine.example",)]
+    found = [(Path(p.file).name, p.document, p.field) for p in entries.problems]
     assert found == [
         ("a.yaml", 0, "spec.hosts[0]"),
         ("a.yaml", 2, "spec.addresses[0]"),
@@ -589,26 +590,36 @@ def test_every_problem_of_every_file_is_reported_together(tmp_path: Path) -> Non
         ("d.yml", 0, "spec.clusterIP"),
         ("d.yml", 1, "endpoints[0]"),
     ]
-    lines = str(caught.value).splitlines()
-    assert lines == [str(p) for p in caught.value.problems]
-    assert all(str(tmp_path) in line for line in lines)
+    assert all(str(tmp_path) in str(p) and "\n" not in str(p) for p in entries.problems)
+    # The document's identity is kept, so its last valid version can serve.
+    assert entries.problems[1].key == ("ServiceEntry", "default", "se")
 
 
 def test_problems_across_several_paths(tmp_path: Path) -> None:
     one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
     one.write_text(dump(service_entry(["foo.*.com"])))
     two.write_text(dump(service(name="")))
+    problems = load_entries([str(one), str(two)]).problems
+    assert [p.file for p in problems] == [str(one), str(two)]
+
+
+def test_strict_parse_raises_with_every_problem() -> None:
     with pytest.raises(EntriesError) as caught:
-        load_entries([str(one), str(two)])
-    assert [p.file for p in caught.value.problems] == [str(one), str(two)]
+        parse_entries(dump(service_entry(["*"]), service_entry(addresses=["nope"])), "x.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines == [str(p) for p in caught.value.problems] and len(lines) == 2
+
+
+def test_long_bad_values_are_quoted_short() -> None:
+    with pytest.raises(EntriesError) as caught:
+        parse_entries(dump(service_entry(addresses=["x" * 5000])))
+    assert len(str(caught.value)) < 200
 
 
 def test_file_not_in_utf8_is_a_problem(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"kind: Service\nmetadata: {name: caf\xe9}\n")
-    with pytest.raises(EntriesError) as caught:
-        load_entries([str(path)])
-    (problem,) = caught.value.problems
+    (problem,) = load_entries([str(path)]).problems
     assert problem.file == str(path)
     assert "\n" not in str(problem) and "UTF-8" in str(problem)
 
@@ -673,7 +684,7 @@ def test_configmap_mount_is_read_through_its_symlinks(tmp_path: Path) -> None:
 def test_missing_path_is_an_empty_result_with_a_note(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     entries = load_entries([missing])
-    assert entries == Entries(notes=entries.notes)
+    assert entries == Entries(notes=entries.notes, missing=(missing,))
     (note,) = entries.notes
     assert missing in note
 
