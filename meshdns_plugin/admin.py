@@ -9,7 +9,9 @@ scrapes and an operator curls.
     make it unready: the previous table is still served;
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.metrics});
-  - C{/debug/table}: the name table as JSON (L{table_document}).
+  - C{/debug/table}: the name table as JSON (L{table_document});
+  - C{/debug/problems}: the invalid documents the serving load left out,
+    as JSON (L{problems_document}).
 
 It listens on loopback by default (C{admin.address}); C{admin.port: 0}
 disables it. Failing to listen is logged and leaves DNS serving: the endpoint
@@ -34,6 +36,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
+from meshdns_plugin.entries import Problem
 from meshdns_plugin.metrics import registry_for
 from meshdns_plugin.table import NameTable
 
@@ -100,7 +103,7 @@ class Index(_Folder):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _TEXT)
-        return b"meshdns admin: /healthz /readyz /metrics /debug/table\n"
+        return b"meshdns admin: /healthz /readyz /metrics /debug/table /debug/problems\n"
 
 
 class Health(_Leaf):
@@ -151,6 +154,39 @@ class TableDump(_Leaf):
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
+def problems_document(problems: tuple[Problem, ...]) -> dict[str, Any]:
+    """
+    The invalid documents as JSON-able data: each one's file, document
+    index, field, kind/namespace/name when known, and the reason, the same
+    words as the log line.
+    """
+    return {
+        "invalid": [
+            {
+                "file": p.file,
+                "document": p.document,
+                "field": p.field,
+                "key": list(p.key) if p.key is not None else None,
+                "message": p.message,
+            }
+            for p in problems
+        ]
+    }
+
+
+class ProblemsDump(_Leaf):
+    """C{/debug/problems}: what the serving load left out, and why."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        document = problems_document(self._mesh.loader.problems)
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
 def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
     """The resource tree of the endpoint."""
     root = Index()
@@ -160,6 +196,7 @@ def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
     root.putChild(b"metrics", Metrics(registry))
     debug = _Folder()
     debug.putChild(b"table", TableDump(mesh))
+    debug.putChild(b"problems", ProblemsDump(mesh))
     root.putChild(b"debug", debug)
     return root
 

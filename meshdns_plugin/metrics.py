@@ -150,6 +150,11 @@ class MeshCollector(Collector):
             value=int(reloads.last_ok),
         )
         yield GaugeMetricFamily(
+            "meshdns_invalid_documents",
+            "Invalid documents the serving load left out (listed at /debug/problems).",
+            value=len(self._mesh.loader.problems),
+        )
+        yield GaugeMetricFamily(
             "meshdns_last_reload_timestamp_seconds",
             "Unix time of the last successful table load.",
             value=reloads.last_time,

@@ -62,11 +62,19 @@ def test_readyz_follows_the_service(mesh: MeshService) -> None:
     assert get(mesh, "/readyz")[::2] == (200, b"ready\n")
 
 
-def test_readyz_stays_ready_after_a_rejected_reload(mesh: MeshService, tmp_path: Path) -> None:
+def test_invalid_documents_are_listed_and_leave_it_ready(mesh: MeshService, tmp_path: Path) -> None:
     mesh.running = True
+    assert json.loads(get(mesh, "/debug/problems")[2]) == {"invalid": []}
     (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
-    assert mesh.reload() is False
+    assert mesh.reload() is True
     assert get(mesh, "/readyz")[0] == 200
+    status, content_type, body = get(mesh, "/debug/problems")
+    assert (status, content_type) == (200, "application/json")
+    (invalid,) = json.loads(body)["invalid"]
+    assert invalid["file"].endswith("entries.yaml")
+    assert (invalid["document"], invalid["field"]) == (0, "spec.addresses[0]")
+    assert invalid["key"] == ["ServiceEntry", "default", "se"]
+    assert "not an IP address" in invalid["message"]
 
 
 def test_metrics_is_prometheus_text(mesh: MeshService) -> None:
