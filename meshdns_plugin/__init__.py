@@ -22,8 +22,9 @@ The builders take a L{Config} or the path of a config file. They raise
 L{ConfigError} for a config that cannot be used; invalid documents in the
 entry files are logged, one line each, and left out, as C{twistd meshdns}
 does. (L{EntriesError} is what the strict
-L{meshdns_plugin.entries.parse_entries} raises.) Nothing here imports the reactor: each builder takes one, and uses the
-global reactor only when given none, when it is called.
+L{meshdns_plugin.entries.parse_entries} raises.) Nothing here imports the
+reactor: each builder takes one, and uses the global reactor only when given
+none, when it is called.
 
 C{twistd meshdns} itself (L{meshdns_plugin.tap}) is built on these functions.
 """
