@@ -7,8 +7,8 @@ starting one.
     does (the same L{load_config} and L{TableLoader}, no second parser), for
     CI before shipping a ConfigMap;
   - C{meshdns table [--json]}: the name table;
-  - C{meshdns listeners}: one line per (address, port) of each ServiceEntry,
-    as C{istioctl proxy-config listener} shows them in Istio's guide;
+  - C{meshdns listeners}: the VIP listeners, in the table shape of
+    C{istioctl proxy-config listener};
   - C{meshdns query NAME [TYPE]}: one query, printed the way dig prints it;
   - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.capture}).
 
@@ -39,6 +39,7 @@ import dns.rdatatype
 from meshdns_plugin import capture
 from meshdns_plugin.admin import table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
+from meshdns_plugin.listeners import ListenerPlan, listener_plan
 from meshdns_plugin.reload import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
@@ -62,7 +63,8 @@ def check(args: argparse.Namespace) -> int:
     Validate config and entries, strictly enough for CI: exit code 1 if any
     document is invalid or a configured entries path does not exist (the
     server would serve without them), each named on stderr; else a one-line
-    summary and 0.
+    summary and 0. Collisions (an address or a listener two hosts claim) are
+    warnings, naming both entries.
     """
     config, prepared = _prepare(args)
     entries = prepared.entries
@@ -74,6 +76,11 @@ def check(args: argparse.Namespace) -> int:
         print(f"meshdns: invalid: {problem}", file=sys.stderr)
     for path in entries.missing:
         print(f"meshdns: missing: {path}: no such file or folder", file=sys.stderr)
+    for note in prepared.view.notes:
+        print(f"meshdns: note: {note}", file=sys.stderr)
+    collisions = (*prepared.view.collisions, *listener_plan(prepared.view).collisions)
+    for collision in collisions:
+        print(f"meshdns: warning: {collision}", file=sys.stderr)
     table = prepared.table
     summary = (
         f"{config.source}: {prepared.entry_count} entries, "
@@ -85,7 +92,8 @@ def check(args: argparse.Namespace) -> int:
             f"{len(entries.missing)} missing path(s), left out by a server",
         )
         return 1
-    print(f"OK {summary}")
+    warned = f"; {len(collisions)} collision warning(s)" if collisions else ""
+    print(f"OK {summary}{warned}")
     return 0
 
 
@@ -126,44 +134,39 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+def listener_rows(plan: ListenerPlan) -> list[tuple[str, str, str, str]]:
+    """
+    The rows of C{istioctl proxy-config listener}'s table for a plan:
+    C{ADDRESSES PORT MATCH DESTINATION}, one per listener, the destination
+    C{Cluster: outbound|PORT||HOST}, so that the Istio guide's C{grep | awk}
+    pipeline reads them as it reads istioctl's.
+    """
+    rows = [("ADDRESSES", "PORT", "MATCH", "DESTINATION")]
+    for spec in sorted(plan.listeners, key=lambda s: (s.host, s.port, _address_order(s.address))):
+        rows.append(
+            (spec.address, str(spec.port), "ALL", f"Cluster: outbound|{spec.port}||{spec.host}")
+        )
+    return rows
+
+
 def _address_order(address: str) -> tuple[int, int]:
     """IPv4 before IPv6, each in numeric order."""
     ip = ipaddress.ip_address(address)
     return ip.version, int(ip)
 
 
-def listener_lines(config: Config, prepared: PreparedTable) -> list[str]:
-    """
-    C{ADDRESS=..., DESTINATION=Cluster: outbound|PORT||HOST} for each address
-    and port of each ServiceEntry the proxy sees: its own addresses, else its
-    host's VIPs, else C{0.0.0.0} (Istio's shared listener for that port).
-    """
-    vips = prepared.allocation.vips
-    found: set[tuple[str, int, str]] = set()
-    for entry in prepared.entries.service_entries:
-        if not entry.visible_from(config.mesh.namespace):
-            continue
-        for host in entry.hosts:
-            if entry.addresses:
-                addresses: Sequence[str] = entry.addresses
-            elif config.mesh.auto_allocate and entry.auto_allocatable and host in vips:
-                addresses = [a for a in (vips[host].ipv4, vips[host].ipv6) if a is not None]
-            else:
-                addresses = ["0.0.0.0"]
-            for port in entry.ports:
-                found.update((host, port.number, address) for address in addresses)
-    ordered = sorted(found, key=lambda hpa: (hpa[0], hpa[1], _address_order(hpa[2])))
-    return [
-        f"ADDRESS={address}, DESTINATION=Cluster: outbound|{port}||{host}"
-        for host, port, address in ordered
-    ]
-
-
 def listeners(args: argparse.Namespace) -> int:
-    """One line per (VIP or address, port) of each ServiceEntry."""
+    """The VIP listeners the server opens with this config, as istioctl lists them."""
     config, prepared = _prepare(args)
-    for line in listener_lines(config, prepared):
-        print(line)
+    plan = listener_plan(prepared.view)
+    for collision in plan.collisions:
+        print(f"meshdns: {collision}", file=sys.stderr)
+    if not config.vip_listeners.enabled:
+        print(
+            "meshdns: note: vip_listeners.enabled is off: the server opens none of these",
+            file=sys.stderr,
+        )
+    print(_aligned(listener_rows(plan)))
     return 0
 
 

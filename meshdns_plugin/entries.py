@@ -27,12 +27,20 @@ from meshdns_plugin import yamltext
 SERVICE_ENTRY_APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
-RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
+RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"})
+#: An endpoint that is a Unix domain socket (C{unix:///var/run/socket}).
+UNIX_PREFIX = "unix://"
 SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
 #: EndpointSlice address types; FQDN slices carry host names, which
 #: Kubernetes DNS does not answer with, so they are skipped.
 ADDRESS_TYPES = frozenset({"IPv4", "IPv6", "FQDN"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: The annotation that limits which namespaces see a Kubernetes Service in
+#: Istio, as C{exportTo} does for a ServiceEntry (comma-separated).
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+SIDECAR_APIS = frozenset(
+    f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
+)
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
@@ -138,10 +146,19 @@ class ServiceEntry:
     export_to: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     networks: tuple[str, ...] = ()
+    status_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
         return self.origin.namespace
+
+    def assigned(self, host: str) -> tuple[str, ...]:
+        """
+        The VIPs Istio's IP auto-allocation controller recorded for C{host}
+        in C{status.addresses} (since Istio 1.25): what the sidecars of the
+        same cluster route, so what DNS must answer.
+        """
+        return self.status_addresses.get(host, ())
 
     def visible_from(self, namespace: str) -> bool:
         """
@@ -172,6 +189,11 @@ class Service:
     @ivar type: C{spec.type}, one of L{SERVICE_TYPES}.
     @ivar external_name: for C{type: ExternalName}, the name its DNS names
         are a CNAME to (lowercase, no trailing dot); else L{None}.
+    @ivar unassigned: the document says nothing of a cluster IP (a manifest
+        as applied, before the API server assigns one): its address is not
+        known here, so it is neither answered nor taken for headless.
+    @ivar export_to: the C{networking.istio.io/exportTo} annotation's
+        namespaces (empty: everywhere).
     """
 
     origin: Origin
@@ -179,6 +201,8 @@ class Service:
     ports: tuple[Port, ...] = ()
     type: str = "ClusterIP"
     external_name: str | None = None
+    unassigned: bool = False
+    export_to: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -190,18 +214,41 @@ class Service:
 
     @property
     def headless(self) -> bool:
-        return not self.cluster_ips and self.external_name is None
+        return not self.cluster_ips and self.external_name is None and not self.unassigned
 
 
 @dataclass(frozen=True)
 class EndpointSlice:
     """
     A C{discovery.k8s.io/v1} EndpointSlice, reduced to its ready addresses.
+
+    @ivar hostnames: each ready endpoint's C{hostname} (a StatefulSet pod's
+        name, say) -> its addresses: the per-pod names of a headless Service.
     """
 
     origin: Origin
     service_name: str
     addresses: tuple[str, ...] = ()
+    hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """
+    An Istio C{Sidecar}, as far as DNS needs it: which hosts a proxy knows.
+
+    @ivar egress_hosts: every C{egress[].hosts} item, C{namespace/dnsName}.
+    @ivar selects_workloads: it has a C{workloadSelector}, so it applies to
+        some pods only, never to a namespace's default view.
+    """
+
+    origin: Origin
+    egress_hosts: tuple[str, ...] = ()
+    selects_workloads: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return self.origin.namespace
 
 
 @dataclass(frozen=True)
@@ -221,6 +268,7 @@ class Entries:
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     notes: tuple[str, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
     problems: tuple[Problem, ...] = ()
     missing: tuple[str, ...] = ()
 
@@ -440,7 +488,12 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
-        if address and resolution in DNS_RESOLUTIONS and not is_ip(address):
+        if address.startswith(UNIX_PREFIX):
+            if resolution not in ("STATIC", "NONE") or len(address) == len(UNIX_PREFIX):
+                raise _Invalid(
+                    path + ".address", "a unix:// endpoint needs a path and resolution STATIC"
+                )
+        elif address and resolution in DNS_RESOLUTIONS and not is_ip(address):
             address = _exact_host(path + ".address", address, "an endpoint")
         elif address:
             address = _ip(path + ".address", address)
@@ -449,6 +502,14 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             port_map[str(name)] = _port_number(f"{path}.ports.{name}", number)
         if address:
             endpoints.append(Endpoint(address, port_map))
+    status: dict[str, list[str]] = {}
+    for path, raw in doc.mapping("status").items("addresses"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
+        item = _Document(raw, path + ".")
+        host = item.text("host").strip().rstrip(".").lower()
+        for target in [host] if host else hosts:
+            status.setdefault(target, []).append(_ip(path + ".value", raw.get("value")))
     return ServiceEntry(
         origin=origin,
         hosts=tuple(hosts),
@@ -459,6 +520,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
         export_to=spec.texts("exportTo"),
         labels=doc.mapping("metadata").string_map("labels"),
         networks=tuple(dict.fromkeys(networks)),
+        status_addresses={h: tuple(dict.fromkeys(a)) for h, a in status.items()},
     )
 
 
@@ -484,6 +546,14 @@ def _service(doc: _Document, origin: Origin) -> Service:
             type=service_type,
             external_name=_exact_host("spec.externalName", external_name, "an externalName"),
         )
+    export_to = tuple(
+        part.strip()
+        for part in doc.mapping("metadata")
+        .string_map("annotations")
+        .get(EXPORT_TO_ANNOTATION, "")
+        .split(",")
+        if part.strip()
+    )
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
     addresses = []
     for index, raw in enumerate(cluster_ips):
@@ -496,6 +566,8 @@ def _service(doc: _Document, origin: Origin) -> Service:
         cluster_ips=tuple(dict.fromkeys(addresses)),
         ports=_ports(spec),
         type=service_type,
+        unassigned=cluster_ips == [""],
+        export_to=export_to,
     )
 
 
@@ -510,19 +582,47 @@ def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice | None:
         return None
     labels = doc.mapping("metadata").string_map("labels")
     addresses = []
+    hostnames: dict[str, list[str]] = {}
     for path, raw in doc.items("endpoints"):
         if not isinstance(raw, dict):
             raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
+        # Kubernetes DNS answers ready endpoints only; no condition is ready.
         ready = endpoint.mapping("conditions").raw.get("ready")
         if ready is False:
             continue
-        for address_path, address in endpoint.items("addresses"):
-            addresses.append(_ip(address_path, address))
+        own = [_ip(address_path, address) for address_path, address in endpoint.items("addresses")]
+        addresses.extend(own)
+        hostname = endpoint.text("hostname")
+        if hostname:
+            if not is_k8s_label(hostname):
+                raise _Invalid(path + ".hostname", f"{_quote(hostname)} is not a DNS label")
+            hostnames.setdefault(hostname, []).extend(own)
     return EndpointSlice(
         origin=origin,
         service_name=labels.get(SERVICE_NAME_LABEL, ""),
         addresses=tuple(dict.fromkeys(addresses)),
+        hostnames={h: tuple(dict.fromkeys(a)) for h, a in hostnames.items()},
+    )
+
+
+def _sidecar(doc: _Document, origin: Origin) -> Sidecar:
+    spec = doc.mapping("spec")
+    hosts = []
+    for path, raw in spec.items("egress"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
+        egress = _Document(raw, path + ".")
+        for host_path, host in egress.items("hosts"):
+            if not isinstance(host, str) or host.count("/") != 1 or host.endswith("/"):
+                raise _Invalid(host_path, f"{_quote(host)} is not namespace/dnsName")
+            hosts.append(host.lower())
+        if not raw.get("hosts"):
+            raise _Invalid(path + ".hosts", "an egress listener needs at least one host")
+    return Sidecar(
+        origin=origin,
+        egress_hosts=tuple(hosts),
+        selects_workloads=spec.raw.get("workloadSelector") is not None,
     )
 
 
@@ -533,6 +633,7 @@ class _Collector:
         self.service_entries: list[ServiceEntry] = []
         self.services: list[Service] = []
         self.endpoint_slices: list[EndpointSlice] = []
+        self.sidecars: list[Sidecar] = []
         self.notes: list[str] = []
         self.problems: list[Problem] = []
         self.missing: list[str] = []
@@ -561,6 +662,8 @@ class _Collector:
                 self.service_entries.append(_service_entry(doc, origin))
             elif kind == "Service" and api == "v1":
                 self.services.append(_service(doc, origin))
+            elif kind == "Sidecar" and api in SIDECAR_APIS:
+                self.sidecars.append(_sidecar(doc, origin))
             elif kind == "EndpointSlice" and api == "discovery.k8s.io/v1":
                 endpoint_slice = _endpoint_slice(doc, origin)
                 if endpoint_slice is None:
@@ -619,6 +722,7 @@ class _Collector:
             tuple(self.services),
             tuple(self.endpoint_slices),
             tuple(self.notes),
+            tuple(self.sidecars),
             tuple(self.problems),
             tuple(self.missing),
         )

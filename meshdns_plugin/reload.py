@@ -45,9 +45,10 @@ from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config
 from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
 from meshdns_plugin.mesh.carryover import carry_over
+from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.stats import ReloadStats
-from meshdns_plugin.table import NameTable, build_table, vip_hosts
+from meshdns_plugin.table import NameTable, build_table
 
 try:
     from twisted.internet import inotify
@@ -73,6 +74,8 @@ class PreparedTable:
 
     @ivar entries: what the files held (for C{meshdns listeners} and counts).
     @ivar allocation: the VIPs the table was built with.
+    @ivar view: the mesh view the table was built from, which the VIP
+        listeners and the C{meshdns} commands read too.
     @ivar errors: problems that did not stop the load but deserve an error
         line (an unreadable state file, a VIP range exhausted).
     """
@@ -80,6 +83,7 @@ class PreparedTable:
     table: NameTable
     entries: Entries
     allocation: Allocation
+    view: MeshView
     errors: tuple[str, ...] = ()
 
     @property
@@ -106,6 +110,8 @@ class TableLoader:
         self.problems: tuple[Problem, ...] = ()
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
+        # Notes are news: a reload logs only those the last one did not.
+        self._notes: frozenset[str] = frozenset()
 
     def _previous_vips(self) -> tuple[dict[str, Vips], str | None]:
         """The VIPs to keep, and the reason the state file was ignored, if it was."""
@@ -146,32 +152,46 @@ class TableLoader:
             if state_error is not None:
                 errors.append(state_error)
             allocation = allocate(
-                vip_hosts(entries, mesh.namespace), mesh.ipv4_range, mesh.ipv6_range, previous
+                vip_hosts(entries, mesh.namespace, mesh.cluster_domain),
+                mesh.ipv4_range,
+                mesh.ipv6_range,
+                previous,
+                reserved=claimed_addresses(entries),
             )
         else:
             allocation = Allocation({})
         errors.extend(f"VIP allocation: {problem}" for problem in allocation.problems)
-        table = build_table(
+        view = mesh_view(
             entries,
             allocation,
             namespace=mesh.namespace,
+            auto_allocate=mesh.auto_allocate,
+            cluster_domain=mesh.cluster_domain,
+        )
+        table = build_table(
+            view,
             cluster_domain=mesh.cluster_domain,
             search=search_domains(self.config),
             ttl=mesh.ttl,
-            auto_allocate=mesh.auto_allocate,
         )
-        return PreparedTable(table, entries, allocation, tuple(errors))
+        return PreparedTable(table, entries, allocation, view, tuple(errors))
 
     def commit(self, prepared: PreparedTable) -> NameTable:
         """
-        Accept a prepared table: log its notes, remember its VIPs for the
+        Accept a prepared table: log its new notes, its problems and its
+        collisions, remember its VIPs for the
         next load, write them to the state file and tell the observers.
         Reactor thread only.
         """
-        for note in prepared.entries.notes:
-            _log.info("{note}", note=note)
+        notes = (*prepared.entries.notes, *prepared.view.notes)
+        for note in notes:
+            if note not in self._notes:
+                _log.info("{note}", note=note)
+        self._notes = frozenset(notes)
         for problem in prepared.entries.problems:
             _log.error("Invalid, left out: {problem}", problem=problem)
+        for collision in prepared.view.collisions:
+            _log.warn("{collision}", collision=collision)
         for error in prepared.errors:
             _log.error("{problem}", problem=error)
         self._vips = dict(prepared.allocation.vips)

@@ -342,11 +342,17 @@ def test_service_dual_stack_cluster_ips() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", [{"clusterIP": "None"}, {"clusterIP": "None", "clusterIPs": ["None"]}, {}]
+    "spec", [{"clusterIP": "None"}, {"clusterIP": "None", "clusterIPs": ["None"]}]
 )
 def test_headless_service(spec: dict[str, Any]) -> None:
     (svc,) = parse(service(**spec)).services
-    assert svc.headless and svc.cluster_ips == ()
+    assert svc.headless and svc.cluster_ips == () and not svc.unassigned
+
+
+def test_service_applied_without_cluster_ip_is_unassigned_not_headless() -> None:
+    """The API server assigns the address of such a manifest; nothing here knows it."""
+    (svc,) = parse(service()).services
+    assert svc.unassigned and not svc.headless and svc.cluster_ips == ()
 
 
 @pytest.mark.parametrize("service_type", [None, "ClusterIP", "NodePort", "LoadBalancer"])

@@ -50,7 +50,12 @@ def carry_over(current: Entries, previous: Entries | None) -> Entries:
     files, documents, keys = _broken(current.problems)
     present = {
         o.origin.key
-        for group in (current.service_entries, current.services, current.endpoint_slices)
+        for group in (
+            current.service_entries,
+            current.services,
+            current.endpoint_slices,
+            current.sidecars,
+        )
         for o in group
     }
     notes = list(current.notes)
@@ -79,5 +84,6 @@ def carry_over(current: Entries, previous: Entries | None) -> Entries:
         service_entries=kept(previous.service_entries, current.service_entries),
         services=kept(previous.services, current.services),
         endpoint_slices=kept(previous.endpoint_slices, current.endpoint_slices),
+        sidecars=kept(previous.sidecars, current.sidecars),
         notes=tuple(notes),
     )
