@@ -454,7 +454,95 @@ def _ports(doc: _Document) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
+#: The port protocols Istio knows (case does not matter); an empty one means
+#: "sniff it", which Istio accepts too.
+ISTIO_PROTOCOLS = frozenset(
+    {"TCP", "UDP", "HTTP", "HTTP2", "HTTPS", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TLS"}
+    | {"MONGO", "MYSQL", "REDIS", "THRIFT"}
+)
+#: Protocols whose connections carry the host they are for (Host header or
+#: SNI), so that several hosts of one entry can share a port.
+_HOST_AWARE_PROTOCOLS = frozenset(
+    {"HTTP", "HTTP2", "HTTPS", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TLS"}
+)
+
+
+def _check_export_to(path: str, values: tuple[str, ...]) -> None:
+    """Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no repeats."""
+    for index, value in enumerate(values):
+        if value not in (".", "*", "~") and not is_k8s_label(value):
+            raise _Invalid(f"{path}[{index}]", f"{_quote(value)} is not ., *, ~ or a namespace")
+        if value in values[:index]:
+            raise _Invalid(f"{path}[{index}]", f"{_quote(value)} is repeated")
+    if len(values) > 1 and ("~" in values or "*" in values):
+        raise _Invalid(path, "~ and * cannot be combined with other values")
+
+
+def _check_service_entry(spec: _Document, entry: ServiceEntry) -> list[str]:
+    """
+    The rules of Istio's ServiceEntry validation for the fields meshdns
+    reads, so that meshdns refuses what C{kubectl apply} would refuse and
+    nothing else: port numbers and names are unique, protocols known; CIDR
+    addresses only with C{NONE} or C{STATIC}; endpoints' port names are the
+    entry's; a unix socket endpoint has no ports, and its entry one port;
+    C{DNS}/C{DNS_ROUND_ROBIN} without endpoints need exact hosts, and
+    C{DNS_ROUND_ROBIN} at most one endpoint; C{workloadSelector} and
+    C{endpoints} exclude each other.
+
+    @return: warnings: several hosts sharing a port that carries no host
+        name (plain TCP) with a resolution other than C{NONE}, which Istio
+        warns about (every connection goes to one backend), but serves.
+    """
+    names: dict[str, int] = {}
+    numbers: dict[int, int] = {}
+    for index, port in enumerate(entry.ports):
+        path = f"spec.ports[{index}]"
+        if port.number in numbers:
+            raise _Invalid(f"{path}.number", f"port {port.number} is already defined")
+        numbers[port.number] = index
+        if port.name:
+            if port.name in names:
+                raise _Invalid(f"{path}.name", f"port name {_quote(port.name)} is already defined")
+            names[port.name] = index
+        if port.protocol not in ISTIO_PROTOCOLS:
+            raise _Invalid(f"{path}.protocol", f"{_quote(port.protocol)} is not an Istio protocol")
+    if entry.networks and entry.resolution not in ("NONE", "STATIC"):
+        raise _Invalid("spec.addresses", "CIDR addresses need resolution NONE or STATIC")
+    if spec.raw.get("workloadSelector") is not None and entry.endpoints:
+        raise _Invalid("spec.endpoints", "endpoints and workloadSelector cannot both be set")
+    unix = False
+    for index, endpoint in enumerate(entry.endpoints):
+        path = f"spec.endpoints[{index}]"
+        if endpoint.address.startswith(UNIX_PREFIX):
+            unix = True
+            if endpoint.ports:
+                raise _Invalid(f"{path}.ports", "a unix:// endpoint has no ports")
+        for name in endpoint.ports:
+            if name not in names:
+                raise _Invalid(f"{path}.ports.{name}", "not a port name of the entry")
+    if unix and len(entry.ports) != 1:
+        raise _Invalid("spec.ports", "unix:// endpoints need exactly one port")
+    if entry.resolution in DNS_RESOLUTIONS and not entry.endpoints:
+        for index, host in enumerate(entry.hosts):
+            if host.startswith("*."):
+                raise _Invalid(
+                    f"spec.hosts[{index}]",
+                    f"resolution {entry.resolution} without endpoints needs exact hosts",
+                )
+    if entry.resolution == "DNS_ROUND_ROBIN" and len(entry.endpoints) > 1:
+        raise _Invalid("spec.endpoints", "resolution DNS_ROUND_ROBIN takes at most one endpoint")
+    if entry.resolution != "NONE" and len(entry.hosts) > 1:
+        for port in entry.ports:
+            if port.protocol not in _HOST_AWARE_PROTOCOLS:
+                return [
+                    f"{entry.origin}: several hosts share port {port.number} ({port.protocol}), "
+                    "which does not say which host a connection is for: one backend gets them all"
+                ]
+    return []
+
+
+def _service_entry(doc: _Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
+    """The entry, and the warnings of L{_check_service_entry}."""
     spec = doc.mapping("spec")
     hosts = []
     for path, raw in spec.items("hosts"):
@@ -510,18 +598,44 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
         host = item.text("host").strip().rstrip(".").lower()
         for target in [host] if host else hosts:
             status.setdefault(target, []).append(_ip(path + ".value", raw.get("value")))
-    return ServiceEntry(
+    export_to = spec.texts("exportTo")
+    _check_export_to("spec.exportTo", export_to)
+    entry = ServiceEntry(
         origin=origin,
         hosts=tuple(hosts),
         addresses=tuple(dict.fromkeys(addresses)),
         ports=_ports(spec),
         resolution=resolution,
         endpoints=tuple(endpoints),
-        export_to=spec.texts("exportTo"),
+        export_to=export_to,
         labels=doc.mapping("metadata").string_map("labels"),
         networks=tuple(dict.fromkeys(networks)),
         status_addresses={h: tuple(dict.fromkeys(a)) for h, a in status.items()},
     )
+    return entry, _check_service_entry(spec, entry)
+
+
+def _check_cluster_ips(spec: _Document, given: list[str], addresses: list[str]) -> None:
+    """
+    The API server's rules for a Service's addresses: C{clusterIP} is
+    C{clusterIPs[0]} when both are given; at most two, of different
+    families (dual stack), or a lone C{None}; C{ipFamilies} name those
+    families in the same order.
+    """
+    single = spec.text("clusterIP")
+    if single and spec.raw.get("clusterIPs") and given[0] != single:
+        raise _Invalid("spec.clusterIPs[0]", f"must equal clusterIP {_quote(single)}")
+    if len(given) > 2 or ("None" in given and len(given) > 1):
+        raise _Invalid("spec.clusterIPs", "at most two addresses (dual stack), or one None")
+    families = ["IPv6" if ":" in a else "IPv4" for a in addresses]
+    if len(families) == 2 and families[0] == families[1]:
+        raise _Invalid("spec.clusterIPs", "two addresses must be of different families")
+    declared = spec.texts("ipFamilies")
+    for index, family in enumerate(declared):
+        if family not in ("IPv4", "IPv6"):
+            raise _Invalid(f"spec.ipFamilies[{index}]", f"{_quote(family)} is not IPv4 or IPv6")
+    if declared and families and list(declared[: len(families)]) != families:
+        raise _Invalid("spec.ipFamilies", "must list the families of clusterIPs, in order")
 
 
 def _service(doc: _Document, origin: Origin) -> Service:
@@ -531,6 +645,15 @@ def _service(doc: _Document, origin: Origin) -> Service:
         if not is_k8s_label(value):
             raise _Invalid(f"metadata.{key}", f"{_quote(value)} is not a valid Service {key}")
     spec = doc.mapping("spec")
+    export_to = tuple(
+        part.strip()
+        for part in doc.mapping("metadata")
+        .string_map("annotations")
+        .get(EXPORT_TO_ANNOTATION, "")
+        .split(",")
+        if part.strip()
+    )
+    _check_export_to(f"metadata.annotations.{EXPORT_TO_ANNOTATION}", export_to)
     service_type = spec.text("type", "ClusterIP") or "ClusterIP"
     if service_type not in SERVICE_TYPES:
         raise _Invalid("spec.type", f"{_quote(service_type)} is not one of {sorted(SERVICE_TYPES)}")
@@ -545,15 +668,8 @@ def _service(doc: _Document, origin: Origin) -> Service:
             ports=_ports(spec),
             type=service_type,
             external_name=_exact_host("spec.externalName", external_name, "an externalName"),
+            export_to=export_to,
         )
-    export_to = tuple(
-        part.strip()
-        for part in doc.mapping("metadata")
-        .string_map("annotations")
-        .get(EXPORT_TO_ANNOTATION, "")
-        .split(",")
-        if part.strip()
-    )
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
     addresses = []
     for index, raw in enumerate(cluster_ips):
@@ -561,6 +677,7 @@ def _service(doc: _Document, origin: Origin) -> Service:
             continue
         path = f"spec.clusterIPs[{index}]" if spec.raw.get("clusterIPs") else "spec.clusterIP"
         addresses.append(_ip(path, raw))
+    _check_cluster_ips(spec, cluster_ips, addresses)
     return Service(
         origin=origin,
         cluster_ips=tuple(dict.fromkeys(addresses)),
@@ -659,7 +776,9 @@ class _Collector:
                 file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
             )
             if kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS:
-                self.service_entries.append(_service_entry(doc, origin))
+                entry, warnings = _service_entry(doc, origin)
+                self.service_entries.append(entry)
+                self.notes.extend(f"{file}: document {index}: {w}" for w in warnings)
             elif kind == "Service" and api == "v1":
                 self.services.append(_service(doc, origin))
             elif kind == "Sidecar" and api in SIDECAR_APIS:

@@ -256,6 +256,7 @@ def test_dns_endpoints_may_be_host_names() -> None:
     document = service_entry(
         ["foo.bar.com"],
         resolution="DNS",
+        ports=[{"number": 443, "name": "https", "protocol": "TLS"}],
         endpoints=[
             {"address": "US.foo.bar.com", "ports": {"https": 8080}},
             {"address": "192.0.2.9"},
@@ -299,7 +300,7 @@ def test_export_to(export_to: list[str] | None, own: bool, other: bool) -> None:
         ({"resolution": "NONE"}, None, False),
         ({}, None, False),
         ({"resolution": "DNS", "addresses": ["192.0.2.1"]}, None, False),
-        ({"resolution": "DNS", "addresses": ["10.0.0.0/24"]}, None, False),
+        ({"resolution": "STATIC", "addresses": ["10.0.0.0/24"]}, None, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": "false"}, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": "False"}, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": False}, False),

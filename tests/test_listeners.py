@@ -180,7 +180,7 @@ def test_dns_endpoints_are_host_names_to_resolve() -> None:
 
 def test_no_listener_notes() -> None:
     plan = plan_of(
-        entry("wild", "hosts: ['*.wild.example']\nresolution: DNS\nports: [{number: 80}]"),
+        entry("wild", "hosts: ['*.wild.example']\nresolution: NONE\nports: [{number: 80}]"),
         entry("static", "hosts: [s.example]\naddresses: [10.0.0.1]\nresolution: STATIC\n"
               "ports: [{number: 80}]"),
         entry("hidden", "hosts: [h.example]\naddresses: [10.0.0.2]\nresolution: DNS\n"

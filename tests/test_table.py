@@ -104,8 +104,8 @@ MESH = [
         resolution="DNS",
         labels={"networking.istio.io/enable-autoallocate-ip": "false"},
     ),
-    se(["cidr.example"], name="cidr", resolution="DNS", addresses=["10.50.0.0/16"]),
-    se(["*.dnswild.example"], name="dnswild", resolution="DNS"),
+    se(["cidr.example"], name="cidr", resolution="STATIC", addresses=["10.50.0.0/16"]),
+    se(["*.dnswild.example"], name="dnswild", resolution="STATIC"),
     se(
         ["hidden.example"], name="hidden", namespace="ns2", exportTo=["."], addresses=["192.0.2.90"]
     ),
@@ -280,7 +280,7 @@ def test_resolution_none_answers_endpoints(table: NameTable) -> None:
         "nothing.example",  # resolution NONE, no addresses, no endpoints
         "noalloc.example",  # auto-allocation switched off by label
         "cidr.example",  # only a CIDR: not an answer, and not eligible for a VIP
-        "x.dnswild.example",  # wildcards never get VIPs
+        "x.dnswild.example",  # wildcards get no VIP (unless DYNAMIC_DNS)
         "hidden.example",  # exportTo ["."] from ns2
         "private-auto.example",
         "unknown.example",
