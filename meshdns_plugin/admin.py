@@ -11,7 +11,7 @@ scrapes and an operator curls.
     (L{meshdns_plugin.metrics});
   - C{/debug/table}: the name table as JSON (L{table_document});
   - C{/debug/problems}: the invalid documents the serving load left out,
-    as JSON (L{problems_document}).
+    and the collisions of its view, as JSON (L{problems_document}).
 
 It listens on loopback by default (C{admin.address}); C{admin.port: 0}
 disables it. Failing to listen is logged and leaves DNS serving: the endpoint
@@ -37,6 +37,8 @@ from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
 from meshdns_plugin.entries import Problem
+from meshdns_plugin.listeners import collisions
+from meshdns_plugin.mesh.view import Collision
 from meshdns_plugin.metrics import registry_for
 from meshdns_plugin.table import NameTable
 
@@ -154,11 +156,13 @@ class TableDump(_Leaf):
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
-def problems_document(problems: tuple[Problem, ...]) -> dict[str, Any]:
+def problems_document(
+    problems: tuple[Problem, ...], found: tuple[Collision, ...] = ()
+) -> dict[str, Any]:
     """
     The invalid documents as JSON-able data: each one's file, document
     index, field, kind/namespace/name when known, and the reason, the same
-    words as the log line.
+    words as the log line; then the collisions, each naming both claimants.
     """
     return {
         "invalid": [
@@ -170,7 +174,17 @@ def problems_document(problems: tuple[Problem, ...]) -> dict[str, Any]:
                 "message": p.message,
             }
             for p in problems
-        ]
+        ],
+        "collisions": [
+            {
+                "address": c.address,
+                "port": c.port,
+                "first": c.first,
+                "second": c.second,
+                "message": str(c),
+            }
+            for c in found
+        ],
     }
 
 
@@ -183,7 +197,9 @@ class ProblemsDump(_Leaf):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        document = problems_document(self._mesh.loader.problems)
+        loader = self._mesh.loader
+        found = collisions(loader.view) if loader.view is not None else ()
+        document = problems_document(loader.problems, found)
         return json.dumps(document, indent=1).encode() + b"\n"
 
 

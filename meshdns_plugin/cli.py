@@ -39,7 +39,7 @@ import dns.rdatatype
 from meshdns_plugin import capture
 from meshdns_plugin.admin import table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
-from meshdns_plugin.listeners import ListenerPlan, listener_plan
+from meshdns_plugin.listeners import ListenerPlan, collisions, listener_plan
 from meshdns_plugin.reload import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
@@ -78,8 +78,8 @@ def check(args: argparse.Namespace) -> int:
         print(f"meshdns: missing: {path}: no such file or folder", file=sys.stderr)
     for note in prepared.view.notes:
         print(f"meshdns: note: {note}", file=sys.stderr)
-    collisions = (*prepared.view.collisions, *listener_plan(prepared.view).collisions)
-    for collision in collisions:
+    found = collisions(prepared.view)
+    for collision in found:
         print(f"meshdns: warning: {collision}", file=sys.stderr)
     table = prepared.table
     summary = (
@@ -92,7 +92,7 @@ def check(args: argparse.Namespace) -> int:
             f"{len(entries.missing)} missing path(s), left out by a server",
         )
         return 1
-    warned = f"; {len(collisions)} collision warning(s)" if collisions else ""
+    warned = f"; {len(found)} collision warning(s)" if found else ""
     print(f"OK {summary}{warned}")
     return 0
 

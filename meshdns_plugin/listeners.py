@@ -204,6 +204,15 @@ def listener_plan(view: MeshView) -> ListenerPlan:
     return ListenerPlan(tuple(specs.values()), tuple(notes), tuple(collisions))
 
 
+def collisions(view: MeshView) -> tuple[Collision, ...]:
+    """
+    Every collision of a view: addresses two hosts answer (the view's own),
+    then listeners two hosts claim (L{listener_plan}'s); what the log,
+    C{meshdns check} and C{/debug/problems} report alike.
+    """
+    return (*view.collisions, *listener_plan(view).collisions)
+
+
 class BackendUnavailable(Exception):
     """
     A connection cannot be forwarded; C{str()} says where it was going and why.

@@ -102,12 +102,14 @@ class TableLoader:
         follow the entries this way); they must not raise.
     @ivar problems: the invalid documents of the load serving now, for the
         admin endpoint and the metrics.
+    @ivar view: the mesh view serving now (L{None} before the first load).
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.observers: list[Callable[[PreparedTable], None]] = []
         self.problems: tuple[Problem, ...] = ()
+        self.view: MeshView | None = None
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -197,6 +199,7 @@ class TableLoader:
         self._vips = dict(prepared.allocation.vips)
         self._entries = prepared.entries
         self.problems = prepared.entries.problems
+        self.view = prepared.view
         state_file = self.config.mesh.state_file
         if state_file is not None:
             try:

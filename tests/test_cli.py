@@ -82,6 +82,23 @@ def test_check_reports_what_a_reload_would_log(capsys, tmp_path: Path) -> None:
     assert "b.yaml: document 1: spec.addresses[0]" in lines[1]
 
 
+def test_check_warns_of_collisions_naming_both_entries(capsys, tmp_path: Path) -> None:
+    both = entry("one.example", "192.0.2.77", name="one") + "---\n"
+    both += entry("two.example", "192.0.2.77", name="two")
+    config = write_config(tmp_path, {"a.yaml": both})
+    code, out, err = run(capsys, "check", "-c", config)
+    assert code == 0
+    assert out.startswith("OK ") and "1 collision warning(s)" in out
+    (line,) = [line for line in err.splitlines() if "collision" in line]
+    assert "192.0.2.77" in line
+    assert "one.example (ServiceEntry default/one)" in line
+    assert "two.example (ServiceEntry default/two)" in line
+    # The server logs the same warning when it loads them.
+    with capturedLogs() as events:
+        TableLoader(load_config(config)).load()
+    assert [str(e["collision"]) for e in events if "collision" in e] == [line.split(": ", 2)[2]]
+
+
 def test_check_fails_for_a_missing_entries_path(capsys, tmp_path: Path) -> None:
     (tmp_path / "meshdns.yaml").write_text("entries: [entires/]\n")
     code, out, err = run(capsys, "check", "-c", str(tmp_path / "meshdns.yaml"))
