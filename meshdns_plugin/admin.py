@@ -10,6 +10,8 @@ scrapes and an operator curls.
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.metrics});
   - C{/debug/table}: the name table as JSON (L{table_document});
+  - C{/debug/listeners}: the VIP listeners being served, as JSON
+    (L{listeners_document});
   - C{/debug/problems}: the invalid documents the serving load left out,
     and the collisions of its view, as JSON (L{problems_document}).
 
@@ -37,7 +39,7 @@ from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
 from meshdns_plugin.entries import Problem
-from meshdns_plugin.listeners import collisions
+from meshdns_plugin.listeners import ListenerPlan, collisions
 from meshdns_plugin.mesh.view import Collision
 from meshdns_plugin.metrics import registry_for
 from meshdns_plugin.table import NameTable
@@ -105,7 +107,10 @@ class Index(_Folder):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _TEXT)
-        return b"meshdns admin: /healthz /readyz /metrics /debug/table /debug/problems\n"
+        return (
+            b"meshdns admin: /healthz /readyz /metrics /debug/table /debug/listeners "
+            b"/debug/problems\n"
+        )
 
 
 class Health(_Leaf):
@@ -153,6 +158,37 @@ class TableDump(_Leaf):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         document = table_document(self._mesh.authority.table)
+        # Which config this server runs, so that `meshdns table` asks only
+        # the server of the config it was given.
+        document["config"] = self._mesh.config.source
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def listeners_document(plan: ListenerPlan) -> dict[str, Any]:
+    """
+    The VIP listeners of a plan as JSON-able data, for C{/debug/listeners}
+    and C{meshdns listeners}: each one's address, port and host.
+    """
+    return {
+        "listeners": [
+            {"address": spec.address, "port": spec.port, "host": spec.host}
+            for spec in plan.listeners
+        ]
+    }
+
+
+class ListenersDump(_Leaf):
+    """C{/debug/listeners}: the listeners the server opens (none when they are off)."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        listeners = self._mesh.vipListeners
+        document = listeners_document(listeners.plan if listeners is not None else ListenerPlan())
+        document["config"] = self._mesh.config.source
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
@@ -213,6 +249,7 @@ def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
     debug = _Folder()
     debug.putChild(b"table", TableDump(mesh))
     debug.putChild(b"problems", ProblemsDump(mesh))
+    debug.putChild(b"listeners", ListenersDump(mesh))
     root.putChild(b"debug", debug)
     return root
 

@@ -9,6 +9,8 @@ starting one.
   - C{meshdns table [--json]}: the name table;
   - C{meshdns listeners}: the VIP listeners, in the table shape of
     C{istioctl proxy-config listener};
+    both ask the running meshdns of the config (its admin endpoint) when one
+    answers, and read the files otherwise, saying which on stderr;
   - C{meshdns query NAME [TYPE]}: one query, printed the way dig prints it;
   - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.capture}).
 
@@ -25,7 +27,9 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -37,7 +41,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from meshdns_plugin import capture
-from meshdns_plugin.admin import table_document
+from meshdns_plugin.admin import listeners_document, table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
 from meshdns_plugin.listeners import ListenerPlan, collisions, listener_plan
 from meshdns_plugin.reload import PreparedTable, TableLoader
@@ -46,6 +50,8 @@ Command = Callable[[argparse.Namespace], int]
 
 #: The EDNS payload size C{meshdns query} offers, as dig does since 9.16.
 QUERY_PAYLOAD = 1232
+#: How long C{meshdns table} and C{listeners} wait for a running meshdns.
+ADMIN_TIMEOUT = 1.0
 
 
 class CommandError(Exception):
@@ -106,46 +112,96 @@ def _aligned(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def table(args: argparse.Namespace) -> int:
+def _from_server(config: Config, path: str) -> dict[str, Any] | None:
     """
-    The name table: one row per (name, type), an alias's row giving its
-    CNAME target; or JSON as C{/debug/table} serves it.
+    What a running meshdns of C{config} serves at its admin endpoint's
+    C{path}, or L{None} when none answers (admin off, nothing listening, or a
+    meshdns of another config on that port).
     """
-    _, prepared = _prepare(args)
-    if args.json:
-        print(json.dumps(table_document(prepared.table), indent=1))
-        return 0
+    admin = config.admin
+    if not admin.port:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.address, admin.address)
+    url = f"http://{_endpoint(host, admin.port)}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=ADMIN_TIMEOUT) as response:
+            document = json.load(response)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("config") != config.source:
+        return None
+    print(f"meshdns: from the running meshdns at {url}", file=sys.stderr)
+    return document
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _from_files(config: Config) -> PreparedTable:
+    """The files read as a reload would read them, saying so."""
+    print(
+        f"meshdns: from the files of {config.source} (no meshdns of it answers)", file=sys.stderr
+    )
+    return TableLoader(config).prepare()
+
+
+def table_rows(document: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """
+    The rows of C{meshdns table} for a L{table_document}: one per (name,
+    type), an alias's giving its CNAME target.
+    """
     rows = [("NAME", "TYPE", "ADDRESSES", "SOURCE")]
-    for records in prepared.table:
-        vip = " (VIP)" if records.vip else ""
-        for rtype, addresses in (("A", records.ipv4), ("AAAA", records.ipv6)):
-            if addresses:
+    for records in document["names"]:
+        vip = " (VIP)" if records["vip"] else ""
+        for rtype in ("A", "AAAA"):
+            if records[rtype]:
                 rows.append(
                     (
-                        records.name.decode(),
+                        records["name"],
                         rtype,
-                        ", ".join(addresses) + vip,
-                        ", ".join(records.sources),
+                        ", ".join(records[rtype]) + vip,
+                        ", ".join(records["sources"]),
                     )
                 )
-    for alias in prepared.table.iter_aliases():
-        rows.append((alias.name.decode(), "CNAME", alias.target.decode(), ", ".join(alias.sources)))
-    print(_aligned(rows))
+    for alias in document["aliases"]:
+        rows.append((alias["name"], "CNAME", alias["CNAME"], ", ".join(alias["sources"])))
+    return rows
+
+
+def table(args: argparse.Namespace) -> int:
+    """
+    The name table, from the running meshdns of the config if one answers,
+    else from the files: one row per (name, type), or JSON as
+    C{/debug/table} serves it.
+    """
+    config = load_config(args.config)
+    document = _from_server(config, "/debug/table")
+    if document is None:
+        document = table_document(_from_files(config).table)
+    document.pop("config", None)
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        print(_aligned(table_rows(document)))
     return 0
 
 
-def listener_rows(plan: ListenerPlan) -> list[tuple[str, str, str, str]]:
+def listener_rows(document: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """
-    The rows of C{istioctl proxy-config listener}'s table for a plan:
-    C{ADDRESSES PORT MATCH DESTINATION}, one per listener, the destination
-    C{Cluster: outbound|PORT||HOST}, so that the Istio guide's C{grep | awk}
-    pipeline reads them as it reads istioctl's.
+    The rows of C{istioctl proxy-config listener}'s table for a
+    L{listeners_document}: C{ADDRESSES PORT MATCH DESTINATION}, one per
+    listener, the destination C{Cluster: outbound|PORT||HOST}, so that the
+    Istio guide's C{grep | awk} pipeline reads them as it reads istioctl's.
     """
     rows = [("ADDRESSES", "PORT", "MATCH", "DESTINATION")]
-    for spec in sorted(plan.listeners, key=lambda s: (s.host, s.port, _address_order(s.address))):
-        rows.append(
-            (spec.address, str(spec.port), "ALL", f"Cluster: outbound|{spec.port}||{spec.host}")
-        )
+    ordered = sorted(
+        document["listeners"],
+        key=lambda spec: (spec["host"], spec["port"], _address_order(spec["address"])),
+    )
+    for spec in ordered:
+        port, host = spec["port"], spec["host"]
+        rows.append((spec["address"], str(port), "ALL", f"Cluster: outbound|{port}||{host}"))
     return rows
 
 
@@ -156,17 +212,26 @@ def _address_order(address: str) -> tuple[int, int]:
 
 
 def listeners(args: argparse.Namespace) -> int:
-    """The VIP listeners the server opens with this config, as istioctl lists them."""
-    config, prepared = _prepare(args)
-    plan = listener_plan(prepared.view)
-    for collision in plan.collisions:
-        print(f"meshdns: {collision}", file=sys.stderr)
-    if not config.vip_listeners.enabled:
-        print(
-            "meshdns: note: vip_listeners.enabled is off: the server opens none of these",
-            file=sys.stderr,
-        )
-    print(_aligned(listener_rows(plan)))
+    """
+    The VIP listeners the server opens with this config, as istioctl lists
+    them: the running meshdns's if one answers, else the files' plan (none
+    when C{vip_listeners.enabled} is off, as the server would open none).
+    """
+    config = load_config(args.config)
+    document = _from_server(config, "/debug/listeners")
+    if document is None:
+        prepared = _from_files(config)
+        plan = listener_plan(prepared.view)
+        for collision in plan.collisions:
+            print(f"meshdns: {collision}", file=sys.stderr)
+        if not config.vip_listeners.enabled:
+            print(
+                "meshdns: note: vip_listeners.enabled is off: the server opens no listener",
+                file=sys.stderr,
+            )
+            plan = ListenerPlan()
+        document = listeners_document(plan)
+    print(_aligned(listener_rows(document)))
     return 0
 
 

@@ -23,6 +23,7 @@ from meshdns_plugin.config import load_config
 from meshdns_plugin.reload import TableLoader
 from tests.conftest import free_port
 from tests.samples import external_name
+from tests.test_listeners import guide_config
 from tests.test_reload import BROKEN, entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,8 +169,31 @@ def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:
     assert json.loads(out) == expected
 
 
-def test_listeners_as_the_istio_guide_shows_them(capsys) -> None:
-    code, out, _ = run(capsys, "listeners")
+def test_table_and_listeners_ask_the_running_meshdns(
+    capsys, start_meshdns: Callable[..., object], upstream
+) -> None:
+    admin = free_port()
+    meshdns = start_meshdns(
+        {"upstream": {"servers": [upstream.server]}, "admin": {"port": admin}},
+        {"entries.yaml": entry("served.example", "192.0.2.44")},
+    )
+    config = str(meshdns.config_path)
+    code, out, err = run(capsys, "table", "-c", config)
+    assert code == 0
+    assert f"from the running meshdns at http://127.0.0.1:{admin}/debug/table" in err
+    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
+    code, out, err = run(capsys, "listeners", "-c", config)
+    assert code == 0 and "from the running meshdns" in err
+    # vip_listeners is off in that config: the server opens none.
+    assert out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    meshdns.stop()
+    code, out, err = run(capsys, "table", "-c", config)
+    assert code == 0 and "from the files of" in err
+    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
+
+
+def test_listeners_as_the_istio_guide_shows_them(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "listeners", "-c", guide_config(tmp_path))
     assert code == 0
     header, *rows = out.splitlines()
     assert header.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
@@ -191,7 +215,7 @@ def test_listeners_as_the_istio_guide_shows_them(capsys) -> None:
 def test_listeners_lists_only_what_the_server_opens(capsys, tmp_path: Path) -> None:
     text = entry("plain.example", name="p").replace("resolution: DNS", "resolution: NONE")
     text = text.replace("spec:\n", "spec:\n  ports: [{number: 443, name: tls, protocol: TLS}]\n")
-    config = write_config(tmp_path, {"a.yaml": text})
+    config = write_config(tmp_path, {"a.yaml": text}, vip_listeners={"enabled": True})
     code, out, _ = run(capsys, "listeners", "--config", config)
     assert code == 0
     assert out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]

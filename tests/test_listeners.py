@@ -104,15 +104,26 @@ def test_the_guide_entries() -> None:
     )
 
 
-def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys) -> None:
+def guide_config(tmp_path: Path) -> str:
+    """The shipped entries (the guide's) with the VIP listeners on, no admin endpoint."""
+    entries = Path(__file__).parent.parent / "conf" / "entries"
+    path = tmp_path / "meshdns.yaml"
+    path.write_text(
+        f"entries: [{entries}/]\nvip_listeners: {{enabled: true}}\nadmin: {{port: 0}}\n"
+    )
+    return str(path)
+
+
+def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys, tmp_path: Path) -> None:
     """
     `meshdns listeners` prints istioctl's table, one row per listener the
     server opens, so the guide's `grep tcp-echo | awk '{printf "ADDRESS=%s,
     DESTINATION=%s %s\\n", $1, $4, $5}'` gives its documented lines.
     """
-    prepared = TableLoader(load_config(None)).prepare()
+    config = guide_config(tmp_path)
+    prepared = TableLoader(load_config(config)).prepare()
     plan = listener_plan(prepared.view)
-    assert main(["listeners"]) == 0
+    assert main(["listeners", "-c", config]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
     assert len(lines) == 1 + len(plan.listeners)
@@ -740,3 +751,13 @@ def test_unreachable_backend_closes_the_client(
     assert exchange("127.0.0.44", port, b"anyone?") == b""
     wait_for(lambda: "cannot forward: nxname.upstream.test: no such name" in meshdns.log(),
              "the failure line")
+
+
+def test_the_cli_lists_no_listener_when_the_server_opens_none(capsys, tmp_path: Path) -> None:
+    config = guide_config(tmp_path)
+    Path(config).write_text(Path(config).read_text().replace("enabled: true", "enabled: false"))
+    assert main(["listeners", "-c", config]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    assert "vip_listeners.enabled is off" in captured.err
+    assert "from the files of" in captured.err
