@@ -378,3 +378,17 @@ def test_an_explicit_address_equal_to_another_hosts_is_a_collision_naming_both()
     assert "192.0.2.50" in text
     assert "one.example (ServiceEntry shop/one)" in text
     assert "two.example (ServiceEntry shop/two)" in text
+
+
+def test_dynamic_dns_wildcards_get_vips_as_istios_allocator_gives_them() -> None:
+    dynamic = service_entry(
+        "dyn",
+        "shop",
+        "hosts: ['*.dyn.example']\nresolution: DYNAMIC_DNS\n"
+        "ports: [{number: 443, name: tls, protocol: TLS}]",
+    )
+    dns = service_entry("wild", "shop", "hosts: ['*.wild.example']\nresolution: NONE")
+    view = view_of(entries_of(dynamic, dns))
+    assert view.hosts["*.dyn.example"].kind == VIP
+    assert len(view.addresses("*.dyn.example")) == 2
+    assert "*.wild.example" not in view.hosts
