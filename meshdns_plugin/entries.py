@@ -160,14 +160,6 @@ class ServiceEntry:
         """
         return self.status_addresses.get(host, ())
 
-    def visible_from(self, namespace: str) -> bool:
-        """
-        Whether a proxy in C{namespace} sees this entry (Istio's C{exportTo}).
-        """
-        if not self.export_to or "*" in self.export_to or namespace in self.export_to:
-            return True
-        return "." in self.export_to and self.namespace == namespace
-
     @property
     def auto_allocatable(self) -> bool:
         """Whether this entry's non-wildcard hosts get VIPs (DESIGN.md)."""

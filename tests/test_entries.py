@@ -25,6 +25,7 @@ from meshdns_plugin.entries import (
     load_entries,
     parse_entries,
 )
+from meshdns_plugin.mesh.scope import exported_to
 
 
 def service_entry(
@@ -287,8 +288,8 @@ def test_export_to(export_to: list[str] | None, own: bool, other: bool) -> None:
     """An entry of namespace ns1 seen from a proxy in ns1 (own) and in ns2 (other)."""
     spec = {} if export_to is None else {"exportTo": export_to}
     (entry,) = parse(service_entry(["a.example"], namespace="ns1", **spec)).service_entries
-    assert entry.visible_from("ns1") is own
-    assert entry.visible_from("ns2") is other
+    assert exported_to(entry.export_to, entry.namespace, "ns1") is own
+    assert exported_to(entry.export_to, entry.namespace, "ns2") is other
 
 
 @pytest.mark.parametrize(
