@@ -296,8 +296,8 @@ class Reloader:
         self.stats.last_ok = True
         self.stats.last_time = time.time()
         _log.info(
-            "Reloaded: {entries} entries ({invalid} invalid documents left out), "
-            "{names} mesh names, {vips} VIP hosts in {seconds:.3f} s",
+            "Reloaded: {entries} entries, {names} mesh names, {vips} VIP hosts, "
+            "{invalid} invalid documents left out, in {seconds:.3f} s",
             entries=prepared.entry_count,
             invalid=len(prepared.entries.problems),
             names=len(table),
