@@ -5,7 +5,7 @@ scrapes and an operator curls.
 
   - C{/healthz}: 200 while the process runs (liveness);
   - C{/readyz}: 200 once the table is loaded and DNS is being served, 503
-    before and while shutting down (readiness). A rejected reload does not
+    before and while shutting down (readiness). A failed reload does not
     make it unready: the previous table is still served;
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.metrics});

@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_entries -*-
 """
-YAML documents -> frozen model objects: Istio C{ServiceEntry}, Kubernetes
-C{Service} and C{EndpointSlice}.
+YAML documents -> frozen model objects: Istio C{ServiceEntry} and
+C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice}.
 
 This is the only module that knows the shape of those documents. It reads them
 the way C{kubectl get -o yaml} prints them (several documents per file, C{kind:
-List} wrappers) and collects every problem it finds, each naming the file, the
-document index and the field, so a rejected reload can say everything that is
-wrong at once.
+List} wrappers, C{status} included) and validates them as Istio's webhook and
+the API server do. Every problem is collected, each naming the file, the
+document index and the field, and the invalid document is left out: the others
+are still read, so one team's mistake never hides another team's services.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class Entries:
 @dataclass(frozen=True)
 class Problem:
     """
-    One reason an entry file was rejected.
+    One reason a document (or a whole file) was left out.
 
     @ivar document: the YAML document index, or L{None} for the whole file.
     @ivar field: a dotted path inside the document, or L{None}.

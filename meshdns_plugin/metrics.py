@@ -146,7 +146,7 @@ class MeshCollector(Collector):
         yield total
         yield GaugeMetricFamily(
             "meshdns_last_reload_success",
-            "1 if the last reload was applied, 0 if it was rejected.",
+            "1 if the last reload was applied, 0 if it failed (invalid documents do not fail it).",
             value=int(reloads.last_ok),
         )
         yield GaugeMetricFamily(

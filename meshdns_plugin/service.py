@@ -164,7 +164,8 @@ class MeshService(service.MultiService):
     def reload(self) -> bool:
         """
         Rebuild the table from the files and swap it in with one assignment;
-        if any entry is invalid, log every problem and keep the current table.
+        invalid documents are logged and left out (their last valid versions
+        keep serving), and an unexpected failure keeps the current table.
         (The watcher does the same with the parsing in a thread.)
 
         @return: whether the new table is now serving.
