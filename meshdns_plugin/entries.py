@@ -48,6 +48,7 @@ DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
 # A host label: ASCII only, so a name is the same bytes in the table and on the wire.
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 _K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def is_k8s_label(text: str) -> bool:
@@ -73,6 +74,22 @@ def _quote(value: Any) -> str:
 
 #: What identifies a document across loads: kind, namespace and name.
 DocumentKey = tuple[str, str, str]
+
+
+def _check_metadata(origin: Origin) -> None:
+    """
+    The API server's rules for any object's name and namespace: a
+    namespace is a DNS label, a name a DNS subdomain (at most 253
+    characters), and a Service's name a DNS-1035 label (it starts with a
+    letter), since it becomes a DNS name of its own.
+    """
+    if not is_k8s_label(origin.namespace):
+        raise _Invalid("metadata.namespace", f"{_quote(origin.namespace)} is not a namespace name")
+    name = origin.name
+    if len(name) > 253 or not _K8S_SUBDOMAIN.fullmatch(name):
+        raise _Invalid("metadata.name", f"{_quote(name)} is not a valid {origin.kind} name")
+    if origin.kind == "Service" and not (is_k8s_label(name) and name[0].isalpha()):
+        raise _Invalid("metadata.name", f"{_quote(name)} is not a valid Service name")
 
 
 @dataclass(frozen=True)
@@ -632,11 +649,6 @@ def _check_cluster_ips(spec: _Document, given: list[str], addresses: list[str]) 
 
 
 def _service(doc: _Document, origin: Origin) -> Service:
-    # The name and namespace become DNS names: an empty or odd one would put
-    # a bogus name (even the root) in the table.
-    for key, value in (("name", origin.name), ("namespace", origin.namespace)):
-        if not is_k8s_label(value):
-            raise _Invalid(f"metadata.{key}", f"{_quote(value)} is not a valid Service {key}")
     spec = doc.mapping("spec")
     export_to = tuple(
         part.strip()
@@ -768,6 +780,16 @@ class _Collector:
             origin = Origin(
                 file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
             )
+            known = (
+                (kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS)
+                or (kind == "Sidecar" and api in SIDECAR_APIS)
+                or (kind == "Service" and api == "v1")
+                or (kind == "EndpointSlice" and api == "discovery.k8s.io/v1")
+            )
+            if known:
+                # Names become DNS names and keys: an empty or odd one would
+                # put a bogus name (even the root) in the table.
+                _check_metadata(origin)
             if kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS:
                 entry, warnings = _service_entry(doc, origin)
                 self.service_entries.append(entry)

@@ -63,7 +63,11 @@ def endpoint_slice(
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{service_name}-abcde", "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": f"{service_name or 'orphan'}-abcde",
+            "namespace": namespace,
+            "labels": labels,
+        },
         "addressType": "IPv4",
         "endpoints": endpoints,
     }

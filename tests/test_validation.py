@@ -187,3 +187,18 @@ def test_several_hosts_on_a_plain_tcp_port_is_a_warning_not_an_error(tmp_path: P
     entries = load_entries([str(one_file(tmp_path, [document]))])
     assert entries.problems == ()
     assert any("several hosts share port 9000" in note for note in entries.notes)
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        (se({"hosts": ["a.example"]}, namespace="Team_A"), "metadata.namespace"),
+        (se({"hosts": ["a.example"]}, name="Payments API"), "metadata.name"),
+        (svc({"clusterIP": "10.96.0.1"}, name="1st"), "metadata.name"),
+        (svc({"clusterIP": "10.96.0.1"}, name="web.v2"), "metadata.name"),
+    ],
+)
+def test_kubernetes_name_rules(document: dict[str, Any], field: str, tmp_path: Path) -> None:
+    """Namespaces are DNS labels, names DNS subdomains, Service names DNS-1035 labels."""
+    (problem,) = load_entries([str(one_file(tmp_path, [document]))]).problems
+    assert problem.field == field
