@@ -154,8 +154,9 @@ fi
 
 echo
 echo "== External TCP services without VIPs: one listener per VIP (istioctl pc listener)"
-echo "\$ meshdns listeners | grep tcp-echo"
-meshdns listeners --config "$WORK/meshdns.yaml" | grep tcp-echo
+echo "\$ meshdns listeners | grep tcp-echo | awk '{printf \"ADDRESS=%s, DESTINATION=%s %s\\n\", \$1, \$4, \$5}'"
+meshdns listeners --config "$WORK/meshdns.yaml" | grep tcp-echo \
+    | awk '{printf "ADDRESS=%s, DESTINATION=%s %s\n", $1, $4, $5}'
 echo
 echo "Both on port 9000, each reaching its own backend:"
 in_ns "$PYTHON" -c '

@@ -19,10 +19,12 @@ of, so they compose the Twisted way:
     C{twistd meshdns} reads it.
 
 The builders take a L{Config} or the path of a config file. They raise
-L{ConfigError} for a config that cannot be used and L{EntriesError} for
-invalid entry files, with one line per problem, as C{twistd meshdns} prints
-them. Nothing here imports the reactor: each builder takes one, and uses the
-global reactor only when given none, when it is called.
+L{ConfigError} for a config that cannot be used; invalid documents in the
+entry files are logged, one line each, and left out, as C{twistd meshdns}
+does. (L{EntriesError} is what the strict
+L{meshdns_plugin.entries.parse_entries} raises.) Nothing here imports the
+reactor: each builder takes one, and uses the global reactor only when given
+none, when it is called.
 
 C{twistd meshdns} itself (L{meshdns_plugin.tap}) is built on these functions.
 """
@@ -102,7 +104,7 @@ def meshAuthority(
     @param chase: the resolver that looks up the targets of ExternalName
         Services outside the mesh, or L{None}.
     @raise ConfigError: if C{config} is a path to an unusable file.
-    @raise EntriesError: if any entry is invalid.
+    Invalid documents are logged and left out; every valid one is served.
     """
     return MeshAuthority(TableLoader(_asConfig(config)).load(), chase=chase)
 
@@ -167,8 +169,7 @@ def meshService(
         C{interface} is not one IP or a list of distinct ones, or if the
         listen settings cannot be used (an address beyond loopback without
         a C{listen.allow} list, port 0 with several addresses).
-    @raise EntriesError: if any entry is invalid (there is no previous table
-        to keep serving yet).
+    Invalid documents are logged and left out; every valid one is served.
     """
     config = override_listen(_asConfig(config), port=port, interface=interface)
     return MeshService(config, reactor, authorities)

@@ -5,11 +5,15 @@ scrapes and an operator curls.
 
   - C{/healthz}: 200 while the process runs (liveness);
   - C{/readyz}: 200 once the table is loaded and DNS is being served, 503
-    before and while shutting down (readiness). A rejected reload does not
+    before and while shutting down (readiness). A failed reload does not
     make it unready: the previous table is still served;
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.metrics});
-  - C{/debug/table}: the name table as JSON (L{table_document}).
+  - C{/debug/table}: the name table as JSON (L{table_document});
+  - C{/debug/listeners}: the VIP listeners being served, as JSON
+    (L{listeners_document});
+  - C{/debug/problems}: the invalid documents the serving load left out,
+    and the collisions of its view, as JSON (L{problems_document}).
 
 It listens on loopback by default (C{admin.address}); C{admin.port: 0}
 disables it. Failing to listen is logged and leaves DNS serving: the endpoint
@@ -34,6 +38,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
+from meshdns_plugin.entries import Problem
+from meshdns_plugin.listeners import ListenerPlan, collisions
+from meshdns_plugin.mesh.view import Collision
 from meshdns_plugin.metrics import registry_for
 from meshdns_plugin.table import NameTable
 
@@ -100,7 +107,10 @@ class Index(_Folder):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _TEXT)
-        return b"meshdns admin: /healthz /readyz /metrics /debug/table\n"
+        return (
+            b"meshdns admin: /healthz /readyz /metrics /debug/table /debug/listeners "
+            b"/debug/problems\n"
+        )
 
 
 class Health(_Leaf):
@@ -160,6 +170,84 @@ class TableDump(_Leaf):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         document = table_document(self._mesh.authority.table)
+        # Which config this server runs, so that `meshdns table` asks only
+        # the server of the config it was given.
+        document["config"] = self._mesh.config.source
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def listeners_document(plan: ListenerPlan) -> dict[str, Any]:
+    """
+    The VIP listeners of a plan as JSON-able data, for C{/debug/listeners}
+    and C{meshdns listeners}: each one's address, port and host.
+    """
+    return {
+        "listeners": [
+            {"address": spec.address, "port": spec.port, "host": spec.host}
+            for spec in plan.listeners
+        ]
+    }
+
+
+class ListenersDump(_Leaf):
+    """C{/debug/listeners}: the listeners the server opens (none when they are off)."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        listeners = self._mesh.vipListeners
+        document = listeners_document(listeners.plan if listeners is not None else ListenerPlan())
+        document["config"] = self._mesh.config.source
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+
+def problems_document(
+    problems: tuple[Problem, ...], found: tuple[Collision, ...] = ()
+) -> dict[str, Any]:
+    """
+    The invalid documents as JSON-able data: each one's file, document
+    index, field, kind/namespace/name when known, and the reason, the same
+    words as the log line; then the collisions, each naming both claimants.
+    """
+    return {
+        "invalid": [
+            {
+                "file": p.file,
+                "document": p.document,
+                "field": p.field,
+                "key": list(p.key) if p.key is not None else None,
+                "message": p.message,
+            }
+            for p in problems
+        ],
+        "collisions": [
+            {
+                "address": c.address,
+                "port": c.port,
+                "first": c.first,
+                "second": c.second,
+                "message": str(c),
+            }
+            for c in found
+        ],
+    }
+
+
+class ProblemsDump(_Leaf):
+    """C{/debug/problems}: what the serving load left out, and why."""
+
+    def __init__(self, mesh: MeshService) -> None:
+        super().__init__()
+        self._mesh = mesh
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        loader = self._mesh.loader
+        found = collisions(loader.view) if loader.view is not None else ()
+        document = problems_document(loader.problems, found)
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
@@ -173,6 +261,8 @@ def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
     debug = DebugIndex()
     debug.putChild(b"", debug)
     debug.putChild(b"table", TableDump(mesh))
+    debug.putChild(b"problems", ProblemsDump(mesh))
+    debug.putChild(b"listeners", ListenersDump(mesh))
     root.putChild(b"debug", debug)
     return root
 

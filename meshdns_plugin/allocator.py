@@ -9,6 +9,8 @@ meshdns is stronger on purpose:
     and hosts are placed in sorted order, so replicas agree without talking;
   - stable: a host that already has a VIP (from the previous table, or from
     the state file after a restart) keeps it while it exists;
+  - an address that any entry claims (explicitly, or in the status Istio's
+    own allocator wrote) is never handed out;
   - collisions probe to the next free address; C{.0} and C{.255} style
     addresses and the range's own network and broadcast addresses are never
     handed out; exhaustion is reported per host, never a duplicate.
@@ -116,6 +118,19 @@ class _Range:
         self.used.add(offset)
         return str(ip)
 
+    def reserve(self, address: str) -> None:
+        """Take an address that is someone else's, if it is in the range."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return
+        if ip.version == self.network.version and ip in self.network:
+            offset = int(ip) - int(self.network.network_address)
+            if offset not in self.used:
+                self.used.add(offset)
+                if _usable(self.network, offset):
+                    self.capacity -= 1
+
     def place(self, host: str) -> str | None:
         """Reserve the first free usable address from the host's hash onwards."""
         if len(self.used) >= self.capacity:
@@ -135,16 +150,22 @@ def allocate(
     ipv4_range: ipaddress.IPv4Network,
     ipv6_range: ipaddress.IPv6Network,
     previous: Mapping[str, Vips] | None = None,
+    reserved: Iterable[str] = (),
 ) -> Allocation:
     """
     Give every host one VIP of each family.
 
     @param hosts: the eligible host names (lowercase, no trailing dot).
     @param previous: earlier assignments to keep where still valid.
+    @param reserved: addresses entries claim: never handed out, and a
+        previous assignment that became one of them moves.
     """
     previous = previous or {}
     wanted = sorted(set(hosts))
     v4, v6 = _Range(ipv4_range), _Range(ipv6_range)
+    for address in reserved:
+        v4.reserve(address)
+        v6.reserve(address)
     kept: dict[str, tuple[str | None, str | None]] = {}
     for host in wanted:
         old = previous.get(host)

@@ -7,8 +7,10 @@ starting one.
     does (the same L{load_config} and L{TableLoader}, no second parser), for
     CI before shipping a ConfigMap;
   - C{meshdns table [--json]}: the name table;
-  - C{meshdns listeners}: one line per (address, port) of each ServiceEntry,
-    as C{istioctl proxy-config listener} shows them in Istio's guide;
+  - C{meshdns listeners}: the VIP listeners, in the table shape of
+    C{istioctl proxy-config listener};
+    both ask the running meshdns of the config (its admin endpoint) when one
+    answers, and read the files otherwise, saying which on stderr;
   - C{meshdns query NAME [TYPE]}: one query, printed the way dig prints it;
   - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.capture}).
 
@@ -25,7 +27,9 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -37,15 +41,17 @@ import dns.rdataclass
 import dns.rdatatype
 
 from meshdns_plugin import capture
-from meshdns_plugin.admin import table_document
+from meshdns_plugin.admin import listeners_document, table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
-from meshdns_plugin.entries import EntriesError
+from meshdns_plugin.listeners import ListenerPlan, collisions, listener_plan
 from meshdns_plugin.reload import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
 
 #: The EDNS payload size C{meshdns query} offers, as dig does since 9.16.
 QUERY_PAYLOAD = 1232
+#: How long C{meshdns table} and C{listeners} wait for a running meshdns.
+ADMIN_TIMEOUT = 1.0
 
 
 class CommandError(Exception):
@@ -59,17 +65,41 @@ def _prepare(args: argparse.Namespace) -> tuple[Config, PreparedTable]:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Validate config and entries; a one-line summary."""
+    """
+    Validate config and entries, strictly enough for CI: exit code 1 if any
+    document is invalid or a configured entries path does not exist (the
+    server would serve without them), each named on stderr; else a one-line
+    summary and 0. Collisions (an address or a listener two hosts claim) are
+    warnings, naming both entries.
+    """
     config, prepared = _prepare(args)
-    for note in prepared.entries.notes:
+    entries = prepared.entries
+    for note in entries.notes:
         print(f"meshdns: note: {note}", file=sys.stderr)
     for error in prepared.errors:
         print(f"meshdns: {error}", file=sys.stderr)
+    for problem in entries.problems:
+        print(f"meshdns: invalid: {problem}", file=sys.stderr)
+    for path in entries.missing:
+        print(f"meshdns: missing: {path}: no such file or folder", file=sys.stderr)
+    for note in prepared.view.notes:
+        print(f"meshdns: note: {note}", file=sys.stderr)
+    found = collisions(prepared.view)
+    for collision in found:
+        print(f"meshdns: warning: {collision}", file=sys.stderr)
     table = prepared.table
-    print(
-        f"OK {config.source}: {prepared.entry_count} entries, "
+    summary = (
+        f"{config.source}: {prepared.entry_count} entries, "
         f"{len(table)} names, {len(table.vips)} VIP hosts"
     )
+    if entries.problems or entries.missing:
+        print(
+            f"FAILED {summary}; {len(entries.problems)} invalid document(s) and "
+            f"{len(entries.missing)} missing path(s), left out by a server",
+        )
+        return 1
+    warned = f"; {len(found)} collision warning(s)" if found else ""
+    print(f"OK {summary}{warned}")
     return 0
 
 
@@ -82,32 +112,97 @@ def _aligned(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def table(args: argparse.Namespace) -> int:
+def _from_server(config: Config, path: str) -> dict[str, Any] | None:
     """
-    The name table: one row per (name, type), an alias's row giving its
-    CNAME target; or JSON as C{/debug/table} serves it.
+    What a running meshdns of C{config} serves at its admin endpoint's
+    C{path}, or L{None} when none answers (admin off, nothing listening, or a
+    meshdns of another config on that port).
     """
-    _, prepared = _prepare(args)
-    if args.json:
-        print(json.dumps(table_document(prepared.table), indent=1))
-        return 0
+    admin = config.admin
+    if not admin.port:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.address, admin.address)
+    url = f"http://{_endpoint(host, admin.port)}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=ADMIN_TIMEOUT) as response:
+            document = json.load(response)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("config") != config.source:
+        return None
+    print(f"meshdns: from the running meshdns at {url}", file=sys.stderr)
+    return document
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _from_files(config: Config) -> PreparedTable:
+    """The files read as a reload would read them, saying so."""
+    print(
+        f"meshdns: from the files of {config.source} (no meshdns of it answers)", file=sys.stderr
+    )
+    return TableLoader(config).prepare()
+
+
+def table_rows(document: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """
+    The rows of C{meshdns table} for a L{table_document}: one per (name,
+    type), an alias's giving its CNAME target.
+    """
     rows = [("NAME", "TYPE", "ADDRESSES", "SOURCE")]
-    for records in prepared.table:
-        vip = " (VIP)" if records.vip else ""
-        for rtype, addresses in (("A", records.ipv4), ("AAAA", records.ipv6)):
-            if addresses:
+    for records in document["names"]:
+        vip = " (VIP)" if records["vip"] else ""
+        for rtype in ("A", "AAAA"):
+            if records[rtype]:
                 rows.append(
                     (
-                        records.name.decode(),
+                        records["name"],
                         rtype,
-                        ", ".join(addresses) + vip,
-                        ", ".join(records.sources),
+                        ", ".join(records[rtype]) + vip,
+                        ", ".join(records["sources"]),
                     )
                 )
-    for alias in prepared.table.iter_aliases():
-        rows.append((alias.name.decode(), "CNAME", alias.target.decode(), ", ".join(alias.sources)))
-    print(_aligned(rows))
+    for alias in document["aliases"]:
+        rows.append((alias["name"], "CNAME", alias["CNAME"], ", ".join(alias["sources"])))
+    return rows
+
+
+def table(args: argparse.Namespace) -> int:
+    """
+    The name table, from the running meshdns of the config if one answers,
+    else from the files: one row per (name, type), or JSON as
+    C{/debug/table} serves it.
+    """
+    config = load_config(args.config)
+    document = _from_server(config, "/debug/table")
+    if document is None:
+        document = table_document(_from_files(config).table)
+    document.pop("config", None)
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        print(_aligned(table_rows(document)))
     return 0
+
+
+def listener_rows(document: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """
+    The rows of C{istioctl proxy-config listener}'s table for a
+    L{listeners_document}: C{ADDRESSES PORT MATCH DESTINATION}, one per
+    listener, the destination C{Cluster: outbound|PORT||HOST}, so that the
+    Istio guide's C{grep | awk} pipeline reads them as it reads istioctl's.
+    """
+    rows = [("ADDRESSES", "PORT", "MATCH", "DESTINATION")]
+    ordered = sorted(
+        document["listeners"],
+        key=lambda spec: (spec["host"], spec["port"], _address_order(spec["address"])),
+    )
+    for spec in ordered:
+        port, host = spec["port"], spec["host"]
+        rows.append((spec["address"], str(port), "ALL", f"Cluster: outbound|{port}||{host}"))
+    return rows
 
 
 def _address_order(address: str) -> tuple[int, int]:
@@ -116,38 +211,27 @@ def _address_order(address: str) -> tuple[int, int]:
     return ip.version, int(ip)
 
 
-def listener_lines(config: Config, prepared: PreparedTable) -> list[str]:
-    """
-    C{ADDRESS=..., DESTINATION=Cluster: outbound|PORT||HOST} for each address
-    and port of each ServiceEntry the proxy sees: its own addresses, else its
-    host's VIPs, else C{0.0.0.0} (Istio's shared listener for that port).
-    """
-    vips = prepared.allocation.vips
-    found: set[tuple[str, int, str]] = set()
-    for entry in prepared.entries.service_entries:
-        if not entry.visible_from(config.mesh.namespace):
-            continue
-        for host in entry.hosts:
-            if entry.addresses:
-                addresses: Sequence[str] = entry.addresses
-            elif config.mesh.auto_allocate and entry.auto_allocatable and host in vips:
-                addresses = [a for a in (vips[host].ipv4, vips[host].ipv6) if a is not None]
-            else:
-                addresses = ["0.0.0.0"]
-            for port in entry.ports:
-                found.update((host, port.number, address) for address in addresses)
-    ordered = sorted(found, key=lambda hpa: (hpa[0], hpa[1], _address_order(hpa[2])))
-    return [
-        f"ADDRESS={address}, DESTINATION=Cluster: outbound|{port}||{host}"
-        for host, port, address in ordered
-    ]
-
-
 def listeners(args: argparse.Namespace) -> int:
-    """One line per (VIP or address, port) of each ServiceEntry."""
-    config, prepared = _prepare(args)
-    for line in listener_lines(config, prepared):
-        print(line)
+    """
+    The VIP listeners the server opens with this config, as istioctl lists
+    them: the running meshdns's if one answers, else the files' plan (none
+    when C{vip_listeners.enabled} is off, as the server would open none).
+    """
+    config = load_config(args.config)
+    document = _from_server(config, "/debug/listeners")
+    if document is None:
+        prepared = _from_files(config)
+        plan = listener_plan(prepared.view)
+        for collision in plan.collisions:
+            print(f"meshdns: {collision}", file=sys.stderr)
+        if not config.vip_listeners.enabled:
+            print(
+                "meshdns: note: vip_listeners.enabled is off: the server opens no listener",
+                file=sys.stderr,
+            )
+            plan = ListenerPlan()
+        document = listeners_document(plan)
+    print(_aligned(listener_rows(document)))
     return 0
 
 
@@ -230,13 +314,6 @@ def _guarded(command: Command) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except EntriesError as e:
-            for problem in e.problems:
-                print(f"meshdns: {problem}", file=sys.stderr)
-            print(
-                f"meshdns: {len(e.problems)} problem(s): a reload would be rejected",
-                file=sys.stderr,
-            )
         except (ConfigError, CommandError, dns.exception.DNSException) as e:
             print(f"meshdns: {e}", file=sys.stderr)
         except BrokenPipeError:

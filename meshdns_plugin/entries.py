@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.test_entries -*-
 """
-YAML documents -> frozen model objects: Istio C{ServiceEntry}, Kubernetes
-C{Service} and C{EndpointSlice}.
+YAML documents -> frozen model objects: Istio C{ServiceEntry} and
+C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice}.
 
 This is the only module that knows the shape of those documents. It reads them
 the way C{kubectl get -o yaml} prints them (several documents per file, C{kind:
-List} wrappers) and collects every problem it finds, each naming the file, the
-document index and the field, so a rejected reload can say everything that is
-wrong at once.
+List} wrappers, C{status} included) and validates them as Istio's webhook and
+the API server do. Every problem is collected, each naming the file, the
+document index and the field, and the invalid document is left out: the others
+are still read, so one team's mistake never hides another team's services.
 """
 
 from __future__ import annotations
@@ -27,18 +28,27 @@ from meshdns_plugin import yamltext
 SERVICE_ENTRY_APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
-RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"})
+RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"})
+#: An endpoint that is a Unix domain socket (C{unix:///var/run/socket}).
+UNIX_PREFIX = "unix://"
 SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
 #: EndpointSlice address types; FQDN slices carry host names, which
 #: Kubernetes DNS does not answer with, so they are skipped.
 ADDRESS_TYPES = frozenset({"IPv4", "IPv6", "FQDN"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: The annotation that limits which namespaces see a Kubernetes Service in
+#: Istio, as C{exportTo} does for a ServiceEntry (comma-separated).
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+SIDECAR_APIS = frozenset(
+    f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
+)
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
 # A host label: ASCII only, so a name is the same bytes in the table and on the wire.
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 _K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def is_k8s_label(text: str) -> bool:
@@ -49,6 +59,37 @@ def is_k8s_label(text: str) -> bool:
     the API server enforces.
     """
     return len(text) <= 63 and _K8S_LABEL.fullmatch(text) is not None
+
+
+#: How much of a bad value a message quotes: enough to recognise it, never a
+#: whole pasted certificate or a megabyte of garbage in one log line.
+QUOTE_LIMIT = 60
+
+
+def _quote(value: Any) -> str:
+    """C{value} as C{repr} writes it, cut to L{QUOTE_LIMIT} characters."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
+
+
+#: What identifies a document across loads: kind, namespace and name.
+DocumentKey = tuple[str, str, str]
+
+
+def _check_metadata(origin: Origin) -> None:
+    """
+    The API server's rules for any object's name and namespace: a
+    namespace is a DNS label, a name a DNS subdomain (at most 253
+    characters), and a Service's name a DNS-1035 label (it starts with a
+    letter), since it becomes a DNS name of its own.
+    """
+    if not is_k8s_label(origin.namespace):
+        raise _Invalid("metadata.namespace", f"{_quote(origin.namespace)} is not a namespace name")
+    name = origin.name
+    if len(name) > 253 or not _K8S_SUBDOMAIN.fullmatch(name):
+        raise _Invalid("metadata.name", f"{_quote(name)} is not a valid {origin.kind} name")
+    if origin.kind == "Service" and not (is_k8s_label(name) and name[0].isalpha()):
+        raise _Invalid("metadata.name", f"{_quote(name)} is not a valid Service name")
 
 
 @dataclass(frozen=True)
@@ -67,6 +108,11 @@ class Origin:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def key(self) -> DocumentKey:
+        """The document's identity, which a fixed or broken version keeps."""
+        return (self.kind, self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -118,18 +164,19 @@ class ServiceEntry:
     export_to: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     networks: tuple[str, ...] = ()
+    status_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
         return self.origin.namespace
 
-    def visible_from(self, namespace: str) -> bool:
+    def assigned(self, host: str) -> tuple[str, ...]:
         """
-        Whether a proxy in C{namespace} sees this entry (Istio's C{exportTo}).
+        The VIPs Istio's IP auto-allocation controller recorded for C{host}
+        in C{status.addresses} (since Istio 1.25): what the sidecars of the
+        same cluster route, so what DNS must answer.
         """
-        if not self.export_to or "*" in self.export_to or namespace in self.export_to:
-            return True
-        return "." in self.export_to and self.namespace == namespace
+        return self.status_addresses.get(host, ())
 
     @property
     def auto_allocatable(self) -> bool:
@@ -152,6 +199,11 @@ class Service:
     @ivar type: C{spec.type}, one of L{SERVICE_TYPES}.
     @ivar external_name: for C{type: ExternalName}, the name its DNS names
         are a CNAME to (lowercase, no trailing dot); else L{None}.
+    @ivar unassigned: the document says nothing of a cluster IP (a manifest
+        as applied, before the API server assigns one): its address is not
+        known here, so it is neither answered nor taken for headless.
+    @ivar export_to: the C{networking.istio.io/exportTo} annotation's
+        namespaces (empty: everywhere).
     """
 
     origin: Origin
@@ -159,6 +211,8 @@ class Service:
     ports: tuple[Port, ...] = ()
     type: str = "ClusterIP"
     external_name: str | None = None
+    unassigned: bool = False
+    export_to: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -170,18 +224,41 @@ class Service:
 
     @property
     def headless(self) -> bool:
-        return not self.cluster_ips and self.external_name is None
+        return not self.cluster_ips and self.external_name is None and not self.unassigned
 
 
 @dataclass(frozen=True)
 class EndpointSlice:
     """
     A C{discovery.k8s.io/v1} EndpointSlice, reduced to its ready addresses.
+
+    @ivar hostnames: each ready endpoint's C{hostname} (a StatefulSet pod's
+        name, say) -> its addresses: the per-pod names of a headless Service.
     """
 
     origin: Origin
     service_name: str
     addresses: tuple[str, ...] = ()
+    hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """
+    An Istio C{Sidecar}, as far as DNS needs it: which hosts a proxy knows.
+
+    @ivar egress_hosts: every C{egress[].hosts} item, C{namespace/dnsName}.
+    @ivar selects_workloads: it has a C{workloadSelector}, so it applies to
+        some pods only, never to a namespace's default view.
+    """
+
+    origin: Origin
+    egress_hosts: tuple[str, ...] = ()
+    selects_workloads: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return self.origin.namespace
 
 
 @dataclass(frozen=True)
@@ -191,27 +268,37 @@ class Entries:
 
     @ivar notes: things worth a log line that are not errors (skipped kinds,
         missing paths).
+    @ivar problems: the invalid documents (and unreadable files), each left
+        out: one team's broken file never takes the others' entries down.
+    @ivar missing: configured paths that do not exist; the server serves an
+        empty mesh from them, C{meshdns check} calls them a mistake.
     """
 
     service_entries: tuple[ServiceEntry, ...] = ()
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
     notes: tuple[str, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Problem:
     """
-    One reason an entry file was rejected.
+    One reason a document (or a whole file) was left out.
 
     @ivar document: the YAML document index, or L{None} for the whole file.
     @ivar field: a dotted path inside the document, or L{None}.
+    @ivar key: the document's kind, namespace and name when they could be
+        read, so that its last valid version can keep serving.
     """
 
     file: str
     document: int | None
     field: str | None
     message: str
+    key: DocumentKey | None = None
 
     def __str__(self) -> str:
         where = self.file
@@ -253,7 +340,7 @@ class _Document:
         if value is None:
             return _Document({}, self._path(key) + ".")
         if not isinstance(value, dict):
-            raise _Invalid(self._path(key), f"expected a mapping, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a mapping, got {_quote(value)}")
         return _Document(value, self._path(key) + ".")
 
     def text(self, key: str, default: str = "") -> str:
@@ -261,7 +348,7 @@ class _Document:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise _Invalid(self._path(key), f"expected a string, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a string, got {_quote(value)}")
         return value
 
     def items(self, key: str) -> Iterator[tuple[str, Any]]:
@@ -270,7 +357,7 @@ class _Document:
         if value is None:
             return
         if not isinstance(value, list):
-            raise _Invalid(self._path(key), f"expected a list, got {value!r}")
+            raise _Invalid(self._path(key), f"expected a list, got {_quote(value)}")
         for index, item in enumerate(value):
             yield f"{self._path(key)}[{index}]", item
 
@@ -278,7 +365,7 @@ class _Document:
         result = []
         for path, item in self.items(key):
             if not isinstance(item, str):
-                raise _Invalid(path, f"expected a string, got {item!r}")
+                raise _Invalid(path, f"expected a string, got {_quote(item)}")
             result.append(item)
         return tuple(result)
 
@@ -287,7 +374,7 @@ class _Document:
         result = {}
         for name, value in section.raw.items():
             if not isinstance(value, str | int | float | bool):
-                raise _Invalid(section._path(str(name)), f"expected a string, got {value!r}")
+                raise _Invalid(section._path(str(name)), f"expected a string, got {_quote(value)}")
             result[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
         return result
 
@@ -313,7 +400,7 @@ def _ip(path: str, value: Any) -> str:
     try:
         return str(ipaddress.ip_address(value if isinstance(value, str) else ""))
     except ValueError:
-        raise _Invalid(path, f"{value!r} is not an IP address") from None
+        raise _Invalid(path, f"{_quote(value)} is not an IP address") from None
 
 
 def is_ip(value: str) -> bool:
@@ -327,7 +414,7 @@ def is_ip(value: str) -> bool:
 
 def _port_number(path: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _Invalid(path, f"{value!r} is not a port number (1-65535)")
+        raise _Invalid(path, f"{_quote(value)} is not a port number (1-65535)")
     return value
 
 
@@ -339,12 +426,12 @@ def _host(path: str, value: Any) -> str:
     labels = host.split(".")
     if "*" in host and (labels[0] != "*" or "*" in ".".join(labels[1:]) or len(labels) < 2):
         raise _Invalid(
-            path, f"{value!r}: a wildcard must be the whole first label, as in *.example.com"
+            path, f"{_quote(value)}: a wildcard must be the whole first label, as in *.example.com"
         )
     if len(host) > 253 or any(
         len(label) > 63 or not (label == "*" or _HOST_LABEL.fullmatch(label)) for label in labels
     ):
-        raise _Invalid(path, f"{value!r} is not a valid host name")
+        raise _Invalid(path, f"{_quote(value)} is not a valid host name")
     return host
 
 
@@ -352,7 +439,7 @@ def _exact_host(path: str, value: Any, what: str) -> str:
     """A host name that is not a wildcard (C{what} says what it is, for the message)."""
     host = _host(path, value)
     if host.startswith("*."):
-        raise _Invalid(path, f"{host!r}: {what} cannot be a wildcard")
+        raise _Invalid(path, f"{_quote(host)}: {what} cannot be a wildcard")
     return host
 
 
@@ -360,7 +447,7 @@ def _ports(doc: _Document) -> tuple[Port, ...]:
     ports = []
     for path, raw in doc.items("ports"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         port = _Document(raw, path + ".")
         number = _port_number(path + ".number", raw.get("number", raw.get("port")))
         target = raw.get("targetPort")
@@ -377,13 +464,101 @@ def _ports(doc: _Document) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
+#: The port protocols Istio knows (case does not matter); an empty one means
+#: "sniff it", which Istio accepts too.
+ISTIO_PROTOCOLS = frozenset(
+    {"TCP", "UDP", "HTTP", "HTTP2", "HTTPS", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TLS"}
+    | {"MONGO", "MYSQL", "REDIS", "THRIFT"}
+)
+#: Protocols whose connections carry the host they are for (Host header or
+#: SNI), so that several hosts of one entry can share a port.
+_HOST_AWARE_PROTOCOLS = frozenset(
+    {"HTTP", "HTTP2", "HTTPS", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TLS"}
+)
+
+
+def _check_export_to(path: str, values: tuple[str, ...]) -> None:
+    """Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no repeats."""
+    for index, value in enumerate(values):
+        if value not in (".", "*", "~") and not is_k8s_label(value):
+            raise _Invalid(f"{path}[{index}]", f"{_quote(value)} is not ., *, ~ or a namespace")
+        if value in values[:index]:
+            raise _Invalid(f"{path}[{index}]", f"{_quote(value)} is repeated")
+    if len(values) > 1 and ("~" in values or "*" in values):
+        raise _Invalid(path, "~ and * cannot be combined with other values")
+
+
+def _check_service_entry(spec: _Document, entry: ServiceEntry) -> list[str]:
+    """
+    The rules of Istio's ServiceEntry validation for the fields meshdns
+    reads, so that meshdns refuses what C{kubectl apply} would refuse and
+    nothing else: port numbers and names are unique, protocols known; CIDR
+    addresses only with C{NONE} or C{STATIC}; endpoints' port names are the
+    entry's; a unix socket endpoint has no ports, and its entry one port;
+    C{DNS}/C{DNS_ROUND_ROBIN} without endpoints need exact hosts, and
+    C{DNS_ROUND_ROBIN} at most one endpoint; C{workloadSelector} and
+    C{endpoints} exclude each other.
+
+    @return: warnings: several hosts sharing a port that carries no host
+        name (plain TCP) with a resolution other than C{NONE}, which Istio
+        warns about (every connection goes to one backend), but serves.
+    """
+    names: dict[str, int] = {}
+    numbers: dict[int, int] = {}
+    for index, port in enumerate(entry.ports):
+        path = f"spec.ports[{index}]"
+        if port.number in numbers:
+            raise _Invalid(f"{path}.number", f"port {port.number} is already defined")
+        numbers[port.number] = index
+        if port.name:
+            if port.name in names:
+                raise _Invalid(f"{path}.name", f"port name {_quote(port.name)} is already defined")
+            names[port.name] = index
+        if port.protocol not in ISTIO_PROTOCOLS:
+            raise _Invalid(f"{path}.protocol", f"{_quote(port.protocol)} is not an Istio protocol")
+    if entry.networks and entry.resolution not in ("NONE", "STATIC"):
+        raise _Invalid("spec.addresses", "CIDR addresses need resolution NONE or STATIC")
+    if spec.raw.get("workloadSelector") is not None and entry.endpoints:
+        raise _Invalid("spec.endpoints", "endpoints and workloadSelector cannot both be set")
+    unix = False
+    for index, endpoint in enumerate(entry.endpoints):
+        path = f"spec.endpoints[{index}]"
+        if endpoint.address.startswith(UNIX_PREFIX):
+            unix = True
+            if endpoint.ports:
+                raise _Invalid(f"{path}.ports", "a unix:// endpoint has no ports")
+        for name in endpoint.ports:
+            if name not in names:
+                raise _Invalid(f"{path}.ports.{name}", "not a port name of the entry")
+    if unix and len(entry.ports) != 1:
+        raise _Invalid("spec.ports", "unix:// endpoints need exactly one port")
+    if entry.resolution in DNS_RESOLUTIONS and not entry.endpoints:
+        for index, host in enumerate(entry.hosts):
+            if host.startswith("*."):
+                raise _Invalid(
+                    f"spec.hosts[{index}]",
+                    f"resolution {entry.resolution} without endpoints needs exact hosts",
+                )
+    if entry.resolution == "DNS_ROUND_ROBIN" and len(entry.endpoints) > 1:
+        raise _Invalid("spec.endpoints", "resolution DNS_ROUND_ROBIN takes at most one endpoint")
+    if entry.resolution != "NONE" and len(entry.hosts) > 1:
+        for port in entry.ports:
+            if port.protocol not in _HOST_AWARE_PROTOCOLS:
+                return [
+                    f"{entry.origin}: several hosts share port {port.number} ({port.protocol}), "
+                    "which does not say which host a connection is for: one backend gets them all"
+                ]
+    return []
+
+
+def _service_entry(doc: _Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
+    """The entry, and the warnings of L{_check_service_entry}."""
     spec = doc.mapping("spec")
     hosts = []
     for path, raw in spec.items("hosts"):
         host = _host(path, raw)
         if host in hosts:
-            raise _Invalid(path, f"duplicate host {host!r}")
+            raise _Invalid(path, f"duplicate host {_quote(host)}")
         hosts.append(host)
     if not hosts:
         raise _Invalid("spec.hosts", "a ServiceEntry needs at least one host")
@@ -393,7 +568,7 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             try:
                 network = ipaddress.ip_network(raw, strict=False)
             except ValueError:
-                raise _Invalid(path, f"{raw!r} is not an IP address or CIDR") from None
+                raise _Invalid(path, f"{_quote(raw)} is not an IP address or CIDR") from None
             if network.num_addresses == 1:
                 addresses.append(str(network.network_address))
             else:
@@ -402,14 +577,21 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             addresses.append(_ip(path, raw))
     resolution = spec.text("resolution", "NONE").upper() or "NONE"
     if resolution not in RESOLUTIONS:
-        raise _Invalid("spec.resolution", f"{resolution!r} is not one of {sorted(RESOLUTIONS)}")
+        raise _Invalid(
+            "spec.resolution", f"{_quote(resolution)} is not one of {sorted(RESOLUTIONS)}"
+        )
     endpoints = []
     for path, raw in spec.items("endpoints"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
         address = endpoint.text("address")
-        if address and resolution in DNS_RESOLUTIONS and not is_ip(address):
+        if address.startswith(UNIX_PREFIX):
+            if resolution not in ("STATIC", "NONE") or len(address) == len(UNIX_PREFIX):
+                raise _Invalid(
+                    path + ".address", "a unix:// endpoint needs a path and resolution STATIC"
+                )
+        elif address and resolution in DNS_RESOLUTIONS and not is_ip(address):
             address = _exact_host(path + ".address", address, "an endpoint")
         elif address:
             address = _ip(path + ".address", address)
@@ -418,29 +600,68 @@ def _service_entry(doc: _Document, origin: Origin) -> ServiceEntry:
             port_map[str(name)] = _port_number(f"{path}.ports.{name}", number)
         if address:
             endpoints.append(Endpoint(address, port_map))
-    return ServiceEntry(
+    status: dict[str, list[str]] = {}
+    for path, raw in doc.mapping("status").items("addresses"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
+        item = _Document(raw, path + ".")
+        host = item.text("host").strip().rstrip(".").lower()
+        for target in [host] if host else hosts:
+            status.setdefault(target, []).append(_ip(path + ".value", raw.get("value")))
+    export_to = spec.texts("exportTo")
+    _check_export_to("spec.exportTo", export_to)
+    entry = ServiceEntry(
         origin=origin,
         hosts=tuple(hosts),
         addresses=tuple(dict.fromkeys(addresses)),
         ports=_ports(spec),
         resolution=resolution,
         endpoints=tuple(endpoints),
-        export_to=spec.texts("exportTo"),
+        export_to=export_to,
         labels=doc.mapping("metadata").string_map("labels"),
         networks=tuple(dict.fromkeys(networks)),
+        status_addresses={h: tuple(dict.fromkeys(a)) for h, a in status.items()},
     )
+    return entry, _check_service_entry(spec, entry)
+
+
+def _check_cluster_ips(spec: _Document, given: list[str], addresses: list[str]) -> None:
+    """
+    The API server's rules for a Service's addresses: C{clusterIP} is
+    C{clusterIPs[0]} when both are given; at most two, of different
+    families (dual stack), or a lone C{None}; C{ipFamilies} name those
+    families in the same order.
+    """
+    single = spec.text("clusterIP")
+    if single and spec.raw.get("clusterIPs") and given[0] != single:
+        raise _Invalid("spec.clusterIPs[0]", f"must equal clusterIP {_quote(single)}")
+    if len(given) > 2 or ("None" in given and len(given) > 1):
+        raise _Invalid("spec.clusterIPs", "at most two addresses (dual stack), or one None")
+    families = ["IPv6" if ":" in a else "IPv4" for a in addresses]
+    if len(families) == 2 and families[0] == families[1]:
+        raise _Invalid("spec.clusterIPs", "two addresses must be of different families")
+    declared = spec.texts("ipFamilies")
+    for index, family in enumerate(declared):
+        if family not in ("IPv4", "IPv6"):
+            raise _Invalid(f"spec.ipFamilies[{index}]", f"{_quote(family)} is not IPv4 or IPv6")
+    if declared and families and list(declared[: len(families)]) != families:
+        raise _Invalid("spec.ipFamilies", "must list the families of clusterIPs, in order")
 
 
 def _service(doc: _Document, origin: Origin) -> Service:
-    # The name and namespace become DNS names: an empty or odd one would put
-    # a bogus name (even the root) in the table.
-    for key, value in (("name", origin.name), ("namespace", origin.namespace)):
-        if not is_k8s_label(value):
-            raise _Invalid(f"metadata.{key}", f"{value!r} is not a valid Service {key}")
     spec = doc.mapping("spec")
+    export_to = tuple(
+        part.strip()
+        for part in doc.mapping("metadata")
+        .string_map("annotations")
+        .get(EXPORT_TO_ANNOTATION, "")
+        .split(",")
+        if part.strip()
+    )
+    _check_export_to(f"metadata.annotations.{EXPORT_TO_ANNOTATION}", export_to)
     service_type = spec.text("type", "ClusterIP") or "ClusterIP"
     if service_type not in SERVICE_TYPES:
-        raise _Invalid("spec.type", f"{service_type!r} is not one of {sorted(SERVICE_TYPES)}")
+        raise _Invalid("spec.type", f"{_quote(service_type)} is not one of {sorted(SERVICE_TYPES)}")
     if service_type == "ExternalName":
         # Kubernetes gives such a Service no cluster IP: whatever the
         # document says about one is not looked at.
@@ -452,6 +673,7 @@ def _service(doc: _Document, origin: Origin) -> Service:
             ports=_ports(spec),
             type=service_type,
             external_name=_exact_host("spec.externalName", external_name, "an externalName"),
+            export_to=export_to,
         )
     cluster_ips = list(spec.texts("clusterIPs")) or [spec.text("clusterIP")]
     addresses = []
@@ -460,11 +682,14 @@ def _service(doc: _Document, origin: Origin) -> Service:
             continue
         path = f"spec.clusterIPs[{index}]" if spec.raw.get("clusterIPs") else "spec.clusterIP"
         addresses.append(_ip(path, raw))
+    _check_cluster_ips(spec, cluster_ips, addresses)
     return Service(
         origin=origin,
         cluster_ips=tuple(dict.fromkeys(addresses)),
         ports=_ports(spec),
         type=service_type,
+        unassigned=cluster_ips == [""],
+        export_to=export_to,
     )
 
 
@@ -472,24 +697,54 @@ def _endpoint_slice(doc: _Document, origin: Origin) -> EndpointSlice | None:
     """The slice, or L{None} for one of C{addressType: FQDN} (skipped)."""
     address_type = doc.text("addressType", "IPv4") or "IPv4"
     if address_type not in ADDRESS_TYPES:
-        raise _Invalid("addressType", f"{address_type!r} is not one of {sorted(ADDRESS_TYPES)}")
+        raise _Invalid(
+            "addressType", f"{_quote(address_type)} is not one of {sorted(ADDRESS_TYPES)}"
+        )
     if address_type == "FQDN":
         return None
     labels = doc.mapping("metadata").string_map("labels")
     addresses = []
+    hostnames: dict[str, list[str]] = {}
     for path, raw in doc.items("endpoints"):
         if not isinstance(raw, dict):
-            raise _Invalid(path, f"expected a mapping, got {raw!r}")
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
         endpoint = _Document(raw, path + ".")
+        # Kubernetes DNS answers ready endpoints only; no condition is ready.
         ready = endpoint.mapping("conditions").raw.get("ready")
         if ready is False:
             continue
-        for address_path, address in endpoint.items("addresses"):
-            addresses.append(_ip(address_path, address))
+        own = [_ip(address_path, address) for address_path, address in endpoint.items("addresses")]
+        addresses.extend(own)
+        hostname = endpoint.text("hostname")
+        if hostname:
+            if not is_k8s_label(hostname):
+                raise _Invalid(path + ".hostname", f"{_quote(hostname)} is not a DNS label")
+            hostnames.setdefault(hostname, []).extend(own)
     return EndpointSlice(
         origin=origin,
         service_name=labels.get(SERVICE_NAME_LABEL, ""),
         addresses=tuple(dict.fromkeys(addresses)),
+        hostnames={h: tuple(dict.fromkeys(a)) for h, a in hostnames.items()},
+    )
+
+
+def _sidecar(doc: _Document, origin: Origin) -> Sidecar:
+    spec = doc.mapping("spec")
+    hosts = []
+    for path, raw in spec.items("egress"):
+        if not isinstance(raw, dict):
+            raise _Invalid(path, f"expected a mapping, got {_quote(raw)}")
+        egress = _Document(raw, path + ".")
+        for host_path, host in egress.items("hosts"):
+            if not isinstance(host, str) or host.count("/") != 1 or host.endswith("/"):
+                raise _Invalid(host_path, f"{_quote(host)} is not namespace/dnsName")
+            hosts.append(host.lower())
+        if not raw.get("hosts"):
+            raise _Invalid(path + ".hosts", "an egress listener needs at least one host")
+    return Sidecar(
+        origin=origin,
+        egress_hosts=tuple(hosts),
+        selects_workloads=spec.raw.get("workloadSelector") is not None,
     )
 
 
@@ -501,8 +756,10 @@ class _Collector:
         self.service_entries: list[ServiceEntry] = []
         self.services: list[Service] = []
         self.endpoint_slices: list[EndpointSlice] = []
+        self.sidecars: list[Sidecar] = []
         self.notes: list[str] = []
         self.problems: list[Problem] = []
+        self.missing: list[str] = []
 
     def document(self, raw: Any, file: str, index: int, prefix: str = "") -> None:
         """Read one document (or, recursively, the items of a C{kind: List})."""
@@ -512,6 +769,7 @@ class _Collector:
             self.problems.append(Problem(file, index, prefix or None, "expected a mapping"))
             return
         doc = _Document(raw, prefix)
+        key = _key(raw)
         try:
             kind = doc.text("kind")
             api = doc.text("apiVersion")
@@ -523,10 +781,24 @@ class _Collector:
             origin = Origin(
                 file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
             )
+            known = (
+                (kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS)
+                or (kind == "Sidecar" and api in SIDECAR_APIS)
+                or (kind == "Service" and api == "v1")
+                or (kind == "EndpointSlice" and api == "discovery.k8s.io/v1")
+            )
+            if known:
+                # Names become DNS names and keys: an empty or odd one would
+                # put a bogus name (even the root) in the table.
+                _check_metadata(origin)
             if kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS:
-                self.service_entries.append(_service_entry(doc, origin))
+                entry, warnings = _service_entry(doc, origin)
+                self.service_entries.append(entry)
+                self.notes.extend(f"{file}: document {index}: {w}" for w in warnings)
             elif kind == "Service" and api == "v1":
                 self.services.append(_service(doc, origin))
+            elif kind == "Sidecar" and api in SIDECAR_APIS:
+                self.sidecars.append(_sidecar(doc, origin))
             elif kind == "EndpointSlice" and api == "discovery.k8s.io/v1":
                 endpoint_slice = _endpoint_slice(doc, origin)
                 if endpoint_slice is None:
@@ -542,7 +814,7 @@ class _Collector:
             path, message = e.args
             if prefix and not path.startswith(prefix):
                 path = prefix + path
-            self.problems.append(Problem(file, index, path, message))
+            self.problems.append(Problem(file, index, path, message, key))
 
     def text(self, text: str, file: str) -> None:
         """Read every document of one file's text."""
@@ -566,6 +838,7 @@ class _Collector:
             self.file(path)
         else:
             self.notes.append(f"{path}: does not exist (no entries from it)")
+            self.missing.append(path)
 
     def file(self, path: str) -> None:
         try:
@@ -579,26 +852,46 @@ class _Collector:
         self.text(text, path)
 
     def result(self) -> Entries:
-        if self.problems:
-            raise EntriesError(self.problems)
         return Entries(
             tuple(self.service_entries),
             tuple(self.services),
             tuple(self.endpoint_slices),
             tuple(self.notes),
+            tuple(self.sidecars),
+            tuple(self.problems),
+            tuple(self.missing),
         )
+
+
+def _key(raw: Mapping[str, Any]) -> DocumentKey | None:
+    """
+    A document's kind, namespace and name, read leniently (before its fields
+    are checked), or L{None} when they are not all plain strings.
+    """
+    metadata = raw.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    kind, namespace, name = (
+        raw.get("kind"),
+        metadata.get("namespace") or "default",
+        metadata.get("name"),
+    )
+    if not all(isinstance(part, str) for part in (kind, namespace, name)):
+        return None
+    return (kind, namespace, name)
 
 
 def load_entries(paths: Iterable[str], max_file_size: int = yamltext.MAX_FILE_SIZE) -> Entries:
     """
-    Read every entry file and folder.
+    Read every entry file and folder, leaving out what is invalid.
 
-    @param max_file_size: bytes; a larger file is one error, and is not read.
-
-    A path that does not exist contributes nothing (a note, not an error):
+    Every invalid document (and unreadable or unparsable file) is one
+    L{Problem} in the result, and everything else is read: in a folder of
+    many teams' files, one team's mistake must not take the rest down. A path
+    that does not exist contributes nothing (a note, and one of C{missing}):
     deleting every entry file is a valid, empty mesh.
 
-    @raise EntriesError: listing every problem, if any document is invalid.
+    @param max_file_size: bytes; a larger file is one error, and is not read.
     """
     collector = _Collector(max_file_size)
     for path in paths:
@@ -608,10 +901,13 @@ def load_entries(paths: Iterable[str], max_file_size: int = yamltext.MAX_FILE_SI
 
 def parse_entries(text: str, file: str = "<string>") -> Entries:
     """
-    Read the documents of one YAML text (for tests and the embedding API).
+    Read the documents of one YAML text, strictly (for tests and the
+    embedding API, whose callers want to hear about their own mistakes).
 
     @raise EntriesError: listing every problem, if any document is invalid.
     """
     collector = _Collector()
     collector.text(text, file)
+    if collector.problems:
+        raise EntriesError(collector.problems)
     return collector.result()

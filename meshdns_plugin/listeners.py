@@ -50,8 +50,8 @@ from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshdns_plugin.allocator import Vips
-from meshdns_plugin.entries import DNS_RESOLUTIONS, Entries, Port, ServiceEntry, is_ip
+from meshdns_plugin.entries import DNS_RESOLUTIONS, Port, ServiceEntry, is_ip
+from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
 from meshdns_plugin.stats import ListenerStats
 
 if TYPE_CHECKING:
@@ -121,26 +121,18 @@ class ListenerPlan:
 
     @ivar listeners: one per (address, port), in entry order.
     @ivar notes: one line per TCP port that gets no listener, saying why.
+    @ivar collisions: each (address, port) that a later host also claims;
+        the first host keeps it.
     """
 
     listeners: tuple[ListenerSpec, ...] = ()
     notes: tuple[str, ...] = ()
+    collisions: tuple[Collision, ...] = ()
 
 
 def is_tcp(protocol: str) -> bool:
     """Whether an Istio port protocol runs over TCP: every one but UDP."""
     return protocol.upper() != "UDP"
-
-
-def _listen_addresses(
-    entry: ServiceEntry, host: str, vips: Mapping[str, Vips], auto_allocate: bool
-) -> tuple[str, ...]:
-    """The entry's own addresses, else the host's VIPs (the addresses DNS answers)."""
-    if entry.addresses:
-        return entry.addresses
-    if auto_allocate and entry.auto_allocatable and host in vips:
-        return tuple(a for a in (vips[host].ipv4, vips[host].ipv6) if a is not None)
-    return ()
 
 
 def _backends(entry: ServiceEntry, host: str, port: Port) -> tuple[Backend, ...]:
@@ -169,27 +161,23 @@ def _no_backend_reason(entry: ServiceEntry, host: str) -> str:
     return f"resolution {entry.resolution} without endpoints: nowhere to forward to"
 
 
-def listener_plan(
-    entries: Entries, vips: Mapping[str, Vips], namespace: str, auto_allocate: bool
-) -> ListenerPlan:
+def listener_plan(view: MeshView) -> ListenerPlan:
     """
-    The listeners for C{entries} as a proxy in C{namespace} sees them: for
-    each TCP port of each visible ServiceEntry host, one listener per address
-    that DNS answers for the host (its entry's addresses, else its VIPs).
+    The listeners of a mesh view: for each TCP port of each visible
+    ServiceEntry host, one listener per address that DNS answers for the
+    host (explicit, status or VIP; the endpoints a C{resolution: NONE} entry
+    answers with are the backends themselves, not listeners).
 
     When several hosts claim one (address, port), the first in file order
-    keeps it; the others get a note.
-
-    @param vips: host -> VIPs, the allocation the table was built with.
-    @param auto_allocate: C{mesh.auto_allocate}: whether VIPs are answered.
+    keeps it; the others are collisions.
     """
     specs: dict[tuple[str, int], ListenerSpec] = {}
     notes: list[str] = []
-    for entry in entries.service_entries:
-        if not entry.visible_from(namespace):
-            continue
+    collisions: list[Collision] = []
+    for entry in view.service_entries:
         for host in entry.hosts:
-            addresses = _listen_addresses(entry, host, vips, auto_allocate)
+            found = view.hosts.get(host)
+            addresses = found.addresses if found is not None and found.kind != ENDPOINTS else ()
             for port in entry.ports:
                 if not is_tcp(port.protocol):
                     continue
@@ -204,12 +192,25 @@ def listener_plan(
                 for address in addresses:
                     spec = ListenerSpec(address, port.number, host, str(entry.origin), backends)
                     taken = specs.setdefault(spec.key, spec)
-                    if taken is not spec:
-                        notes.append(
-                            f"{where}: {_endpoint(address, port.number)} already listens "
-                            f"for {taken.host} ({taken.source}): not for {host}"
+                    if taken is not spec and taken.host != host:
+                        collisions.append(
+                            Collision(
+                                address,
+                                port.number,
+                                f"{taken.host} ({taken.source})",
+                                f"{host} ({entry.origin}), which gets no listener",
+                            )
                         )
-    return ListenerPlan(tuple(specs.values()), tuple(notes))
+    return ListenerPlan(tuple(specs.values()), tuple(notes), tuple(collisions))
+
+
+def collisions(view: MeshView) -> tuple[Collision, ...]:
+    """
+    Every collision of a view: addresses two hosts answer (the view's own),
+    then listeners two hosts claim (L{listener_plan}'s); what the log,
+    C{meshdns check} and C{/debug/problems} report alike.
+    """
+    return (*view.collisions, *listener_plan(view).collisions)
 
 
 class BackendUnavailable(Exception):
@@ -513,23 +514,17 @@ class VipListeners(service.Service):
     def __init__(
         self,
         resolver: Any,
-        namespace: str,
-        auto_allocate: bool,
         connect_timeout: float,
         reactor: Any = None,
         bind: Callable[[str, int], socket.socket] = bind_socket,
     ) -> None:
         """
         @param resolver: asks the upstream servers (see L{ForwardingFactory}).
-        @param namespace: C{mesh.namespace}, for C{exportTo}.
-        @param auto_allocate: C{mesh.auto_allocate}.
         @param bind: opens a listening socket (L{bind_socket}; tests fake it).
         """
         if reactor is None:
             from twisted.internet import reactor
         self.resolver = resolver
-        self.namespace = namespace
-        self.auto_allocate = auto_allocate
         self.connect_timeout = connect_timeout
         self.plan = ListenerPlan()
         self.factories: dict[tuple[str, int], ForwardingFactory] = {}
@@ -544,8 +539,6 @@ class VipListeners(service.Service):
         """The listeners C{config} describes, resolving through C{resolver}."""
         return cls(
             resolver,
-            config.mesh.namespace,
-            config.mesh.auto_allocate,
             config.vip_listeners.connect_timeout,
             reactor,
         )
@@ -553,12 +546,11 @@ class VipListeners(service.Service):
     def follow(self, prepared: PreparedTable) -> None:
         """
         Take the listeners of a load that is being accepted (a
-        L{meshdns_plugin.reload.TableLoader} observer): what the entries and
-        the VIPs the table was built with ask for.
+        L{meshdns_plugin.reload.TableLoader} observer): what the mesh view
+        the table was built from asks for.
         """
-        vips = prepared.allocation.vips
         try:
-            self.update(listener_plan(prepared.entries, vips, self.namespace, self.auto_allocate))
+            self.update(listener_plan(prepared.view))
         except Exception:
             # A bug here must not stop the new table from serving DNS.
             _log.failure("VIP listeners could not follow the new entries")
@@ -568,6 +560,9 @@ class VipListeners(service.Service):
         for note in plan.notes:
             if note not in self.plan.notes:
                 _log.info("{note}", note=note)
+        for collision in plan.collisions:
+            if collision not in self.plan.collisions:
+                _log.warn("{collision}", collision=collision)
         self.plan = plan
         if self._opened:
             self._reconcile()

@@ -156,8 +156,13 @@ class MeshCollector(Collector):
         yield total
         yield GaugeMetricFamily(
             "meshdns_last_reload_success",
-            "1 if the last reload was applied, 0 if it was rejected.",
+            "1 if the last reload was applied, 0 if it failed (invalid documents do not fail it).",
             value=int(reloads.last_ok),
+        )
+        yield GaugeMetricFamily(
+            "meshdns_invalid_documents",
+            "Invalid documents the serving load left out (listed at /debug/problems).",
+            value=len(self._mesh.loader.problems),
         )
         yield GaugeMetricFamily(
             "meshdns_last_reload_timestamp_seconds",

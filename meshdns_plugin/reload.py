@@ -43,10 +43,12 @@ from twisted.python.filepath import FilePath
 from meshdns_plugin.allocator import Allocation, StateError, Vips, allocate, load_state, save_state
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config
-from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, EntriesError, load_entries
+from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
+from meshdns_plugin.mesh.carryover import carry_over
+from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.stats import ReloadStats
-from meshdns_plugin.table import NameTable, build_table, vip_hosts
+from meshdns_plugin.table import NameTable, build_table
 
 try:
     from twisted.internet import inotify
@@ -72,6 +74,8 @@ class PreparedTable:
 
     @ivar entries: what the files held (for C{meshdns listeners} and counts).
     @ivar allocation: the VIPs the table was built with.
+    @ivar view: the mesh view the table was built from, which the VIP
+        listeners and the C{meshdns} commands read too.
     @ivar errors: problems that did not stop the load but deserve an error
         line (an unreadable state file, a VIP range exhausted).
     """
@@ -79,6 +83,7 @@ class PreparedTable:
     table: NameTable
     entries: Entries
     allocation: Allocation
+    view: MeshView
     errors: tuple[str, ...] = ()
 
     @property
@@ -95,12 +100,20 @@ class TableLoader:
     @ivar observers: called with every accepted load, start-up included, in
         the reactor thread just before its table serves (the VIP listeners
         follow the entries this way); they must not raise.
+    @ivar problems: the invalid documents of the load serving now, for the
+        admin endpoint and the metrics.
+    @ivar view: the mesh view serving now (L{None} before the first load).
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.observers: list[Callable[[PreparedTable], None]] = []
+        self.problems: tuple[Problem, ...] = ()
+        self.view: MeshView | None = None
         self._vips: dict[str, Vips] | None = None
+        self._entries: Entries | None = None
+        # Notes are news: a reload logs only those the last one did not.
+        self._notes: frozenset[str] = frozenset()
 
     def _previous_vips(self) -> tuple[dict[str, Vips], str | None]:
         """The VIPs to keep, and the reason the state file was ignored, if it was."""
@@ -117,9 +130,9 @@ class TableLoader:
     def prepare(self) -> PreparedTable:
         """
         Read every entry file and build a table, changing nothing: safe in a
-        thread, and what C{meshdns check} runs.
-
-        @raise meshdns_plugin.entries.EntriesError: if any entry is invalid.
+        thread, and what C{meshdns check} runs. Invalid documents are left
+        out (listed in C{entries.problems}); where one was valid in the load
+        serving now, its last valid version is kept.
         """
         # Building a table creates millions of small objects that all stay
         # alive: the cyclic collector would scan them again and again for
@@ -134,40 +147,61 @@ class TableLoader:
 
     def _prepare(self) -> PreparedTable:
         mesh = self.config.mesh
-        entries = load_entries(self.config.entries, self.config.limits.max_file_size)
+        entries = carry_over(
+            load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
+        )
         errors = []
         if mesh.auto_allocate:
             previous, state_error = self._previous_vips()
             if state_error is not None:
                 errors.append(state_error)
             allocation = allocate(
-                vip_hosts(entries, mesh.namespace), mesh.ipv4_range, mesh.ipv6_range, previous
+                vip_hosts(entries, mesh.namespace, mesh.cluster_domain),
+                mesh.ipv4_range,
+                mesh.ipv6_range,
+                previous,
+                reserved=claimed_addresses(entries),
             )
         else:
             allocation = Allocation({})
         errors.extend(f"VIP allocation: {problem}" for problem in allocation.problems)
-        table = build_table(
+        view = mesh_view(
             entries,
             allocation,
             namespace=mesh.namespace,
+            auto_allocate=mesh.auto_allocate,
+            cluster_domain=mesh.cluster_domain,
+        )
+        table = build_table(
+            view,
             cluster_domain=mesh.cluster_domain,
             search=search_domains(self.config),
             ttl=mesh.ttl,
-            auto_allocate=mesh.auto_allocate,
         )
-        return PreparedTable(table, entries, allocation, tuple(errors))
+        return PreparedTable(table, entries, allocation, view, tuple(errors))
 
     def commit(self, prepared: PreparedTable) -> NameTable:
         """
-        Accept a prepared table: log its notes, remember its VIPs for the
+        Accept a prepared table: log its new notes, its problems and its
+        collisions, remember its VIPs for the
         next load, write them to the state file and tell the observers.
         Reactor thread only.
         """
-        for note in prepared.entries.notes:
-            _log.info("{note}", note=note)
+        notes = (*prepared.entries.notes, *prepared.view.notes)
+        for note in notes:
+            if note not in self._notes:
+                _log.info("{note}", note=note)
+        self._notes = frozenset(notes)
+        for problem in prepared.entries.problems:
+            _log.error("Invalid, left out: {problem}", problem=problem)
+        for collision in prepared.view.collisions:
+            _log.warn("{collision}", collision=collision)
         for error in prepared.errors:
             _log.error("{problem}", problem=error)
         self._vips = dict(prepared.allocation.vips)
+        self._entries = prepared.entries
+        self.problems = prepared.entries.problems
+        self.view = prepared.view
         state_file = self.config.mesh.state_file
         if state_file is not None:
             try:
@@ -181,9 +215,6 @@ class TableLoader:
     def load(self) -> NameTable:
         """
         Read every entry file and build a table (L{prepare} then L{commit}).
-
-        @raise meshdns_plugin.entries.EntriesError: if any entry is invalid;
-            nothing is changed then, not even the remembered VIPs.
         """
         return self.commit(self.prepare())
 
@@ -203,11 +234,12 @@ class Reloader:
     says what a reload does, whether it runs inline (L{reload}) or with the
     parsing in a thread (L{reloadInThread}).
 
-    A rejected reload logs one line per problem (file, document, field) and
-    leaves the current table serving; an accepted one logs one line with the
-    entry, name and VIP counts and the time it took. An unexpected error (a
-    bug, not bad input) is logged with its traceback and counted as a failed
-    reload, so it too leaves the current table serving. Either way C{stats}
+    Invalid documents do not reject a reload: they are left out (one error
+    line each, file, document and field), the rest is served, and an
+    accepted reload logs one line with the entry, invalid-document, name and
+    VIP counts and the time it took. An unexpected error (a bug, not bad
+    input) is logged with its traceback and counted as a failed reload, so
+    it leaves the current table serving. Either way C{stats}
     is updated, which is what C{/metrics} reports.
     """
 
@@ -266,8 +298,10 @@ class Reloader:
         self.stats.last_ok = True
         self.stats.last_time = time.time()
         _log.info(
-            "Reloaded: {entries} entries, {names} mesh names, {vips} VIP hosts in {seconds:.3f} s",
+            "Reloaded: {entries} entries, {names} mesh names, {vips} VIP hosts, "
+            "{invalid} invalid documents left out, in {seconds:.3f} s",
             entries=prepared.entry_count,
+            invalid=len(prepared.entries.problems),
             names=len(table),
             vips=len(table.vips),
             seconds=time.monotonic() - started,
@@ -275,11 +309,7 @@ class Reloader:
         return True
 
     def _rejected(self, reason: Failure) -> bool:
-        if reason.check(EntriesError):
-            for problem in reason.value.problems:
-                _log.error("Reload rejected, keeping the current table: {problem}", problem=problem)
-        else:
-            _log.failure("Reload failed, keeping the current table", reason)
+        _log.failure("Reload failed, keeping the current table", reason)
         self.stats.failed += 1
         self.stats.last_ok = False
         return False

@@ -163,8 +163,8 @@ class MeshService(service.MultiService):
             before the forwarder: the mesh stays first so that its names
             keep the wire fast path (see L{MeshDNSServerFactory}), and the
             forwarder, which answers every name, must be last.
-        @raise EntriesError: if the entries are invalid at start-up (there is
-            no previous table to keep serving).
+        Invalid documents at start-up do not stop it: each is logged and
+        left out, and every valid one is served.
         """
         super().__init__()
         self.config = config
@@ -205,7 +205,8 @@ class MeshService(service.MultiService):
     def reload(self) -> bool:
         """
         Rebuild the table from the files and swap it in with one assignment;
-        if any entry is invalid, log every problem and keep the current table.
+        invalid documents are logged and left out (their last valid versions
+        keep serving), and an unexpected failure keeps the current table.
         (The watcher does the same with the parsing in a thread.)
 
         @return: whether the new table is now serving.

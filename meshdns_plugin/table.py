@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from meshdns_plugin.allocator import Allocation
-from meshdns_plugin.entries import Entries, Service, ServiceEntry
+from meshdns_plugin.entries import Service
+from meshdns_plugin.mesh.view import MeshView
 from meshdns_plugin.wire import packed_address, reverse_name
 
 
@@ -184,23 +184,6 @@ def _family_split(addresses: Iterable[str]) -> tuple[tuple[str, ...], tuple[str,
     )
 
 
-def vip_hosts(entries: Entries, namespace: str) -> set[str]:
-    """
-    The hosts that get VIPs: non-wildcard hosts of visible, eligible entries,
-    except hosts another visible entry gives explicit addresses (those answer
-    with the explicit addresses, so a VIP would never be used).
-    """
-    visible = [e for e in entries.service_entries if e.visible_from(namespace)]
-    explicit = {host for e in visible if e.addresses for host in e.hosts}
-    return {
-        host
-        for entry in visible
-        if entry.auto_allocatable
-        for host in entry.hosts
-        if not host.startswith("*.") and host not in explicit
-    }
-
-
 class _Builder:
     """Accumulates addresses per name while a table is built."""
 
@@ -228,36 +211,6 @@ class _Builder:
             )
 
 
-def _service_entry_names(
-    entries: Iterable[ServiceEntry], allocation: Allocation, auto_allocate: bool
-) -> _Builder:
-    """
-    Addresses per ServiceEntry host: explicit addresses first; without any,
-    the endpoints of C{resolution: NONE} entries, else the host's VIPs.
-    """
-    explicit, fallback = _Builder(), _Builder()
-    for entry in entries:
-        source = str(entry.origin)
-        for host in entry.hosts:
-            if entry.addresses:
-                explicit.add(host, entry.addresses, source)
-            elif entry.resolution == "NONE":
-                fallback.add(host, (e.address for e in entry.endpoints), source)
-            elif auto_allocate and entry.auto_allocatable and host in allocation.vips:
-                vips = allocation.vips[host]
-                assigned = [a for a in (vips.ipv4, vips.ipv6) if a is not None]
-                fallback.add(host, assigned, source, vip=True)
-    for host in list(fallback.addresses):
-        if host in explicit.addresses:
-            continue
-        explicit.add(
-            host, fallback.addresses[host], fallback.sources[host][0], host in fallback.vip
-        )
-        for source in fallback.sources[host][1:]:
-            explicit.add(host, (), source)
-    return explicit
-
-
 def _service_names(service: Service, namespace: str, cluster_domain: str) -> list[str]:
     """
     The names a Service answers as, for a proxy in C{namespace}, its fully
@@ -275,35 +228,44 @@ def _service_names(service: Service, namespace: str, cluster_domain: str) -> lis
 
 
 def build_table(
-    entries: Entries,
-    allocation: Allocation,
+    view: MeshView,
     *,
-    namespace: str,
     cluster_domain: str,
     search: tuple[str, ...],
     ttl: int,
-    auto_allocate: bool,
 ) -> NameTable:
     """
-    Build the table a proxy in C{namespace} answers from (DESIGN.md, "Names
-    the mesh answers").
+    Build the table a proxy answers from (DESIGN.md, "Names the mesh
+    answers"), from its L{MeshView}: the view says which entries are seen
+    and which addresses each ServiceEntry host has; the table only names
+    them.
 
     A name with no address of either family is left out, so that queries for
-    it are forwarded rather than answered empty. The names of an
-    ExternalName Service are aliases of its C{externalName} instead
-    (L{NameTable.cname}), whatever a ServiceEntry says of the same name.
+    it are forwarded rather than answered empty: a Service applied without a
+    C{clusterIP} among them. A headless Service answers its ready endpoints,
+    and each endpoint with a C{hostname} answers per pod under the Service's
+    names. The names of an ExternalName Service are aliases of its
+    C{externalName} instead (L{NameTable.cname}), whatever a ServiceEntry
+    says of the same name.
     """
-    visible = [e for e in entries.service_entries if e.visible_from(namespace)]
-    names = _service_entry_names(visible, allocation, auto_allocate)
+    namespace = view.namespace
+    names = _Builder()
+    for host, found in view.hosts.items():
+        names.add(host, found.addresses, found.sources[0], found.vip)
+        for source in found.sources[1:]:
+            names.add(host, (), source)
 
     endpoints: dict[tuple[str, str], list[str]] = {}
-    for endpoint_slice in entries.endpoint_slices:
+    pods: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for endpoint_slice in view.endpoint_slices:
         key = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
         endpoints.setdefault(key, []).extend(endpoint_slice.addresses)
+        for hostname, addresses in endpoint_slice.hostnames.items():
+            pods.setdefault(key, {}).setdefault(hostname, []).extend(addresses)
     services = _Builder()
     external: dict[str, tuple[str, list[str]]] = {}
     canonical: dict[str, str] = {}
-    for service in entries.services:
+    for service in view.services:
         service_names = _service_names(service, namespace, cluster_domain)
         if service.external_name is not None:
             for name in service_names:
@@ -311,12 +273,19 @@ def build_table(
                 if target == service.external_name:
                     sources.append(str(service.origin))
             continue
-        addresses = service.cluster_ips or tuple(
-            endpoints.get((service.namespace, service.name), ())
+        key = (service.namespace, service.name)
+        addresses = service.cluster_ips or (
+            tuple(endpoints.get(key, ())) if service.headless else ()
         )
         for name in service_names:
             services.add(name, addresses, str(service.origin))
             canonical.setdefault(name, service_names[0])
+        if service.headless:
+            for hostname, pod_addresses in pods.get(key, {}).items():
+                for name in service_names:
+                    pod = f"{hostname}.{name}"
+                    services.add(pod, pod_addresses, str(service.origin))
+                    canonical.setdefault(pod, f"{hostname}.{service_names[0]}")
 
     exact: dict[bytes, HostRecords] = {}
     wildcards: dict[bytes, HostRecords] = {}
@@ -352,6 +321,6 @@ def build_table(
         {name: tuple(sorted(hosts)) for name, hosts in pointers.items()},
         search[0].encode() if search else None,
         ttl,
-        {h: (v.ipv4, v.ipv6) for h, v in allocation.vips.items()},
+        {h: (v.ipv4, v.ipv6) for h, v in view.allocation.vips.items()},
         aliases,
     )

@@ -10,7 +10,8 @@ import os
 
 from meshdns_plugin.allocator import allocate
 from meshdns_plugin.entries import parse_entries
-from meshdns_plugin.table import NameTable, build_table, vip_hosts
+from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from meshdns_plugin.table import NameTable, build_table
 
 #: The Istio guide's ServiceEntries shipped in conf/.
 CONF_ENTRIES = os.path.abspath(
@@ -114,12 +115,5 @@ def make_table(text: str = ENTRIES, ttl: int = 30) -> NameTable:
         ipaddress.IPv4Network("240.240.0.0/16"),
         ipaddress.IPv6Network("2001:2::/48"),
     )
-    return build_table(
-        entries,
-        allocation,
-        namespace=NAMESPACE,
-        cluster_domain="cluster.local",
-        search=SEARCH,
-        ttl=ttl,
-        auto_allocate=True,
-    )
+    view = mesh_view(entries, allocation, namespace=NAMESPACE, auto_allocate=True)
+    return build_table(view, cluster_domain="cluster.local", search=SEARCH, ttl=ttl)

@@ -106,11 +106,32 @@ def test_debug_lists_its_pages(mesh: MeshService) -> None:
     assert get(mesh, "/debug/nope")[0] == 404
 
 
-def test_readyz_stays_ready_after_a_rejected_reload(mesh: MeshService, tmp_path: Path) -> None:
+def test_invalid_documents_are_listed_and_leave_it_ready(mesh: MeshService, tmp_path: Path) -> None:
     mesh.listening = True
+    assert json.loads(get(mesh, "/debug/problems")[2]) == {"invalid": [], "collisions": []}
     (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
-    assert mesh.reload() is False
+    assert mesh.reload() is True
     assert get(mesh, "/readyz")[0] == 200
+    status, content_type, body = get(mesh, "/debug/problems")
+    assert (status, content_type) == (200, "application/json")
+    (invalid,) = json.loads(body)["invalid"]
+    assert invalid["file"].endswith("entries.yaml")
+    assert (invalid["document"], invalid["field"]) == (0, "spec.addresses[0]")
+    assert invalid["key"] == ["ServiceEntry", "default", "se"]
+    assert "not an IP address" in invalid["message"]
+
+
+def test_collisions_are_listed_naming_both_entries(mesh: MeshService, tmp_path: Path) -> None:
+    (tmp_path / "entries.yaml").write_text(
+        entry("one.example", "192.0.2.77", name="one")
+        + "---\n"
+        + entry("two.example", "192.0.2.77", name="two")
+    )
+    assert mesh.reload()
+    (collision,) = json.loads(get(mesh, "/debug/problems")[2])["collisions"]
+    assert (collision["address"], collision["port"]) == ("192.0.2.77", None)
+    assert "one.example (ServiceEntry default/one)" == collision["first"]
+    assert "two.example (ServiceEntry default/two)" == collision["second"]
 
 
 def test_metrics_is_prometheus_text(mesh: MeshService) -> None:

@@ -27,7 +27,6 @@ import meshdns_plugin
 from meshdns_plugin import (
     Config,
     ConfigError,
-    EntriesError,
     cachingForwarder,
     loadConfig,
     meshAuthority,
@@ -123,14 +122,17 @@ def test_config_from_path_or_object(config_path: Path) -> None:
         meshAuthority(config_path.with_name("missing.yaml"))
 
 
-def test_invalid_entries(tmp_path: Path) -> None:
+def test_invalid_entries_are_left_out(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
         "metadata: {name: bad}\nspec: {hosts: [bad.internal], addresses: [not-an-ip]}\n"
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: good}\nspec: {hosts: [good.internal], addresses: [192.0.2.7]}\n"
     )
     (tmp_path / "meshdns.yaml").write_text("entries: [bad.yaml]\n")
-    with pytest.raises(EntriesError):
-        meshAuthority(tmp_path / "meshdns.yaml")
+    table = meshAuthority(tmp_path / "meshdns.yaml").table
+    assert table.resolve(b"bad.internal") is None
+    assert table.resolve(b"good.internal").records.ipv4 == ("192.0.2.7",)
 
 
 def test_precedence_in_a_resolver_chain(config_path: Path) -> None:

@@ -20,10 +20,10 @@ from twisted.logger import capturedLogs
 from meshdns_plugin.admin import table_document
 from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
-from meshdns_plugin.reload import Reloader, TableLoader
-from meshdns_plugin.stats import ReloadStats
+from meshdns_plugin.reload import TableLoader
 from tests.conftest import free_port
 from tests.samples import external_name
+from tests.test_listeners import guide_config
 from tests.test_reload import BROKEN, entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,19 +68,44 @@ def test_check_reports_what_a_reload_would_log(capsys, tmp_path: Path) -> None:
     code, _, err = run(capsys, "check", "-c", config)
     assert code == 1
     (tmp_path / "b.yaml").write_text(BROKEN + "---\n" + bad)
-    code, _, err = run(capsys, "check", "-c", config)
+    code, out, err = run(capsys, "check", "-c", config)
     assert code == 1
     lines = err.splitlines()
-    assert len(lines) == 3
-    assert lines[-1] == "meshdns: 2 problem(s): a reload would be rejected"
-    # The very messages the server logs when it rejects the same files.
+    assert len(lines) == 2
+    assert out.startswith("FAILED ") and "2 invalid document(s)" in out
+    # The very messages the server logs when it leaves the same documents out.
     loader = TableLoader(load_config(config))
     with capturedLogs() as events:
-        Reloader(loader, None, ReloadStats(), inThread=lambda f: None).reload()
-    logged = [f"meshdns: {event['problem']}" for event in events if "problem" in event]
-    assert lines[:2] == logged
+        loader.load()
+    logged = [f"meshdns: invalid: {event['problem']}" for event in events if "problem" in event]
+    assert lines == logged
     assert "b.yaml: document 0: spec.addresses[0]" in lines[0]
     assert "b.yaml: document 1: spec.addresses[0]" in lines[1]
+
+
+def test_check_warns_of_collisions_naming_both_entries(capsys, tmp_path: Path) -> None:
+    both = entry("one.example", "192.0.2.77", name="one") + "---\n"
+    both += entry("two.example", "192.0.2.77", name="two")
+    config = write_config(tmp_path, {"a.yaml": both})
+    code, out, err = run(capsys, "check", "-c", config)
+    assert code == 0
+    assert out.startswith("OK ") and "1 collision warning(s)" in out
+    (line,) = [line for line in err.splitlines() if "collision" in line]
+    assert "192.0.2.77" in line
+    assert "one.example (ServiceEntry default/one)" in line
+    assert "two.example (ServiceEntry default/two)" in line
+    # The server logs the same warning when it loads them.
+    with capturedLogs() as events:
+        TableLoader(load_config(config)).load()
+    assert [str(e["collision"]) for e in events if "collision" in e] == [line.split(": ", 2)[2]]
+
+
+def test_check_fails_for_a_missing_entries_path(capsys, tmp_path: Path) -> None:
+    (tmp_path / "meshdns.yaml").write_text("entries: [entires/]\n")
+    code, out, err = run(capsys, "check", "-c", str(tmp_path / "meshdns.yaml"))
+    assert code == 1
+    assert "missing: " in err and "entires" in err
+    assert out.startswith("FAILED ")
 
 
 def test_check_bad_config_is_one_line(capsys, tmp_path: Path) -> None:
@@ -144,26 +169,56 @@ def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:
     assert json.loads(out) == expected
 
 
-def test_listeners_as_the_istio_guide_shows_them(capsys) -> None:
-    code, out, _ = run(capsys, "listeners")
+def test_table_and_listeners_ask_the_running_meshdns(
+    capsys, start_meshdns: Callable[..., object], upstream
+) -> None:
+    admin = free_port()
+    meshdns = start_meshdns(
+        {"upstream": {"servers": [upstream.server]}, "admin": {"port": admin}},
+        {"entries.yaml": entry("served.example", "192.0.2.44")},
+    )
+    config = str(meshdns.config_path)
+    code, out, err = run(capsys, "table", "-c", config)
     assert code == 0
-    tcp_echo = [line for line in out.splitlines() if "tcp-echo" in line and "240.240." in line]
+    assert f"from the running meshdns at http://127.0.0.1:{admin}/debug/table" in err
+    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
+    code, out, err = run(capsys, "listeners", "-c", config)
+    assert code == 0 and "from the running meshdns" in err
+    # vip_listeners is off in that config: the server opens none.
+    assert out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    meshdns.stop()
+    code, out, err = run(capsys, "table", "-c", config)
+    assert code == 0 and "from the files of" in err
+    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
+
+
+def test_listeners_as_the_istio_guide_shows_them(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "listeners", "-c", guide_config(tmp_path))
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    tcp_echo = [row.split() for row in rows if "tcp-echo" in row and "240.240." in row]
     assert len(tcp_echo) == 2
-    for line, host in zip(tcp_echo, ("external-1", "external-2"), strict=True):
-        assert re.fullmatch(
-            rf"ADDRESS=240\.240\.\d+\.\d+, DESTINATION=Cluster: outbound\|9000\|\|"
-            rf"tcp-echo\.{host}\.svc\.cluster\.local",
-            line,
-        )
-    assert "ADDRESS=198.51.100.1, DESTINATION=Cluster: outbound|80||address.internal" in out
+    for cells, host in zip(tcp_echo, ("external-1", "external-2"), strict=True):
+        assert re.fullmatch(r"240\.240\.\d+\.\d+", cells[0])
+        assert cells[1:] == [
+            "9000",
+            "ALL",
+            "Cluster:",
+            f"outbound|9000||tcp-echo.{host}.svc.cluster.local",
+        ]
+    # address.internal has resolution NONE: its traffic goes to the address
+    # itself, and the server opens no listener for it, so none is listed.
+    assert "address.internal" not in out
 
 
-def test_listeners_without_address_or_vip_share_0000(capsys, tmp_path: Path) -> None:
+def test_listeners_lists_only_what_the_server_opens(capsys, tmp_path: Path) -> None:
     text = entry("plain.example", name="p").replace("resolution: DNS", "resolution: NONE")
     text = text.replace("spec:\n", "spec:\n  ports: [{number: 443, name: tls, protocol: TLS}]\n")
-    config = write_config(tmp_path, {"a.yaml": text})
+    config = write_config(tmp_path, {"a.yaml": text}, vip_listeners={"enabled": True})
     code, out, _ = run(capsys, "listeners", "--config", config)
-    assert (code, out) == (0, "ADDRESS=0.0.0.0, DESTINATION=Cluster: outbound|443||plain.example\n")
+    assert code == 0
+    assert out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
 
 
 # --- query ------------------------------------------------------------------------

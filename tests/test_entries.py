@@ -25,6 +25,7 @@ from meshdns_plugin.entries import (
     load_entries,
     parse_entries,
 )
+from meshdns_plugin.mesh.scope import exported_to
 
 
 def service_entry(
@@ -62,7 +63,11 @@ def endpoint_slice(
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": f"{service_name}-abcde", "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": f"{service_name or 'orphan'}-abcde",
+            "namespace": namespace,
+            "labels": labels,
+        },
         "addressType": "IPv4",
         "endpoints": endpoints,
     }
@@ -256,6 +261,7 @@ def test_dns_endpoints_may_be_host_names() -> None:
     document = service_entry(
         ["foo.bar.com"],
         resolution="DNS",
+        ports=[{"number": 443, "name": "https", "protocol": "TLS"}],
         endpoints=[
             {"address": "US.foo.bar.com", "ports": {"https": 8080}},
             {"address": "192.0.2.9"},
@@ -286,8 +292,8 @@ def test_export_to(export_to: list[str] | None, own: bool, other: bool) -> None:
     """An entry of namespace ns1 seen from a proxy in ns1 (own) and in ns2 (other)."""
     spec = {} if export_to is None else {"exportTo": export_to}
     (entry,) = parse(service_entry(["a.example"], namespace="ns1", **spec)).service_entries
-    assert entry.visible_from("ns1") is own
-    assert entry.visible_from("ns2") is other
+    assert exported_to(entry.export_to, entry.namespace, "ns1") is own
+    assert exported_to(entry.export_to, entry.namespace, "ns2") is other
 
 
 @pytest.mark.parametrize(
@@ -299,7 +305,7 @@ def test_export_to(export_to: list[str] | None, own: bool, other: bool) -> None:
         ({"resolution": "NONE"}, None, False),
         ({}, None, False),
         ({"resolution": "DNS", "addresses": ["192.0.2.1"]}, None, False),
-        ({"resolution": "DNS", "addresses": ["10.0.0.0/24"]}, None, False),
+        ({"resolution": "STATIC", "addresses": ["10.0.0.0/24"]}, None, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": "false"}, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": "False"}, False),
         ({"resolution": "DNS"}, {"networking.istio.io/enable-autoallocate-ip": False}, False),
@@ -342,11 +348,17 @@ def test_service_dual_stack_cluster_ips() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", [{"clusterIP": "None"}, {"clusterIP": "None", "clusterIPs": ["None"]}, {}]
+    "spec", [{"clusterIP": "None"}, {"clusterIP": "None", "clusterIPs": ["None"]}]
 )
 def test_headless_service(spec: dict[str, Any]) -> None:
     (svc,) = parse(service(**spec)).services
-    assert svc.headless and svc.cluster_ips == ()
+    assert svc.headless and svc.cluster_ips == () and not svc.unassigned
+
+
+def test_service_applied_without_cluster_ip_is_unassigned_not_headless() -> None:
+    """The API server assigns the address of such a manifest; nothing here knows it."""
+    (svc,) = parse(service()).services
+    assert svc.unassigned and not svc.headless and svc.cluster_ips == ()
 
 
 @pytest.mark.parametrize("service_type", [None, "ClusterIP", "NodePort", "LoadBalancer"])
@@ -572,16 +584,17 @@ def test_document_that_is_not_a_mapping(document: Any) -> None:
     assert_names(only_problem(service(), document), 1, None)
 
 
-def test_every_problem_of_every_file_is_reported_together(tmp_path: Path) -> None:
+def test_every_problem_of_every_file_is_reported_and_the_rest_is_read(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(
         dump(service_entry(["*"]), service(name="ok"), service_entry(addresses=["nope"]))
     )
     (tmp_path / "b.yaml").write_text("kind: [\n")
     (tmp_path / "c.yaml").write_text(dump(service_entry(["fine.example"])))
     (tmp_path / "d.yml").write_text(dump(service(clusterIP="1.2.3"), endpoint_slice("x", [7])))
-    with pytest.raises(EntriesError) as caught:
-        load_entries([str(tmp_path)])
-    found = [(Path(p.file).name, p.document, p.field) for p in caught.value.problems]
+    entries = load_entries([str(tmp_path)])
+    assert [s.name for s in entries.services] == ["ok"]
+    assert [e.hosts for e in entries.service_entries] == [("fine.example",)]
+    found = [(Path(p.file).name, p.document, p.field) for p in entries.problems]
     assert found == [
         ("a.yaml", 0, "spec.hosts[0]"),
         ("a.yaml", 2, "spec.addresses[0]"),
@@ -589,26 +602,36 @@ def test_every_problem_of_every_file_is_reported_together(tmp_path: Path) -> Non
         ("d.yml", 0, "spec.clusterIP"),
         ("d.yml", 1, "endpoints[0]"),
     ]
-    lines = str(caught.value).splitlines()
-    assert lines == [str(p) for p in caught.value.problems]
-    assert all(str(tmp_path) in line for line in lines)
+    assert all(str(tmp_path) in str(p) and "\n" not in str(p) for p in entries.problems)
+    # The document's identity is kept, so its last valid version can serve.
+    assert entries.problems[1].key == ("ServiceEntry", "default", "se")
 
 
 def test_problems_across_several_paths(tmp_path: Path) -> None:
     one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
     one.write_text(dump(service_entry(["foo.*.com"])))
     two.write_text(dump(service(name="")))
+    problems = load_entries([str(one), str(two)]).problems
+    assert [p.file for p in problems] == [str(one), str(two)]
+
+
+def test_strict_parse_raises_with_every_problem() -> None:
     with pytest.raises(EntriesError) as caught:
-        load_entries([str(one), str(two)])
-    assert [p.file for p in caught.value.problems] == [str(one), str(two)]
+        parse_entries(dump(service_entry(["*"]), service_entry(addresses=["nope"])), "x.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines == [str(p) for p in caught.value.problems] and len(lines) == 2
+
+
+def test_long_bad_values_are_quoted_short() -> None:
+    with pytest.raises(EntriesError) as caught:
+        parse_entries(dump(service_entry(addresses=["x" * 5000])))
+    assert len(str(caught.value)) < 200
 
 
 def test_file_not_in_utf8_is_a_problem(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"kind: Service\nmetadata: {name: caf\xe9}\n")
-    with pytest.raises(EntriesError) as caught:
-        load_entries([str(path)])
-    (problem,) = caught.value.problems
+    (problem,) = load_entries([str(path)]).problems
     assert problem.file == str(path)
     assert "\n" not in str(problem) and "UTF-8" in str(problem)
 
@@ -673,7 +696,7 @@ def test_configmap_mount_is_read_through_its_symlinks(tmp_path: Path) -> None:
 def test_missing_path_is_an_empty_result_with_a_note(tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere")
     entries = load_entries([missing])
-    assert entries == Entries(notes=entries.notes)
+    assert entries == Entries(notes=entries.notes, missing=(missing,))
     (note,) = entries.notes
     assert missing in note
 

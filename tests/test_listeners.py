@@ -26,8 +26,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
-from meshdns_plugin.allocator import Vips
-from meshdns_plugin.cli import listener_lines
+from meshdns_plugin.allocator import Allocation, Vips
+from meshdns_plugin.cli import main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.entries import parse_entries
 from meshdns_plugin.listeners import (
@@ -40,6 +40,7 @@ from meshdns_plugin.listeners import (
     listener_plan,
     routed_here,
 )
+from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.reload import TableLoader
 from tests.conftest import (
     FAKE_UPSTREAM,
@@ -66,7 +67,13 @@ def entry(name: str, body: str) -> str:
 
 def plan_of(*documents: str, vips: dict[str, Vips] | None = None, **kw: Any) -> ListenerPlan:
     entries = parse_entries("---\n".join(documents))
-    return listener_plan(entries, vips or {}, kw.get("namespace", "default"), kw.get("auto", True))
+    view = mesh_view(
+        entries,
+        Allocation(vips or {}),
+        namespace=kw.get("namespace", "default"),
+        auto_allocate=kw.get("auto", True),
+    )
+    return listener_plan(view)
 
 
 # --- the plan -----------------------------------------------------------------
@@ -76,7 +83,7 @@ def test_the_guide_entries() -> None:
     """Each tcp-echo VIP gets its own listener on 9000, forwarding to its own host."""
     prepared = TableLoader(load_config(None)).prepare()
     vips = prepared.allocation.vips
-    plan = listener_plan(prepared.entries, vips, "default", True)
+    plan = listener_plan(prepared.view)
     by_host: dict[str, list[ListenerSpec]] = {}
     for spec in plan.listeners:
         by_host.setdefault(spec.host, []).append(spec)
@@ -97,16 +104,40 @@ def test_the_guide_entries() -> None:
     )
 
 
-def test_the_cli_lists_every_listener() -> None:
-    """`meshdns listeners` shows every (address, port, host) that is listened on."""
-    config = load_config(None)
-    prepared = TableLoader(config).prepare()
-    listed = set(listener_lines(config, prepared))
-    plan = listener_plan(prepared.entries, prepared.allocation.vips, "default", True)
-    assert plan.listeners
-    for spec in plan.listeners:
-        line = f"ADDRESS={spec.address}, DESTINATION=Cluster: outbound|{spec.port}||{spec.host}"
-        assert line in listed
+def guide_config(tmp_path: Path) -> str:
+    """The shipped entries (the guide's) with the VIP listeners on, no admin endpoint."""
+    entries = Path(__file__).parent.parent / "conf" / "entries"
+    path = tmp_path / "meshdns.yaml"
+    path.write_text(
+        f"entries: [{entries}/]\nvip_listeners: {{enabled: true}}\nadmin: {{port: 0}}\n"
+    )
+    return str(path)
+
+
+def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys, tmp_path: Path) -> None:
+    """
+    `meshdns listeners` prints istioctl's table, one row per listener the
+    server opens, so the guide's `grep tcp-echo | awk '{printf "ADDRESS=%s,
+    DESTINATION=%s %s\\n", $1, $4, $5}'` gives its documented lines.
+    """
+    config = guide_config(tmp_path)
+    prepared = TableLoader(load_config(config)).prepare()
+    plan = listener_plan(prepared.view)
+    assert main(["listeners", "-c", config]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    assert len(lines) == 1 + len(plan.listeners)
+    awk = [
+        "ADDRESS={}, DESTINATION={} {}".format(*(line.split()[i] for i in (0, 3, 4)))
+        for line in lines
+        if "tcp-echo" in line
+    ]
+    vips = prepared.allocation.vips
+    assert awk == [
+        f"ADDRESS={address}, DESTINATION=Cluster: outbound|9000||{host}"
+        for host in (f"tcp-echo.external-{n}.svc.cluster.local" for n in (1, 2))
+        for address in (vips[host].ipv4, vips[host].ipv6)
+    ]
 
 
 def test_static_endpoints_ports_and_protocols() -> None:
@@ -160,7 +191,7 @@ def test_dns_endpoints_are_host_names_to_resolve() -> None:
 
 def test_no_listener_notes() -> None:
     plan = plan_of(
-        entry("wild", "hosts: ['*.wild.example']\nresolution: DNS\nports: [{number: 80}]"),
+        entry("wild", "hosts: ['*.wild.example']\nresolution: NONE\nports: [{number: 80}]"),
         entry("static", "hosts: [s.example]\naddresses: [10.0.0.1]\nresolution: STATIC\n"
               "ports: [{number: 80}]"),
         entry("hidden", "hosts: [h.example]\naddresses: [10.0.0.2]\nresolution: DNS\n"
@@ -191,9 +222,10 @@ def test_first_claim_of_an_address_wins() -> None:
               "ports: [{number: 80}]"),
     )
     assert [s.host for s in plan.listeners] == ["a.example"]
-    assert plan.notes == (
-        "ServiceEntry default/one: b.example port 80: 10.0.0.1:80 already listens for "
-        "a.example (ServiceEntry default/one): not for b.example",
+    (collision,) = plan.collisions
+    assert str(collision) == (
+        "collision: 10.0.0.1 port 80 is claimed by a.example (ServiceEntry default/one) "
+        "and by b.example (ServiceEntry default/one), which gets no listener"
     )
 
 
@@ -283,7 +315,7 @@ def rig() -> tuple[VipListeners, ListeningReactor, Binder, FakeResolver]:
     reactor = ListeningReactor()
     binder = Binder()
     resolver = FakeResolver({"svc.example": ["127.0.0.5", "127.0.0.6"]})
-    listeners = VipListeners(resolver, "default", True, 3.0, reactor, bind=binder)
+    listeners = VipListeners(resolver, 3.0, reactor, bind=binder)
     return listeners, reactor, binder, resolver
 
 
@@ -719,3 +751,13 @@ def test_unreachable_backend_closes_the_client(
     assert exchange("127.0.0.44", port, b"anyone?") == b""
     wait_for(lambda: "cannot forward: nxname.upstream.test: no such name" in meshdns.log(),
              "the failure line")
+
+
+def test_the_cli_lists_no_listener_when_the_server_opens_none(capsys, tmp_path: Path) -> None:
+    config = guide_config(tmp_path)
+    Path(config).write_text(Path(config).read_text().replace("enabled: true", "enabled: false"))
+    assert main(["listeners", "-c", config]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
+    assert "vip_listeners.enabled is off" in captured.err
+    assert "from the files of" in captured.err

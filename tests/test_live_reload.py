@@ -153,29 +153,32 @@ def test_folder_deleted_and_recreated(start_meshdns, upstream) -> None:
     wait_for_answer(meshdns, "a.example", ["192.0.2.9"])
 
 
-def test_broken_file_keeps_old_answers_until_fixed(start_meshdns, upstream) -> None:
+def test_broken_document_is_left_out_and_the_rest_keeps_serving(start_meshdns, upstream) -> None:
     admin = free_port()
     meshdns = start_meshdns(
         config_for(upstream, admin={"port": admin}),
         {"se.yaml": entry("a.example", "192.0.2.1")},
     )
     path = meshdns.directory / "se.yaml"
-    path.write_text(entry("a.example", "192.0.2.1") + "---\n" + BROKEN)
-    wait_for(lambda: "Reload rejected" in meshdns.log(), "the rejection to be logged")
-    rejected = [line for line in meshdns.log().splitlines() if "Reload rejected" in line]
-    assert len(rejected) == 1
-    assert f"{path}: document 1: spec.addresses[0]: 'not-an-ip' is not an IP address" in rejected[0]
+    documents = [entry("a.example", "192.0.2.1"), entry("c.example", "192.0.2.3", "c")]
+    path.write_text("---\n".join([*documents, BROKEN.replace("name: se", "name: b")]))
+    wait_for(lambda: "Invalid, left out" in meshdns.log(), "the invalid document to be logged")
+    wait_for_answer(meshdns, "c.example", ["192.0.2.3"])
+    invalid = [line for line in meshdns.log().splitlines() if "Invalid, left out" in line]
+    assert len(invalid) == 1
+    assert f"{path}: document 2: spec.addresses[0]: 'not-an-ip' is not an IP address" in invalid[0]
     for _ in range(5):
         assert addresses(meshdns, "a.example") == ["192.0.2.1"]
     samples = parse(scrape(admin)[1])
-    assert value(samples, "meshdns_reloads_total", result="failure") == 1
-    assert value(samples, "meshdns_last_reload_success") == 0
+    assert value(samples, "meshdns_invalid_documents") == 1
+    assert value(samples, "meshdns_reloads_total", result="failure") == 0
+    assert value(samples, "meshdns_last_reload_success") == 1
     assert scrape(admin, "/readyz") == (200, "ready\n")
     path.write_text(entry("a.example", "192.0.2.7"))
     wait_for_answer(meshdns, "a.example", ["192.0.2.7"])
     samples = parse(scrape(admin)[1])
-    assert value(samples, "meshdns_last_reload_success") == 1
-    assert value(samples, "meshdns_reloads_total", result="success") == 2
+    assert value(samples, "meshdns_invalid_documents") == 0
+    assert value(samples, "meshdns_reloads_total", result="success") == 3
 
 
 def test_sighup_reloads_at_once(start_meshdns, upstream) -> None:

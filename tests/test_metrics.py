@@ -121,13 +121,14 @@ def test_upstream_latency_histogram_is_cumulative(mesh: MeshService) -> None:
     assert value(samples, "meshdns_cache_stale_served_total") == 3
 
 
-def test_rejected_reload_shows(mesh: MeshService, tmp_path: Path) -> None:
+def test_invalid_documents_show(mesh: MeshService, tmp_path: Path) -> None:
+    assert value(collect(mesh), "meshdns_invalid_documents") == 0
     (tmp_path / "entries.yaml").write_text(entry("broken.example", "not-an-ip"))
-    assert mesh.reload() is False
+    assert mesh.reload() is True
     samples = collect(mesh)
-    assert value(samples, "meshdns_reloads_total", result="failure") == 1
-    assert value(samples, "meshdns_last_reload_success") == 0
-    assert value(samples, "meshdns_table_names") == 2  # still the old table
+    assert value(samples, "meshdns_invalid_documents") == 1
+    assert value(samples, "meshdns_reloads_total", result="failure") == 0
+    assert value(samples, "meshdns_last_reload_success") == 1
 
 
 def test_each_service_has_its_own_registry(mesh: MeshService, tmp_path: Path) -> None:

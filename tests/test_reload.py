@@ -12,14 +12,12 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, parse_config
-from meshdns_plugin.entries import EntriesError
 from meshdns_plugin.reload import (
     PreparedTable,
     Reloader,
@@ -113,15 +111,16 @@ def test_vips_survive_reloads_that_add_hosts(tmp_path: Path) -> None:
     assert set(after) == {"first.example", "second.example"}
 
 
-def test_failed_prepare_keeps_remembered_vips(tmp_path: Path) -> None:
+def test_invalid_documents_keep_remembered_vips(tmp_path: Path) -> None:
     write_entries(tmp_path, entry("first.example"))
     loader = TableLoader(make_config(tmp_path))
     vip = loader.load().vips["first.example"]
     write_entries(tmp_path, BROKEN, "broken.yaml")
-    with pytest.raises(EntriesError):
-        loader.prepare()
+    assert loader.load().vips["first.example"] == vip
+    assert [p.file for p in loader.problems] == [str(tmp_path / "entries" / "broken.yaml")]
     os.remove(tmp_path / "entries" / "broken.yaml")
     assert loader.load().vips["first.example"] == vip
+    assert loader.problems == ()
 
 
 def test_unreadable_state_file_is_an_error_line_not_a_failure(tmp_path: Path) -> None:
@@ -150,18 +149,69 @@ def test_reload_swaps_table_and_logs_one_line(tmp_path: Path) -> None:
     assert (reloaded[0]["entries"], reloaded[0]["names"]) == (1, 1)
 
 
-def test_rejected_reload_keeps_table_and_logs_every_problem(tmp_path: Path) -> None:
+def test_invalid_documents_are_left_out_and_logged_one_line_each(tmp_path: Path) -> None:
     write_entries(tmp_path, entry("a.example", "192.0.2.1"))
     rig = Rig(tmp_path)
-    write_entries(tmp_path, BROKEN + "---\n" + entry("c.example", "bad", name="c"), "bad.yaml")
+    write_entries(
+        tmp_path,
+        BROKEN
+        + "---\n"
+        + entry("c.example", "bad", name="c")
+        + "---\n"
+        + entry("d.example", "192.0.2.4", name="d"),
+        "bad.yaml",
+    )
     with capturedLogs() as events:
-        assert rig.reloader.reload() is False
+        assert rig.reloader.reload() is True
     assert answers(rig.authority, "a.example") == ("192.0.2.1",)
-    assert (rig.stats.ok, rig.stats.failed, rig.stats.last_ok) == (1, 1, False)
+    assert answers(rig.authority, "d.example") == ("192.0.2.4",)
+    assert answers(rig.authority, "c.example") == ()
+    assert (rig.stats.ok, rig.stats.failed, rig.stats.last_ok) == (2, 0, True)
     problems = [str(e["problem"]) for e in events if "problem" in e]
     assert len(problems) == 2
     assert all("bad.yaml" in p and "spec.addresses[0]" in p for p in problems)
     assert "document 0" in problems[0] and "document 1" in problems[1]
+
+
+def test_last_valid_version_keeps_serving_until_fixed_or_removed(tmp_path: Path) -> None:
+    path = write_entries(tmp_path, entry("a.example", "192.0.2.1", name="a"))
+    other = write_entries(tmp_path, entry("b.example", "192.0.2.2", name="b"), "b.yaml")
+    rig = Rig(tmp_path)
+    # The same document (kind, namespace, name), now invalid: its old version serves.
+    path.write_text(entry("a.example", "not-an-ip", name="a"))
+    with capturedLogs() as events:
+        assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ("192.0.2.1",)
+    assert any("last valid version" in str(e.get("note", "")) for e in events)
+    # Still broken at the next reload, and another file changes: still served.
+    other.write_text(entry("b.example", "192.0.2.3", name="b"))
+    assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ("192.0.2.1",)
+    assert answers(rig.authority, "b.example") == ("192.0.2.3",)
+    # Fixed: the new version serves.
+    path.write_text(entry("a.example", "192.0.2.9", name="a"))
+    assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ("192.0.2.9",)
+    # Broken again, then removed: gone.
+    path.write_text(entry("a.example", "nope", name="a"))
+    assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ("192.0.2.9",)
+    path.unlink()
+    assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ()
+
+
+def test_a_file_that_stops_parsing_keeps_serving_what_it_served(tmp_path: Path) -> None:
+    path = write_entries(
+        tmp_path, entry("a.example", "192.0.2.1", name="a") + "---\n" + entry("e.example", name="e")
+    )
+    rig = Rig(tmp_path)
+    vip = rig.authority.table.vips["e.example"]
+    path.write_text("kind: [\n" + path.read_text())
+    assert rig.reloader.reload()
+    assert answers(rig.authority, "a.example") == ("192.0.2.1",)
+    assert rig.authority.table.vips["e.example"] == vip
+    assert [(p.document, p.field) for p in rig.loader.problems] == [(None, None)]
 
 
 def test_reload_in_thread_prepares_in_thread_and_swaps_after(tmp_path: Path) -> None:
@@ -306,13 +356,15 @@ def test_broken_file_is_reported_once_then_fix_applies(tmp_path: Path) -> None:
     clock = MemoryReactorClock()
     make_watcher(rig, clock)
     path.write_text(BROKEN)
-    for _ in range(5):
-        clock.advance(2)
-    assert (rig.stats.failed, rig.stats.last_ok) == (1, False)
+    with capturedLogs() as events:
+        for _ in range(5):
+            clock.advance(2)
+    assert len([e for e in events if "problem" in e]) == 1
+    assert (rig.stats.ok, rig.stats.failed) == (2, 0)
     assert answers(rig.authority, "a.example") == ("192.0.2.1",)
     path.write_text(entry("a.example", "192.0.2.3"))
     clock.advance(2)
-    assert (rig.stats.ok, rig.stats.last_ok) == (2, True)
+    assert (rig.stats.ok, rig.stats.last_ok) == (3, True)
     assert answers(rig.authority, "a.example") == ("192.0.2.3",)
 
 

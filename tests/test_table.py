@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from meshdns_plugin.allocator import allocate
 from meshdns_plugin.entries import Entries, parse_entries
-from meshdns_plugin.table import NameTable, Resolution, build_table, vip_hosts
+from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from meshdns_plugin.table import NameTable, Resolution, build_table
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
 V6 = ipaddress.IPv6Network("2001:2::/48")
@@ -103,8 +104,8 @@ MESH = [
         resolution="DNS",
         labels={"networking.istio.io/enable-autoallocate-ip": "false"},
     ),
-    se(["cidr.example"], name="cidr", resolution="DNS", addresses=["10.50.0.0/16"]),
-    se(["*.dnswild.example"], name="dnswild", resolution="DNS"),
+    se(["cidr.example"], name="cidr", resolution="STATIC", addresses=["10.50.0.0/16"]),
+    se(["*.dnswild.example"], name="dnswild", resolution="STATIC"),
     se(
         ["hidden.example"], name="hidden", namespace="ns2", exportTo=["."], addresses=["192.0.2.90"]
     ),
@@ -137,16 +138,15 @@ def table_for(
     cluster_domain: str = "cluster.local",
     ttl: int = 30,
 ) -> NameTable:
-    allocation = allocate(vip_hosts(entries, namespace), V4, V6)
-    return build_table(
+    allocation = allocate(vip_hosts(entries, namespace, cluster_domain), V4, V6)
+    view = mesh_view(
         entries,
         allocation,
         namespace=namespace,
-        cluster_domain=cluster_domain,
-        search=search,
-        ttl=ttl,
         auto_allocate=auto_allocate,
+        cluster_domain=cluster_domain,
     )
+    return build_table(view, cluster_domain=cluster_domain, search=search, ttl=ttl)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,7 @@ def test_resolution_none_answers_endpoints(table: NameTable) -> None:
         "nothing.example",  # resolution NONE, no addresses, no endpoints
         "noalloc.example",  # auto-allocation switched off by label
         "cidr.example",  # only a CIDR: not an answer, and not eligible for a VIP
-        "x.dnswild.example",  # wildcards never get VIPs
+        "x.dnswild.example",  # wildcards get no VIP (unless DYNAMIC_DNS)
         "hidden.example",  # exportTo ["."] from ns2
         "private-auto.example",
         "unknown.example",
@@ -544,7 +544,6 @@ def test_lookups_match_whatever_case_the_entry_used(labels: list[str], wildcard:
 def test_no_vip_for_a_host_with_explicit_addresses_elsewhere() -> None:
     """A VIP that could never be answered is not allocated (nor persisted)."""
     from meshdns_plugin.entries import parse_entries
-    from meshdns_plugin.table import vip_hosts
 
     entries = parse_entries(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"

@@ -236,15 +236,21 @@ def test_the_guide_in_a_namespace(ns: Netns) -> None:
                 assert v4 in ipaddress.ip_network("240.240.0.0/16")
                 assert v6 in ipaddress.ip_network("2001:2::/48")
 
-            # `meshdns listeners`, like the guide's `istioctl pc listener`.
-            listed = subprocess.run([*MESHDNS, "listeners", "--config", str(config)],
-                                    capture_output=True, text=True, check=True, **run_env)
+            # `meshdns listeners`, read as the guide reads `istioctl pc listener`:
+            # `grep tcp-echo | awk '{printf "ADDRESS=%s, DESTINATION=%s %s\\n", $1, $4, $5}'`.
+            table = subprocess.run([*MESHDNS, "listeners", "--config", str(config)],
+                                   capture_output=True, text=True, check=True, **run_env)
+            awk = [
+                "ADDRESS={}, DESTINATION={} {}".format(*(row.split()[i] for i in (0, 3, 4)))
+                for row in table.stdout.splitlines()
+                if "tcp-echo" in row
+            ]
             for name in BACKENDS:
                 address = ns.run([sys.executable, "-c",
                                   f"import socket; print(socket.gethostbyname('{name}'))"])
                 line = (f"ADDRESS={address.stdout.strip()}, "
                         f"DESTINATION=Cluster: outbound|9000||{name}")
-                assert line in listed.stdout.splitlines()
+                assert line in awk
 
             # An unknown name is forwarded (the zone's answer is 127.0.0.10).
             forwarded = ns.run([sys.executable, "-c",
