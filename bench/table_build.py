@@ -5,7 +5,7 @@ needs, for 1k, 10k and 100k ServiceEntry hosts.
 Each size is measured in a fresh Python process (so that one size's memory
 does not hide in the next one's peak) running the real start-up code path:
 C{load_config}, then C{TableLoader.load} (read and validate every entry file,
-allocate, build the L{NameTable} and its pre-encoded L{WireIndex}).
+allocate, build the mesh view and the L{NameTable}).
 
     python bench/table_build.py [--sizes 1000,10000,100000] [--hosts-per-entry 1]
 

@@ -837,7 +837,6 @@ class _Collector:
         elif os.path.exists(path):
             self.file(path)
         else:
-            self.notes.append(f"{path}: does not exist (no entries from it)")
             self.missing.append(path)
 
     def file(self, path: str) -> None:
@@ -888,7 +887,7 @@ def load_entries(paths: Iterable[str], max_file_size: int = yamltext.MAX_FILE_SI
     Every invalid document (and unreadable or unparsable file) is one
     L{Problem} in the result, and everything else is read: in a folder of
     many teams' files, one team's mistake must not take the rest down. A path
-    that does not exist contributes nothing (a note, and one of C{missing}):
+    that does not exist contributes nothing (it is one of C{missing}):
     deleting every entry file is a valid, empty mesh.
 
     @param max_file_size: bytes; a larger file is one error, and is not read.

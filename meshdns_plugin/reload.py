@@ -25,7 +25,6 @@ hold the entries, a fingerprint poll as the fallback, and SIGHUP.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import threading
@@ -134,18 +133,6 @@ class TableLoader:
         out (listed in C{entries.problems}); where one was valid in the load
         serving now, its last valid version is kept.
         """
-        # Building a table creates millions of small objects that all stay
-        # alive: the cyclic collector would scan them again and again for
-        # nothing (it doubled the build time of 100k hosts), so it waits.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            return self._prepare()
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _prepare(self) -> PreparedTable:
         mesh = self.config.mesh
         entries = carry_over(
             load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
@@ -192,8 +179,14 @@ class TableLoader:
             if note not in self._notes:
                 _log.info("{note}", note=note)
         self._notes = frozenset(notes)
+        for path in prepared.entries.missing:
+            _log.warn("Entries path {path} does not exist: no entries from it", path=path)
+        # A problem already reported by the load serving now is not repeated:
+        # a reload says what changed, not every broken document again.
+        reported = {str(problem) for problem in self.problems}
         for problem in prepared.entries.problems:
-            _log.error("Invalid, left out: {problem}", problem=problem)
+            if str(problem) not in reported:
+                _log.error("Invalid, left out: {problem}", problem=problem)
         for collision in prepared.view.collisions:
             _log.warn("{collision}", collision=collision)
         for error in prepared.errors:
@@ -419,11 +412,14 @@ class TableWatcher(service.Service):
         debounce: float,
         reactor: Any = None,
         useInotify: bool = True,
+        initial: Fingerprint | None = None,
     ) -> None:
         """
         @param paths: the configured entry files and folders.
         @param useInotify: whether to use inotify (off: polling and SIGHUP
             only); it is off anyway where inotify does not exist.
+        @param initial: the fingerprint taken before the load that serves
+            now, so that a change made during it is seen at the first check.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -431,7 +427,7 @@ class TableWatcher(service.Service):
         self.paths = tuple(paths)
         self.poll_interval = poll_interval
         self.debounce = debounce
-        self.fingerprint = fingerprint(self.paths)
+        self.fingerprint = fingerprint(self.paths) if initial is None else initial
         self._reactor = reactor
         self._useInotify = useInotify and inotify is not None
         self._notifier: Any = None
@@ -445,11 +441,38 @@ class TableWatcher(service.Service):
         self._previousSighup: Any = None
 
     @classmethod
-    def forConfig(cls, config: Config, reloader: Reloader, reactor: Any = None) -> TableWatcher:
+    def forConfig(
+        cls,
+        config: Config,
+        reloader: Reloader,
+        reactor: Any = None,
+        initial: Fingerprint | None = None,
+    ) -> TableWatcher:
         """The watcher of C{config}'s entries, with its C{reload} settings."""
         return cls(
-            reloader, config.entries, config.reload.poll_interval, config.reload.debounce, reactor
+            reloader,
+            config.entries,
+            config.reload.poll_interval,
+            config.reload.debounce,
+            reactor,
+            initial=initial,
         )
+
+    def reloadNow(self) -> bool:
+        """
+        Reload at once, in the calling thread, as the watcher's own reloads
+        do (one at a time, the fingerprint taken before reading). During a
+        reload in a thread, nothing is read now: a forced reload follows it,
+        so the newest read still wins.
+
+        @return: whether a new table is serving now.
+        """
+        if self._reloading is not None:
+            self._again = True
+            self._forceAgain = True
+            return False
+        self.fingerprint = fingerprint(self.paths)
+        return self.reloader.reload()
 
     def startService(self) -> None:
         super().startService()

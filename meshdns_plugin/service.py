@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import time
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ from meshdns_plugin.config import Config, ConfigError, check_listen, listen_addr
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.listeners import VipListeners
 from meshdns_plugin.querylog import QueryLoggingFactory
-from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher
+from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher, fingerprint
 from meshdns_plugin.resolvconf import read_resolv_conf
 from meshdns_plugin.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
 from meshdns_plugin.stats import ReloadStats
@@ -169,9 +168,8 @@ class MeshService(service.MultiService):
         super().__init__()
         self.config = config
         self.listening = False
-        for path in config.entries:
-            if not os.path.exists(path):
-                _log.warn("Entries path {path} does not exist: no entries from it", path=path)
+        # Taken before the first load: a change made while it reads is seen.
+        before = fingerprint(config.entries)
         self.loader = TableLoader(config)
         self.reloads = ReloadStats(ok=1, last_time=time.time())
         self.forwarder = makeCachingForwarder(config, reactor)
@@ -198,7 +196,8 @@ class MeshService(service.MultiService):
         self.factory.noisy = False
         self._listen(reactor)
         self.reloader = Reloader(self.loader, self.authority, self.reloads, reactor)
-        TableWatcher.forConfig(config, self.reloader, reactor).setServiceParent(self)
+        self.watcher = TableWatcher.forConfig(config, self.reloader, reactor, initial=before)
+        self.watcher.setServiceParent(self)
         if config.admin.port:
             AdminService(self, config.admin, reactor).setServiceParent(self)
 
@@ -207,11 +206,12 @@ class MeshService(service.MultiService):
         Rebuild the table from the files and swap it in with one assignment;
         invalid documents are logged and left out (their last valid versions
         keep serving), and an unexpected failure keeps the current table.
-        (The watcher does the same with the parsing in a thread.)
+        It goes through the watcher, the one owner of reloads (see
+        L{TableWatcher.reloadNow}).
 
         @return: whether the new table is now serving.
         """
-        return self.reloader.reload()
+        return self.watcher.reloadNow()
 
     def startService(self) -> None:
         """

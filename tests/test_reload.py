@@ -7,6 +7,7 @@ C{test_live_reload}).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -451,3 +452,52 @@ def test_stop_waits_for_reload_in_progress_and_stops_polling(tmp_path: Path) -> 
     pending[0].callback(rig.loader.prepare())
     assert stopped == [None]
     assert clock.getDelayedCalls() == []
+
+
+def test_reload_now_during_a_threaded_reload_follows_it(tmp_path: Path) -> None:
+    """One owner: a direct reload never races the watcher's; the newest read wins."""
+    path = write_entries(tmp_path, entry("a.example", "192.0.2.1"))
+    pending: list[tuple[defer.Deferred, object]] = []
+
+    def inThread(function):
+        pending.append((defer.Deferred(), function))
+        return pending[-1][0]
+
+    rig = Rig(tmp_path, inThread=inThread)
+    watcher = make_watcher(rig, MemoryReactorClock())
+    path.write_text(entry("a.example", "192.0.2.2"))
+    watcher.check()
+    d, function = pending.pop()
+    prepared = function()  # read 192.0.2.2, not swapped in yet
+    path.write_text(entry("a.example", "192.0.2.3"))
+    assert watcher.reloadNow() is False  # not now: a reload is running
+    d.callback(prepared)
+    (d, function), = pending  # the forced reload that follows it
+    d.callback(function())
+    assert answers(rig.authority, "a.example") == ("192.0.2.3",)
+
+
+def test_a_change_before_the_watcher_starts_is_seen(tmp_path: Path) -> None:
+    path = write_entries(tmp_path, entry("a.example", "192.0.2.1"))
+    before = fingerprint([str(tmp_path / "entries")])
+    rig = Rig(tmp_path)  # the first load
+    path.write_text(entry("a.example", "192.0.2.9"))
+    clock = MemoryReactorClock()
+    watcher = make_watcher(rig, clock, initial=before)
+    clock.advance(2)  # the first poll
+    assert answers(rig.authority, "a.example") == ("192.0.2.9",)
+    watcher.stopService()
+
+
+def test_reloads_repeat_no_problem_and_warn_of_missing_paths(tmp_path: Path) -> None:
+    write_entries(tmp_path, entry("a.example", "bad"))
+    config = make_config(tmp_path)
+    config = dataclasses.replace(config, entries=(*config.entries, str(tmp_path / "gone")))
+    loader = TableLoader(config)
+    with capturedLogs() as events:
+        loader.load()
+        loader.load()
+    problems = [e for e in events if "problem" in e]
+    missing = [e for e in events if e.get("path") == str(tmp_path / "gone")]
+    assert len(problems) == 1  # reported once, not at every reload
+    assert len(missing) == 2 and all(e["log_level"].name == "warn" for e in missing)
