@@ -280,3 +280,34 @@ def test_records_of_the_reply_are_twisted_records(reactor, sockets) -> None:
     sockets.deliver(sock, _reply(sock.sent[0], answers=[(300, "IN", "A", "127.0.0.10")]))
     (record,) = result[0][0]
     assert isinstance(record, tdns.RRHeader) and record.ttl == 300
+
+
+def test_tcp_upstream_that_closes_fails_over_at_once(reactor) -> None:
+    """A TCP connection closed before the reply fails the attempt at once, not at the timeout."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    forwarder = CachingForwarder([FIRST, SECOND], timeout=4, reactor=reactor)
+    query = read_query(dns.message.make_query("t.upstream.test", "A").to_wire())
+    assert query is not None
+    replies: list = []
+    forwarder.resolve(query, True, lambda reply, age, fixed: replies.append(reply))
+    (host, port, factory, _, _), = reactor.tcpClients
+    assert (host, port) == FIRST
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    sent = transport.value()[2:]
+    assert dns.message.from_wire(sent).question[0].name.to_text() == "t.upstream.test."
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert [c[:2] for c in reactor.tcpClients] == [FIRST, SECOND]  # no wait for the timeout
+    second = reactor.tcpClients[1][2].buildProtocol(None)
+    transport = StringTransport()
+    second.makeConnection(transport)
+    response = dns.message.make_response(dns.message.from_wire(transport.value()[2:]))
+    response.answer.append(dns.rrset.from_text("t.upstream.test.", 60, "IN", "A", "127.0.0.7"))
+    wire_reply = response.to_wire()
+    second.dataReceived(len(wire_reply).to_bytes(2) + wire_reply)
+    assert len(replies) == 1 and replies[0] is not None
+    assert reactor.getDelayedCalls() == []

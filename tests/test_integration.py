@@ -389,3 +389,13 @@ def test_tcp_queries_are_forwarded_over_tcp(meshdns, module_upstream) -> None:
     meshdns.query("over-udp.upstream.test")
     assert module_upstream.count("over-udp.upstream.test.", "A", "udp") == 1
     assert module_upstream.count("over-udp.upstream.test.", "A", "tcp") == 0
+
+
+@pytest.mark.parametrize("rdtype", ["HTTPS", "SVCB", "CAA", "TYPE65280"])
+def test_forwarded_types_write_no_log_lines(meshdns, rdtype: str) -> None:
+    """Query logging is off: a forwarded query of any type adds nothing to the log."""
+    before = meshdns.log()
+    for name in ("svc.upstream.test", "unknown.upstream.test", "address.internal"):
+        reply = meshdns.query(name, rdtype)
+        assert reply.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+    assert meshdns.log() == before
