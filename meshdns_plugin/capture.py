@@ -18,6 +18,7 @@ only place that executes anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -350,6 +351,8 @@ def write_record(path: str, rules: dict[int, list[Command]]) -> None:
         os.chmod(temporary, 0o644)  # meshdns reads it after dropping root
         os.replace(temporary, path)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
         raise CaptureError(
             f"cannot record the rules in {path}: {e.strerror}; give --record PATH"
         ) from None
