@@ -338,3 +338,7 @@ def test_no_capture_no_check(pod: Pod) -> None:
     asked = pod.ns.run([sys.executable, "-c", ASK, "127.0.0.1", str(DNS_PORT), "www.upstream.test"])
     assert asked.stdout == "NOERROR 127.0.0.10\n"
     assert "DNS capture" not in log.read_text()
+
+
+def test_the_readme_shows_the_refusal_as_it_is() -> None:
+    assert "meshdns: " + REFUSAL.format(uid=0, gid=0) in (REPO_ROOT / "README.md").read_text()
