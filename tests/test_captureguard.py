@@ -257,6 +257,7 @@ class Pod:
         result = self.ns.run(argv, check=False, env=child_env(), cwd=REPO_ROOT)
         assert result.returncode == 1, result
         assert "Traceback" not in result.stdout + result.stderr
+        assert "serving on" not in result.stdout
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result
         return lines[0]
