@@ -18,7 +18,9 @@ only place that executes anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import json
 import os
 import shlex
 import shutil
@@ -42,6 +44,9 @@ DEFAULT_VIP_RANGES = ("240.240.0.0/16", "2001:2::/48")
 #: Where REDIRECT sends this host's own packets, per IP version
 #: (iptables-extensions: locally generated packets go to the localhost address).
 REDIRECT_ADDRESSES = {4: "127.0.0.1", 6: "::1"}
+#: Where C{install} records its rules. C{/run} is a tmpfs, emptied at boot
+#: like the rules themselves, so a record never outlives what it describes.
+RECORD_PATH = "/run/meshdns/capture.json"
 
 #: The iptables binaries to try, per IP version, in order. The first is the
 #: system's choice (on Debian, the nf_tables backend through alternatives);
@@ -302,6 +307,93 @@ def _present_routes(ranges: Sequence[str]) -> list[str]:
     return present
 
 
+def installed_rules(record: str) -> dict[int, tuple[str, ...]]:
+    """
+    meshdns's capture rules in force, per IP version: the lines of L{CHAIN}
+    where C{OUTPUT} jumps to it, listed from the tables when running as root
+    (the right C{install} needs too), or else read from C{record}. A version
+    whose nat table cannot be listed even by root captures nothing.
+
+    @param record: the record C{install} wrote (L{RECORD_PATH} by default).
+    @raise CaptureError: if the record is unreadable or not one C{install}
+        wrote.
+    """
+    if os.geteuid() != 0:
+        return read_record(record)
+    rules = {}
+    for version in IPTABLES_CANDIDATES:
+        try:
+            found = _find_iptables(version)
+        except CaptureError:
+            continue
+        if found is not None and found[1].jumps:
+            rules[version] = found[1].chain_rules
+    return rules
+
+
+def write_record(path: str, rules: dict[int, list[Command]]) -> None:
+    """
+    Record the rules installed per IP version, as C{-A} lines that
+    L{installed_rules} returns as they are: one reader serves the tables and
+    the record. Written to a temporary file and renamed, so that a meshdns
+    starting meanwhile reads the old record or the new one, never half.
+    """
+    text = json.dumps(
+        {"rules": {str(version): [shlex.join(rule) for rule in lines]
+                   for version, lines in rules.items()}},
+        indent=2,
+    )
+    temporary = f"{path}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.chmod(temporary, 0o644)  # meshdns reads it after dropping root
+        os.replace(temporary, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise CaptureError(
+            f"cannot record the rules in {path}: {e.strerror}; give --record PATH"
+        ) from None
+
+
+def read_record(path: str) -> dict[int, tuple[str, ...]]:
+    """
+    The rules L{write_record} recorded in C{path}; none when it does not exist.
+
+    @raise CaptureError: if C{path} cannot be read or is not such a record.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise CaptureError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError:
+        record = None
+    rules = record.get("rules") if isinstance(record, dict) else None
+    if not (
+        isinstance(rules, dict)
+        and set(rules) <= {"4", "6"}
+        and all(isinstance(lines, list) and all(isinstance(line, str) for line in lines)
+                for lines in rules.values())
+    ):
+        raise CaptureError(f"{path} is not a record of meshdns capture install")
+    return {int(version): tuple(lines) for version, lines in rules.items()}
+
+
+def _remove_record(path: str) -> None:
+    """Delete the record; a no-op when there is none."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CaptureError(f"cannot remove {path}: {e.strerror}") from None
+
+
 def _install(args: argparse.Namespace) -> None:
     """Install the capture rules (and the VIP routes with C{--vip-routes})."""
     config = _load_config(args)
@@ -320,6 +412,7 @@ def _install(args: argparse.Namespace) -> None:
             raise CaptureError(f"no nameserver in {resolv_conf}; fix it or use --all")
         destinations = split_nameservers(nameservers)
     tables, ipv6_problem = _tables()
+    installed: dict[int, list[Command]] = {}
     for version, found in tables.items():
         wanted = destinations[version]
         if found is None:
@@ -333,6 +426,8 @@ def _install(args: argparse.Namespace) -> None:
         )
         for command in install_commands(iptables, rules, state):
             _run(command)
+        if rules:
+            installed[version] = rules
         if rules and config is not None and not listens_for_redirect(
             config.listen.addresses, version
         ):
@@ -340,6 +435,7 @@ def _install(args: argparse.Namespace) -> None:
             print(f"meshdns capture: warning: captured IPv{version} DNS goes to {target} "
                   f"port {port}, but listen.address in {config.source} does not include "
                   f"{target}", file=sys.stderr)
+    write_record(args.record, installed)
     if args.vip_routes:
         for command in route_commands(_vip_ranges(config), (), install=True):
             _run(command)
@@ -352,6 +448,7 @@ def _remove(args: argparse.Namespace) -> None:
         if found is not None:
             for command in remove_commands(*found):
                 _run(command)
+    _remove_record(args.record)
     for command in route_commands(ranges, _present_routes(ranges), install=False):
         _run(command)
 
@@ -443,7 +540,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=_command(action))
         return parser
 
+    def add_record(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--record", metavar="PATH", default=RECORD_PATH,
+            help=f"where install records the rules for meshdns's start-up check ({RECORD_PATH})",
+        )
+
     install = add("install", _install, "install the capture rules (idempotent)")
+    add_record(install)
     install.add_argument("--port", type=_port, help=f"meshdns's DNS port ({DEFAULT_PORT})")
     install.add_argument(
         "--resolv-conf", metavar="PATH",
@@ -473,5 +577,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--vip-routes", action="store_true",
         help="also route the VIP ranges to this host (ip route add local ... dev lo)",
     )
-    add("remove", _remove, "remove the capture rules and VIP routes (idempotent)")
+    add_record(add("remove", _remove, "remove the capture rules and VIP routes (idempotent)"))
     add("show", _show, "print the capture rules and VIP routes")

@@ -23,6 +23,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
+from meshdns_plugin.capture import RECORD_PATH
+from meshdns_plugin.captureguard import CaptureGuard, CaptureLoopError
 from meshdns_plugin.config import listen_addresses
 from meshdns_plugin.service import ListenError, override_listen
 
@@ -48,6 +50,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "meshdns.yaml to read (default: the embedded conf/meshdns.yaml)"],
         ["port", "p", None, "DNS port for UDP and TCP (overrides listen.port)"],
+        ["capture-record", None, RECORD_PATH,
+         "what meshdns capture install recorded, read when the rules cannot be listed"],
     ]
 
     def __init__(self) -> None:
@@ -97,14 +101,21 @@ class Options(usage.Options):
 class TwistdRoot(service.MultiService):
     """
     The service twistd starts: the meshdns service, whose DNS listeners are
-    bound here (as root, before twistd's C{--uid} drops privileges), and a
-    port that cannot be bound ends start-up in one line (L{_exit}).
+    bound here (as root, before twistd's C{--uid} drops privileges), after a
+    L{CaptureGuard}. A port that cannot be bound, or DNS capture that would
+    loop meshdns's upstream queries, ends start-up in one line (L{_exit}).
     """
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except ListenError as e:
+            _exit(f"meshdns: {e}")
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CaptureLoopError as e:
             _exit(f"meshdns: {e}")
 
 
@@ -128,5 +139,7 @@ def makeService(options: Options) -> TwistdRoot:
     except EntriesError as e:
         raise SystemExit(f"meshdns: invalid entries:\n{e}") from None
     root = TwistdRoot()
+    guard = CaptureGuard(mesh.forwarder.servers, config.listen.port, options["capture-record"])
+    guard.setServiceParent(root)
     mesh.setServiceParent(root)
     return root

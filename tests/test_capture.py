@@ -7,10 +7,12 @@ network namespace made for each test, so the host's tables are never touched.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from meshdns_plugin import capture
 from meshdns_plugin.capture import (
     CHAIN,
+    DEFAULT_PORT,
     CaptureError,
     NatState,
     capture_rules,
@@ -32,12 +35,15 @@ from tests.netns import Netns, network_namespace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it.
+#: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it;
+#: its first argument replaces L{capture.RECORD_PATH}, so that no test writes
+#: the host's own record.
 CLI = """
 import argparse, sys
-from meshdns_plugin.capture import register
+from meshdns_plugin import capture
+capture.RECORD_PATH = sys.argv.pop(1)
 parser = argparse.ArgumentParser(prog="meshdns")
-register(parser.add_subparsers(required=True))
+capture.register(parser.add_subparsers(required=True))
 args = parser.parse_args()
 sys.exit(args.func(args))
 """
@@ -85,6 +91,17 @@ except TimeoutError:
 """
 
 ECHO_PORT = 25353
+
+
+@pytest.fixture(autouse=True)
+def record(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """
+    The capture record, in the test's folder: the commands run in-process
+    (after L{parse}) must never write the host's own.
+    """
+    path = tmp_path / "run" / "capture.json"
+    monkeypatch.setattr(capture, "RECORD_PATH", str(path))
+    return path
 
 
 # -- pure builders ---------------------------------------------------------
@@ -339,6 +356,92 @@ def test_ipv6_unusable_is_a_warning(
     assert ran[-1][-2:] == ["-j", CHAIN]
 
 
+def test_install_records_the_rules_and_remove_deletes_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_tables: list[list[str]], record: Path
+) -> None:
+    """
+    The record holds each IP version's chain rules as C{install} ran them,
+    readable by meshdns after it dropped root; C{remove} deletes it.
+    """
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.53\n")
+    args = parse("capture", "install", "--resolv-conf", str(resolv_conf), "--proxy-uid", "7")
+    assert args.func(args) == 0
+    rules = capture_rules(DEFAULT_PORT, 7, 1337, ["127.0.0.53"])
+    assert json.loads(record.read_text()) == {
+        "rules": {"4": [" ".join(rule) for rule in rules]}
+    }
+    assert record.stat().st_mode & 0o777 == 0o644
+    assert capture.read_record(str(record)) == {4: tuple(" ".join(rule) for rule in rules)}
+    monkeypatch.setattr(capture, "_present_routes", lambda ranges: [])
+    args = parse("capture", "remove")
+    assert args.func(args) == 0
+    assert not record.exists()
+    assert args.func(args) == 0
+
+
+def test_unwritable_record_names_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_tables: list[list[str]]
+) -> None:
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text("nameserver 127.0.0.53\n")
+    args = parse("capture", "install", "--resolv-conf", str(resolv_conf), "--record", str(tmp_path))
+    assert args.func(args) == 1
+    assert capsys.readouterr().err == (
+        f"meshdns capture: error: cannot record the rules in {tmp_path}: "
+        "Is a directory; give --record PATH\n"
+    )
+    assert not Path(f"{tmp_path}.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[]", '{"rules": {"5": []}}', '{"rules": {"4": [1]}}', '{"rules": []}']
+)
+def test_a_record_not_written_by_install_is_refused(record: Path, text: str) -> None:
+    record.parent.mkdir()
+    record.write_text(text)
+    with pytest.raises(CaptureError) as caught:
+        capture.read_record(str(record))
+    assert str(caught.value) == f"{record} is not a record of meshdns capture install"
+
+
+def test_no_record_means_no_rules(record: Path) -> None:
+    assert capture.read_record(str(record)) == {}
+
+
+def test_installed_rules_without_root_come_from_the_record(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    """Listing the tables needs root: any other user reads the record, and runs nothing."""
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(capture, "_run", lambda argv: pytest.fail(f"would have run {argv}"))
+    capture.write_record(str(record), {4: [["-A", CHAIN, "-j", "RETURN"]]})
+    assert capture.installed_rules(str(record)) == {4: (f"-A {CHAIN} -j RETURN",)}
+
+
+def test_installed_rules_as_root_come_from_the_tables(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    """
+    Root lists the tables and ignores the record; a chain that OUTPUT does
+    not jump to captures nothing, nor does a version that cannot be listed.
+    """
+    monkeypatch.setattr(capture.os, "geteuid", lambda: 0)
+    capture.write_record(str(record), {4: [["-A", CHAIN, "-j", "RETURN"]]})
+    states = {
+        4: ("iptables", parse_nat_state(LISTING)),
+        6: ("ip6tables", NatState(chain_rules=(f"-N {CHAIN}",))),
+    }
+    monkeypatch.setattr(capture, "_find_iptables", lambda version: states[version])
+    assert capture.installed_rules(str(record)) == {4: parse_nat_state(LISTING).chain_rules}
+
+    def unlistable(version: int) -> tuple[str, NatState]:
+        raise CaptureError("iptables -w -t nat -S failed: no nat table")
+
+    monkeypatch.setattr(capture, "_find_iptables", unlistable)
+    assert capture.installed_rules(str(record)) == {}
+
+
 @pytest.mark.parametrize(
     ("addresses", "version", "covered"),
     [
@@ -425,12 +528,21 @@ def ns() -> Iterator[Netns]:
     if shutil.which("iptables") is None:
         pytest.skip("iptables is not installed (apt-get install iptables)")
     with network_namespace() as ns:
-        yield ns
+        try:
+            yield ns
+        finally:
+            record_of(ns).unlink(missing_ok=True)
+
+
+def record_of(ns: Netns) -> Path:
+    """The capture record of the rules installed in C{ns}, which the host's tables do not hold."""
+    return Path(tempfile.gettempdir()) / f"{ns.name}-capture.json"
 
 
 def meshdns(ns: Netns, *argv: str) -> subprocess.CompletedProcess[str]:
-    """Run C{meshdns capture ARGV} inside C{ns}."""
-    return ns.run([sys.executable, "-c", CLI, "capture", *argv], check=False, cwd=REPO_ROOT)
+    """Run C{meshdns capture ARGV} inside C{ns}, with the record of C{ns}."""
+    argv = [sys.executable, "-c", CLI, str(record_of(ns)), "capture", *argv]
+    return ns.run(argv, check=False, cwd=REPO_ROOT)
 
 
 def ok(ns: Netns, *argv: str) -> str:
@@ -598,3 +710,16 @@ def test_dns_traffic_is_redirected(ns: Netns, resolv_conf: Path, protocol: str) 
     assert ask("1337") == "refused\n"
     ok(ns, "remove")
     assert ask() == "refused\n"
+
+
+def test_record_follows_install_and_remove(ns: Netns, resolv_conf: Path) -> None:
+    """What install recorded is what the tables say, as meshdns's check reads them."""
+    ok(ns, "install", "--resolv-conf", str(resolv_conf), "--proxy-uid", "1001")
+    listed = parse_nat_state(ns.run(["iptables", "-w", "-t", "nat", "-S"]).stdout).chain_rules
+    recorded = capture.read_record(str(record_of(ns)))
+    assert parse_nat_state("\n".join(recorded[4])).chain_rules == recorded[4]
+    assert [line.replace("/32", "").replace(" -m udp", "").replace(" -m tcp", "")
+            for line in listed[1:]] == list(recorded[4])
+    assert set(recorded) == {4, 6}
+    ok(ns, "remove")
+    assert not record_of(ns).exists()
