@@ -109,22 +109,6 @@ class MeshAuthority(common.ResolverBase):
         self.chase = chase
         self.rotation = itertools.count()
 
-    def answers(self, name: bytes, type: int) -> bool:
-        """
-        Whether L{_lookup} answers C{name} (lowercase, no trailing dot) for
-        C{type} of class IN rather than failing with L{DomainError}: the
-        server asks this before it builds the Deferreds of a lookup, so
-        that a name the mesh does not know goes upstream at once.
-        """
-        table = self.table
-        if type in _FAMILY:
-            return table.resolve(name) is not None or table.cname(name) is not None
-        if type == dns.CNAME:
-            return table.cname(name) is not None
-        if type == dns.PTR:
-            return bool(table.pointers.get(name))
-        return False
-
     def _lookup(self, name: bytes, cls: int, type: int, timeout: object) -> defer.Deferred:
         if cls != dns.IN:
             return defer.fail(DomainError(name))

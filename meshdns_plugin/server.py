@@ -49,7 +49,7 @@ from meshdns_plugin import stats
 from meshdns_plugin.authority import MeshAnswer, MeshAuthority
 from meshdns_plugin.dns import message as wire
 from meshdns_plugin.dns.cache import render
-from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, type_name
+from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, Route, type_name
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.message import Query, UpstreamReply
 
@@ -307,7 +307,6 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         local = authorities + (clients[:-1] if self.forwarder is not None else clients)
         # Asked through Twisted Names only when one of them may answer.
         self.resolver = ResolverChain(local)
-        self._others = bool(local) and local != [self.mesh]
         self.stats = stats.ServerStats()
         self.allow = tuple(allow)
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -322,6 +321,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             self.stats,
             forwarder.stats if forwarder is not None else None,
             self._recursion,
+            others=bool(local) and local != [self.mesh],
         )
 
     #: Bound of the memo of per-address access decisions.
@@ -393,31 +393,22 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if query.problem is not None:
             self._error(query, query.problem, proto, address)
             return
-        limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
-        if query.qclass == wire.CLASS_IN:
-            fast = self.fastpath.answer(query, limit, data if address is not None else None)
-            if fast is not None:
-                self._send(proto, fast, address)
-                return
-        else:
+        if query.qclass != wire.CLASS_IN:
             self._error(query, wire.REFUSED, proto, address)
             return
-        if query.qtype == wire.TYPE_ANY or self._localMayAnswer(query):
+        limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
+        fast = self.fastpath.answer(query, limit, data if address is not None else None)
+        if fast is Route.FORWARD:
+            self._forward(query, proto, address, limit)
+        elif fast is Route.LOCAL:
             try:
                 message = parse_query(data)
             except ValueError:
                 self._error(query, wire.FORMERR, proto, address)
                 return
             self.messageReceived(message, proto, address, query)
-            return
-        self._forward(query, proto, address, limit)
-
-    def _localMayAnswer(self, query: Query) -> bool:
-        """Whether a local resolver (not the forwarder) may answer C{query}."""
-        if self._others or self.forwarder is None:
-            return True
-        mesh = self.mesh
-        return mesh is not None and mesh.answers(wire.wire_to_name(query.key), query.qtype)
+        else:
+            self._send(proto, fast, address)
 
     def _error(self, query: Query, rcode: int, proto, address) -> None:
         self.stats.queries[type_name(query.qtype), stats.ERROR] += 1

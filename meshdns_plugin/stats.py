@@ -9,6 +9,7 @@ per query.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -51,10 +52,8 @@ class LatencyHistogram:
     total: float = 0.0
 
     def observe(self, seconds: float) -> None:
-        index = 0
-        while index < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[index]:
-            index += 1
-        self.counts[index] += 1
+        # The first bucket whose bound is at least C{seconds}.
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
 
 

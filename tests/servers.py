@@ -83,7 +83,9 @@ def fast_reply(factory: MeshDNSServerFactory, packet: bytes, udp: bool = True) -
     """What the fast path alone answers to C{packet} (L{None}: it declines)."""
     query = read_query(packet)
     assert query is not None and query.problem is None
-    return factory.fastpath.answer(query, udp_limit(query, MAX_UDP_PAYLOAD) if udp else None, None)
+    limit = udp_limit(query, MAX_UDP_PAYLOAD) if udp else None
+    answer = factory.fastpath.answer(query, limit, None)
+    return answer if isinstance(answer, bytes) else None
 
 
 def upstream_reply(

@@ -15,12 +15,13 @@ a test feeds the same queries to both and compares the decoded answers.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Iterator
 
 from meshdns_plugin import stats
 from meshdns_plugin.authority import MeshAuthority
-from meshdns_plugin.dns.cache import ResponseCache, cache_key, render
+from meshdns_plugin.dns.cache import CachedAnswer, ResponseCache, cache_key, render
 from meshdns_plugin.dns.message import (
     AA,
     CLASS_IN,
@@ -28,7 +29,9 @@ from meshdns_plugin.dns.message import (
     NOERROR,
     TYPE_A,
     TYPE_AAAA,
+    TYPE_ANY,
     TYPE_CNAME,
+    TYPE_PTR,
     Query,
     name_to_wire,
     opt_record,
@@ -155,9 +158,21 @@ def address_answer(
     )  # type: ignore[return-value]
 
 
+class Route(enum.Enum):
+    """Where a query the fast path does not answer goes."""
+
+    #: To the local resolvers, through Twisted Names (the mesh answers it,
+    #: or another authority may).
+    LOCAL = "local"
+    #: Straight to the forwarder: no local resolver knows the name.
+    FORWARD = "forward"
+
+
 class FastPath:
     """
-    Answers what can be answered from bytes (see the module docstring).
+    Answers what can be answered from bytes (see the module docstring), and
+    says where the rest goes: so that the question "does the mesh know this
+    name?" is asked once per query, here.
 
     @ivar memo: the UDP replies remembered for repeats.
     """
@@ -172,6 +187,7 @@ class FastPath:
         server_stats: ServerStats,
         upstream_stats: UpstreamStats | None,
         recursion: int,
+        others: bool = False,
     ) -> None:
         """
         @param authority: the mesh, when it is the first resolver of the
@@ -179,12 +195,17 @@ class FastPath:
         @param cache: the forwarder's cache, when the forwarder is the last
             resolver (its hits are answered here); L{None} otherwise.
         @param recursion: the RA bit, or 0.
+        @param others: whether resolvers other than the mesh come before the
+            forwarder (every name the fast path does not answer then takes
+            the full path, since they may know it); also true when there is
+            no forwarder.
         """
         self._authority = authority
         self._cache = cache
         self._stats = server_stats
         self._upstream = upstream_stats
         self._recursion = recursion
+        self._others = others or cache is None
         self._rotation: Iterator[int] = (
             authority.rotation if authority is not None else itertools.count()
         )
@@ -211,12 +232,49 @@ class FastPath:
             return None
         return self.memo.reply(packet)
 
-    def _mesh_rings(self, table: NameTable, key: bytes, qtype: int) -> Rings | None:
+    def answer(self, query: Query, limit: int | None, packet: bytes | None) -> bytes | Route:
+        """
+        The reply to C{query} (a plain QUERY of class IN), or where it goes.
+
+        @param limit: the UDP size limit, or L{None} over TCP. A mesh answer
+            over it is left to the full path, which truncates as it always
+            does; a cached reply over it is truncated here.
+        @param packet: the UDP query packet: its reply is remembered in
+            L{memo}.
+        """
+        table = self._current_table()
+        qtype = query.qtype
+        name: bytes | None = None
+        if table is not None:
+            if qtype == TYPE_A or qtype == TYPE_AAAA:
+                rings = self._answers.get((query.key, qtype))
+                if rings is None:
+                    name = wire_to_name(query.key)
+                    rings = self._mesh_rings(table, name, query.key, qtype)
+                if rings is not None:
+                    return self._mesh_reply(query, rings, limit, packet) or Route.LOCAL
+            if table.aliases:
+                # An alias (ExternalName) has no encoded answer, but the
+                # authority answers it: an answer cached while the name was
+                # forwarded, before a reload made it an alias, must not be.
+                name = name or wire_to_name(query.key)
+                if table.cname(name) is not None:
+                    return Route.LOCAL
+        cache = self._cache
+        if cache is not None:
+            entry = cache.get(cache_key(query))
+            if entry is not None:
+                return self._cached_reply(query, entry, limit, packet)
+        if self._others or qtype == TYPE_ANY:
+            return Route.LOCAL
+        if table is not None and qtype == TYPE_PTR:
+            if table.pointers.get(name or wire_to_name(query.key)):
+                return Route.LOCAL
+        return Route.FORWARD
+
+    def _mesh_rings(self, table: NameTable, name: bytes, key: bytes, qtype: int) -> Rings | None:
         """The encoded answers of a mesh name, or L{None} if the mesh does not know it."""
-        found = self._answers.get((key, qtype))
-        if found is not None:
-            return found
-        resolution = table.resolve(wire_to_name(key))
+        resolution = table.resolve(name)
         if resolution is None:
             return None
         alias = None if resolution.alias is None else name_to_wire(resolution.alias)
@@ -228,39 +286,15 @@ class FastPath:
         self._answers[(key, qtype)] = found
         return found
 
-    def answer(self, query: Query, limit: int | None, packet: bytes | None) -> bytes | None:
-        """
-        The reply to C{query} (a plain QUERY of class IN), or L{None} when
-        the full path must answer.
-
-        @param limit: the UDP size limit, or L{None} over TCP. A mesh answer
-            over it is left to the full path, which truncates as it always
-            does; a cached reply over it is truncated here.
-        @param packet: the UDP query packet: its reply is remembered in
-            L{memo}.
-        """
-        table = self._current_table()
-        qtype = query.qtype
-        if table is not None and (qtype == TYPE_A or qtype == TYPE_AAAA):
-            rings = self._mesh_rings(table, query.key, qtype)
-            if rings is not None:
-                return self._mesh_reply(query, rings, limit, packet)
+    def _cached_reply(
+        self, query: Query, entry: CachedAnswer, limit: int | None, packet: bytes | None
+    ) -> bytes:
         cache = self._cache
-        if cache is None:
-            return None
-        if table is not None and table.aliases:
-            # An alias (ExternalName) has no encoded answer, but the
-            # authority answers it: an answer cached while the name was
-            # forwarded, before a reload made it an alias, must not be.
-            if table.cname(wire_to_name(query.key)) is not None:
-                return None
-        entry = cache.get(cache_key(query))
-        if entry is None:
-            return None
+        assert cache is not None
         age = int(cache.clock() - entry.stored_at)
         data = render(entry.reply, query, self._recursion, MAX_UDP_PAYLOAD, limit, age)
         self._upstream.cache_hits += 1  # type: ignore[union-attr]
-        counter = (type_name(qtype), stats.CACHE_HIT)
+        counter = (type_name(query.qtype), stats.CACHE_HIT)
         self._stats.queries[counter] += 1
         if packet is not None:
             fresh_until = entry.stored_at + age + 1
