@@ -46,7 +46,7 @@ CONTAINERFILE = ROOT / "Containerfile"
 KUBERNETES_VERSION = "1.30"
 
 #: Files that are patches (no apiVersion or kind), checked by applying them.
-PATCHES = {"sidecar/patch.yaml"}
+PATCHES = {"patches/sidecar.yaml"}
 
 MESHDNS_UID = 1337
 
@@ -231,9 +231,11 @@ _SIDECAR_PARTS = {"meshdns-capture", "meshdns"}
 
 def _strategic_merge(base: Any, patch: Any) -> Any:
     """
-    What C{kubectl patch} (strategic merge) does with the patch's fields:
-    mappings merge key by key, lists of named items (containers, volumes)
-    merge by name with new items appended, anything else is replaced.
+    What C{kubectl patch} (strategic merge) does with the patch's fields, as
+    C{kubectl patch --local} shows it: mappings merge key by key; in lists of
+    named items (containers, volumes) an item of an existing name is merged in
+    place and new items come first, in the patch's order; anything else is
+    replaced.
     """
     if isinstance(base, dict) and isinstance(patch, dict):
         merged = dict(base)
@@ -246,23 +248,22 @@ def _strategic_merge(base: Any, patch: Any) -> Any:
         and all(isinstance(item, dict) and "name" in item for item in [*base, *patch])
     )
     if named:
-        merged = list(base)
-        for item in patch:
-            index = next((i for i, old in enumerate(merged) if old["name"] == item["name"]), None)
-            if index is None:
-                merged.append(item)
-            else:
-                merged[index] = _strategic_merge(merged[index], item)
-        return merged
+        by_name = {item["name"]: item for item in patch}
+        old_names = {item["name"] for item in base}
+        return [item for item in patch if item["name"] not in old_names] + [
+            _strategic_merge(item, by_name[item["name"]]) if item["name"] in by_name else item
+            for item in base
+        ]
     return patch
 
 
-def test_patch_adds_exactly_what_the_example_has() -> None:
-    example = _find("Deployment", "client", "sidecar/")
-    (patch,) = _documents(DEPLOY / "sidecar" / "patch.yaml")
-    assert set(patch) == {"spec"}, "a patch for any Deployment: no name, kind or apiVersion"
+def _sidecar_patch() -> dict[str, Any]:
+    (patch,) = _documents(DEPLOY / "patches" / "sidecar.yaml")
+    return patch
 
-    app = copy.deepcopy(example)
+
+def _example_without_sidecar() -> dict[str, Any]:
+    app = copy.deepcopy(_find("Deployment", "client", "sidecar/"))
     pod = app["spec"]["template"]["spec"]
     pod["initContainers"] = [c for c in pod["initContainers"] if c["name"] not in _SIDECAR_PARTS]
     if not pod["initContainers"]:
@@ -270,10 +271,34 @@ def test_patch_adds_exactly_what_the_example_has() -> None:
     pod["volumes"] = [v for v in pod["volumes"] if not v["name"].startswith("meshdns-")]
     if not pod["volumes"]:
         del pod["volumes"]
+    return app
 
-    patched = _strategic_merge(app, patch)
+
+def test_patch_adds_exactly_what_the_example_has() -> None:
+    example = _find("Deployment", "client", "sidecar/")
+    patch = _sidecar_patch()
+    assert set(patch) == {"spec"}, "a patch for any Deployment: no name, kind or apiVersion"
+
+    patched = _strategic_merge(_example_without_sidecar(), patch)
     assert patched == example
     assert _strategic_merge(patched, patch) == example, "patching twice changes nothing"
+    validate(patched)
+
+
+def test_patch_keeps_what_the_application_has() -> None:
+    """An application with init containers and volumes of its own keeps them."""
+    app = _example_without_sidecar()
+    pod = app["spec"]["template"]["spec"]
+    pod["initContainers"] = [{"name": "migrate", "image": "busybox:1.37.0", "command": ["true"]}]
+    pod["volumes"] = [{"name": "data", "emptyDir": {}}]
+
+    patched = _strategic_merge(app, _sidecar_patch())
+    pod = patched["spec"]["template"]["spec"]
+    # meshdns first: the application's own init containers get its DNS too.
+    assert [c["name"] for c in pod["initContainers"]] == ["meshdns-capture", "meshdns", "migrate"]
+    assert [v["name"] for v in pod["volumes"]] == [
+        "meshdns-config", "meshdns-entries", "meshdns-run", "data"
+    ]
     validate(patched)
 
 
@@ -315,11 +340,11 @@ def test_sidecar_agrees_with_its_config(tmp_path: Path) -> None:
         argv = container.get("command", []) + container.get("args", [])
         _assert_config_mounted(pod, container, _option(argv, "--config"), "sidecar/")
 
-    # meshdns serves where capture sends: 127.0.0.1, on listen.port.
+    # meshdns serves where capture sends: 127.0.0.1, on listen.port (which
+    # the capture reads from the same config).
     assert "127.0.0.1" in config.listen.addresses
-    assert {p["containerPort"] for p in meshdns["ports"] if p["name"].startswith("dns")} == {
-        config.listen.port
-    }
+    assert "--port" not in capture["command"]
+    assert [p["containerPort"] for p in meshdns["ports"]] == [config.admin.port]
 
     # Probes: /readyz and /healthz on the admin port; the kubelet reaches the
     # pod IP, so the admin endpoint must listen beyond loopback.
@@ -525,9 +550,8 @@ def _all_containers() -> Iterator[tuple[str, dict[str, Any]]]:
             pod = _pod_spec(doc)
             for container in pod.get("initContainers", []) + pod["containers"]:
                 yield file, container
-    (patch,) = _documents(DEPLOY / "sidecar" / "patch.yaml")
-    for container in patch["spec"]["template"]["spec"]["initContainers"]:
-        yield "sidecar/patch.yaml", container
+    for container in _sidecar_patch()["spec"]["template"]["spec"]["initContainers"]:
+        yield "patches/sidecar.yaml", container
 
 
 def test_images_are_pinned() -> None:
