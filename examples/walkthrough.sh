@@ -59,7 +59,8 @@ CREATED_USER=
 cleanup() {
     set +e
     if [ -n "$WORK" ] && ip netns list | grep -qw "$NS"; then
-        in_ns "$PYTHON" -c "$MESHDNS" capture remove --config "$WORK/meshdns.yaml" >/dev/null 2>&1
+        in_ns "$PYTHON" -c "$MESHDNS" capture remove --config "$WORK/meshdns.yaml" \
+            --record "$WORK/capture.json" >/dev/null 2>&1
     fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
     ip netns del "$NS" 2>/dev/null
@@ -130,7 +131,7 @@ EOF
 
 echo "== meshdns as uid $PROXY_ID in namespace $NS, DNS capture installed"
 show meshdns capture install --config "$WORK/meshdns.yaml" \
-    --resolv-conf "/etc/netns/$NS/resolv.conf" --vip-routes
+    --resolv-conf "/etc/netns/$NS/resolv.conf" --vip-routes --record "$WORK/capture.json"
 show meshdns capture show --config "$WORK/meshdns.yaml"
 ip netns exec "$NS" \
     "$PYTHON" -c 'import sys; sys.argv[0] = "twistd"; from twisted.scripts.twistd import run; run()' \
@@ -179,7 +180,7 @@ grep 'VIP listener' "$WORK/meshdns.log" | sed 's/^[^ ]* //'
 
 echo
 echo "== Clean-up: capture removed"
-show meshdns capture remove --config "$WORK/meshdns.yaml"
+show meshdns capture remove --config "$WORK/meshdns.yaml" --record "$WORK/capture.json"
 show meshdns capture show --config "$WORK/meshdns.yaml"
 echo "Without capture, queries go straight to the cluster DNS, which knows no ServiceEntry:"
 app getent hosts address.internal || echo "(exit code $?: not found)"

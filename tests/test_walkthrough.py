@@ -202,7 +202,8 @@ def test_the_guide_in_a_namespace(ns: Netns) -> None:
             "entries: [entries]\n"
         )
         capture = ns.run([*MESHDNS, "capture", "install", "--config", str(config),
-                          "--resolv-conf", str(resolv_conf), "--vip-routes"], **run_env)
+                          "--resolv-conf", str(resolv_conf), "--vip-routes",
+                              "--record", str(home / "capture.json")], **run_env)
         assert capture.stderr == ""
 
         log = home / "meshdns.log"
@@ -257,7 +258,8 @@ def test_the_guide_in_a_namespace(ns: Netns) -> None:
                                 "import socket; print(socket.gethostbyname('www.upstream.test'))"])
             assert forwarded.stdout == "127.0.0.10\n"
         finally:
-            removed = ns.run([*MESHDNS, "capture", "remove", "--config", str(config)], **run_env)
+            removed = ns.run([*MESHDNS, "capture", "remove", "--config", str(config),
+                              "--record", str(home / "capture.json")], **run_env)
         assert removed.stderr == ""
 
         # Nothing of meshdns is left in the tables or the routes.
