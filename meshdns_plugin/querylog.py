@@ -85,7 +85,7 @@ class QueryLoggingFactory(MeshDNSServerFactory):
     L{packetReceived}, where the reply is logged.
     """
 
-    def memoized(self, data: bytes, host: str) -> None:
+    def memoized(self, data: bytes, host: str, local_only: bool = False) -> None:
         return None
 
     def packetReceived(self, data: bytes, proto: Any, address: Any = None) -> None:

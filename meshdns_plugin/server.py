@@ -106,6 +106,21 @@ def parse_query(data: bytes) -> dns._EDNSMessage:
     return message
 
 
+def on_loopback(address: str) -> bool:
+    """
+    Whether a listener on C{address} hears only this host: a loopback
+    address. The kernel drops packets for 127.0.0.0/8 or ::1 that come from
+    outside (martians), so anything arriving there was sent on this host, or
+    redirected to it by DNS capture, which keeps the application's own
+    source address (a pod's IP, say): such a query is let in whatever its
+    source, where C{listen.allow} would refuse it.
+    """
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
     """
     DNS over UDP, serving side only.
@@ -116,10 +131,15 @@ class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
     """
 
     pending: list[tuple[bytes, tuple[str, int]]] | None = None
+    #: Whether the port listens on a loopback address (see L{on_loopback}).
+    local_only = False
 
     def __init__(self, controller: MeshDNSServerFactory) -> None:
         self.controller = controller
         self._late: list[tuple[bytes, tuple[str, int]]] = []
+
+    def startProtocol(self) -> None:
+        self.local_only = on_loopback(self.transport.getHost().host)
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.controller.packetReceived(data, self, addr)
@@ -184,6 +204,7 @@ class BurstUDPPort(udp.Port):
         size = self.maxPacketSize
         received = protocol.datagramReceived
         memoized = protocol.controller.memoized
+        local_only = protocol.local_only
         forwarder = protocol.controller.forwarder
         upstream = forwarder.upstream if forwarder is not None else None
         if upstream is not None:
@@ -197,7 +218,7 @@ class BurstUDPPort(udp.Port):
                     # on the socket) concerns no query of this burst.
                     break
                 try:
-                    reply = memoized(data, address[0])
+                    reply = memoized(data, address[0], local_only)
                     if reply is not None:
                         pending.append((reply, address))
                     else:
@@ -229,7 +250,9 @@ class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.controller.connectionMade(self)
-        self.peer_allowed = self.controller.allowed(self.transport.getPeer().host)
+        self.peer_allowed = on_loopback(self.transport.getHost().host) or self.controller.allowed(
+            self.transport.getPeer().host
+        )
         self.setTimeout(self.controller.tcp_idle_timeout)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -351,13 +374,16 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             return None
         return super().buildProtocol(addr)
 
-    def memoized(self, data: bytes, host: str) -> bytes | None:
+    def memoized(self, data: bytes, host: str, local_only: bool = False) -> bytes | None:
         """
         The reply to the UDP query C{data} from C{host} if the memo has one:
         what L{BurstUDPPort} tries before L{packetReceived}. L{None} also
         for a host not yet let in: L{packetReceived} decides about it.
+
+        @param local_only: whether it came to a loopback listener (see
+            L{on_loopback}).
         """
-        if not self._allowed.get(host):
+        if not (local_only or self._allowed.get(host)):
             return None
         return self.fastpath.memoized(data)
 
@@ -373,7 +399,11 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         Answer C{data}: the single entry point of both protocols (C{address}
         is L{None} over TCP), so that no decoding error escapes either.
         """
-        if not (self.allowed(address[0]) if address is not None else proto.peer_allowed):
+        if address is None:
+            allowed = proto.peer_allowed
+        else:
+            allowed = proto.local_only or self.allowed(address[0])
+        if not allowed:
             self._refuse(data, proto, address)
             return
         if address is not None:

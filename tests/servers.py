@@ -31,6 +31,7 @@ class RecordingProtocol:
 
     #: Set by the TCP protocol when the connection is made.
     peer_allowed = True
+    local_only = False
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []

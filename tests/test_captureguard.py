@@ -343,3 +343,39 @@ def test_no_capture_no_check(pod: Pod) -> None:
 
 def test_the_readme_shows_the_refusal_as_it_is() -> None:
     assert "meshdns: " + REFUSAL.format(uid=0, gid=0) in (REPO_ROOT / "README.md").read_text()
+
+
+#: Asks as ASK does, from the source address given first (a pod's own IP).
+ASK_FROM = """
+import sys, dns.message, dns.query, dns.rcode
+source, address, port, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+query = dns.message.make_query(name, "A")
+reply = dns.query.udp(query, address, port=port, timeout=5, source=source)
+print(dns.rcode.to_text(reply.rcode()), *(r.address for rrset in reply.answer for r in rrset))
+"""
+
+
+def test_a_captured_query_from_the_pods_own_address_is_answered(pod: Pod) -> None:
+    """
+    A pod's query to its cluster DNS address keeps the pod's IP as source
+    when capture redirects it to meshdns on loopback: meshdns must answer it
+    with the default C{listen.allow} (loopback only), since nothing from
+    outside the host can reach a loopback listener.
+    """
+    pod_ip, cluster_dns = "192.0.2.2", "192.0.2.53"
+    pod.ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+    pod.ns.run(["ip", "addr", "add", f"{pod_ip}/24", "dev", "eth0"])
+    for device in ("eth0", "eth1"):
+        pod.ns.run(["ip", "link", "set", device, "up"])
+    (pod.home / "pod-resolv.conf").write_text(f"nameserver {cluster_dns}\n")
+    pod.capture("install", "--resolv-conf", str(pod.home / "pod-resolv.conf"))
+    log = pod.home / "meshdns.log"
+    meshdns = pod.ns.popen(
+        pod.twistd("--uid", str(PROXY_ID), "--gid", str(PROXY_ID), "--logfile", str(log)),
+        env=child_env(), cwd=REPO_ROOT,
+    )
+    wait_for_meshdns(meshdns, log)
+    asked = pod.ns.run(
+        [sys.executable, "-c", ASK_FROM, pod_ip, cluster_dns, "53", "www.upstream.test"]
+    )
+    assert asked.stdout == "NOERROR 127.0.0.10\n"
