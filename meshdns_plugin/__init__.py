@@ -22,7 +22,7 @@ The builders take a L{Config} or the path of a config file. They raise
 L{ConfigError} for a config that cannot be used; invalid documents in the
 entry files are logged, one line each, and left out, as C{twistd meshdns}
 does. (L{EntriesError} is what the strict
-L{meshdns_plugin.entries.parse_entries} raises.) Nothing here imports the
+L{meshdns_plugin.mesh.entries.parse_entries} raises.) Nothing here imports the
 reactor: each builder takes one, and uses the global reactor only when given
 none, when it is called.
 
@@ -37,11 +37,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IResolver
 
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, ConfigError, load_config
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.entries import EntriesError
-from meshdns_plugin.reload import TableLoader
+from meshdns_plugin.mesh.entries import EntriesError
+from meshdns_plugin.ops.reload import TableLoader
 from meshdns_plugin.service import MeshService, makeCachingForwarder, override_listen
 
 __all__ = [
@@ -148,7 +148,7 @@ def meshService(
 
     The mesh is asked first so that its names take the wire fast path, which
     needs the mesh first and the forwarder last in the chain (see
-    L{meshdns_plugin.server.MeshDNSServerFactory}). Your authorities are
+    L{meshdns_plugin.dns.server.MeshDNSServerFactory}). Your authorities are
     therefore asked for every name the mesh does not answer, including other
     query types (MX, TXT, ...) of mesh names; give them zones that the mesh
     does not serve.

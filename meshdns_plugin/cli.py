@@ -12,7 +12,7 @@ starting one.
     both ask the running meshdns of the config (its admin endpoint) when one
     answers, and read the files otherwise, saying which on stderr;
   - C{meshdns query NAME [TYPE]}: one query, printed the way dig prints it;
-  - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.capture}).
+  - C{meshdns capture ...}: the iptables capture (L{meshdns_plugin.ops.capture}).
 
 Each takes C{--config PATH} as C{twistd meshdns} does (default: the embedded
 config). Every expected failure is one line on stderr per problem and exit
@@ -40,11 +40,11 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from meshdns_plugin import capture
-from meshdns_plugin.admin import listeners_document, table_document
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
-from meshdns_plugin.listeners import ListenerPlan, collisions, listener_plan
-from meshdns_plugin.reload import PreparedTable, TableLoader
+from meshdns_plugin.ops import capture
+from meshdns_plugin.ops.admin import listeners_document, table_document
+from meshdns_plugin.ops.listeners import ListenerPlan, collisions, listener_plan
+from meshdns_plugin.ops.reload import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
 

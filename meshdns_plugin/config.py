@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from meshdns_plugin import yamltext
-from meshdns_plugin.entries import is_k8s_label
+from meshdns_plugin.mesh import yamltext
+from meshdns_plugin.mesh.entries import is_k8s_label
 
 
 def default_config_path() -> str:
@@ -159,7 +159,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class VipListenersConfig:
     """
-    Per-VIP TCP listeners (L{meshdns_plugin.listeners}): connections to a
+    Per-VIP TCP listeners (L{meshdns_plugin.ops.listeners}): connections to a
     ServiceEntry's VIP or address and TCP port are forwarded to the real
     service, as Envoy does in Istio's guide. Off by default: it binds
     sockets on every VIP, which needs the VIP ranges routed to this host.
@@ -176,7 +176,7 @@ class VipListenersConfig:
 class LimitsConfig:
     """
     Bounds on what one entry file may cost to read (see
-    L{meshdns_plugin.yamltext}); a file over one is an error for that file.
+    L{meshdns_plugin.mesh.yamltext}); a file over one is an error for that file.
 
     @ivar max_file_size: bytes; a larger file is refused before it is read.
     """

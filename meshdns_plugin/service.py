@@ -22,16 +22,16 @@ from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
 
-from meshdns_plugin.admin import AdminService
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, ConfigError, check_listen, listen_addresses
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.listeners import VipListeners
-from meshdns_plugin.querylog import QueryLoggingFactory
-from meshdns_plugin.reload import Reloader, TableLoader, TableWatcher, fingerprint
+from meshdns_plugin.dns.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
+from meshdns_plugin.dns.stats import ReloadStats
+from meshdns_plugin.ops.admin import AdminService
+from meshdns_plugin.ops.listeners import VipListeners
+from meshdns_plugin.ops.querylog import QueryLoggingFactory
+from meshdns_plugin.ops.reload import Reloader, TableLoader, TableWatcher, fingerprint
 from meshdns_plugin.resolvconf import read_resolv_conf
-from meshdns_plugin.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
-from meshdns_plugin.stats import ReloadStats
 
 _log = Logger()
 

@@ -23,9 +23,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
-from meshdns_plugin.capture import RECORD_PATH
-from meshdns_plugin.captureguard import CaptureGuard, CaptureLoopError
 from meshdns_plugin.config import listen_addresses
+from meshdns_plugin.ops.capture import RECORD_PATH
+from meshdns_plugin.ops.captureguard import CaptureGuard, CaptureLoopError
 from meshdns_plugin.service import ListenError, override_listen
 
 _log = Logger()

@@ -8,10 +8,10 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from meshdns_plugin.allocator import allocate
-from meshdns_plugin.entries import parse_entries
+from meshdns_plugin.mesh.allocator import allocate
+from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
-from meshdns_plugin.table import NameTable, build_table
 
 #: The Istio guide's ServiceEntries shipped in conf/.
 CONF_ENTRIES = os.path.abspath(

@@ -12,16 +12,16 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns
 
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import parse_config
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.cache import ResponseCache, cache_key
 from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD
 from meshdns_plugin.dns.forwarder import CachingForwarder, plain_query
 from meshdns_plugin.dns.message import UpstreamReply, read_query, read_reply, udp_limit
+from meshdns_plugin.dns.server import MeshDNSServerFactory, parse_query
 from meshdns_plugin.dns.upstream import ReactorReaders, UpstreamClient
-from meshdns_plugin.server import MeshDNSServerFactory, parse_query
+from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.service import MeshService
-from meshdns_plugin.table import NameTable
 
 CLIENT = ("127.0.0.1", 40000)
 

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.admin}: each endpoint rendered in memory against a
+Tests for L{meshdns_plugin.ops.admin}: each endpoint rendered in memory against a
 real L{MeshService} built on a fake reactor, and the service's listening.
 """
 
@@ -16,8 +16,8 @@ from twisted.logger import capturedLogs
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from meshdns_plugin.admin import AdminService, admin_resource, table_document
 from meshdns_plugin.config import parse_config
+from meshdns_plugin.ops.admin import AdminService, admin_resource, table_document
 from meshdns_plugin.service import MeshService
 from tests.samples import ENTRIES as ENTRIES_SAMPLES
 from tests.samples import make_table

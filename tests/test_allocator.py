@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.allocator}: VIPs are deterministic, stable, unique,
+Tests for L{meshdns_plugin.mesh.allocator}: VIPs are deterministic, stable, unique,
 inside their range, never network- or broadcast-looking, and persist in a state
 file.
 
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshdns_plugin.allocator import (
+from meshdns_plugin.mesh.allocator import (
     Allocation,
     StateError,
     Vips,
@@ -86,7 +86,7 @@ def test_replicas_in_other_processes_agree() -> None:
     hosts = ["auto.internal", "tcp-echo.external-1.svc.cluster.local", "a.example", "b.example"]
     code = (
         "import ipaddress, json, sys\n"
-        "from meshdns_plugin.allocator import allocate\n"
+        "from meshdns_plugin.mesh.allocator import allocate\n"
         f"a = allocate({hosts!r}, ipaddress.ip_network('{V4}'), ipaddress.ip_network('{V6}'))\n"
         "print(json.dumps(a.as_state()))\n"
     )
@@ -278,7 +278,7 @@ def test_large_ranges_do_not_stall() -> None:
     """
     code = (
         "import ipaddress, json\n"
-        "from meshdns_plugin.allocator import allocate\n"
+        "from meshdns_plugin.mesh.allocator import allocate\n"
         "a = allocate(['a.example', 'b.example'], ipaddress.ip_network('10.0.0.0/8'),"
         " ipaddress.ip_network('fd00::/96'))\n"
         "print(json.dumps(a.as_state()))\n"

@@ -32,7 +32,7 @@ from meshdns_plugin import (
     meshAuthority,
     meshService,
 )
-from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.service import BurstUDPServer
 from tests.conftest import REPO_ROOT

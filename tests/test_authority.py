@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.authority}: the aliases of Kubernetes Services of
+Tests for L{meshdns_plugin.dns.authority}: the aliases of Kubernetes Services of
 type C{ExternalName}, answered with a CNAME and the target's addresses, from
 the table or from a chase resolver (a fake here, which remembers what it was
 asked); loops; and the full server path around it (AA, the wire fast path
@@ -21,7 +21,7 @@ from twisted.names import dns as tdns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 from twisted.python.failure import Failure
 
-from meshdns_plugin.authority import MAX_ALIAS_STEPS, MeshAnswer, MeshAuthority
+from meshdns_plugin.dns.authority import MAX_ALIAS_STEPS, MeshAnswer, MeshAuthority
 from meshdns_plugin.service import MeshService
 from tests.samples import ENTRIES, external_name, make_table
 from tests.servers import MemoryServer, fast_reply, memory_mesh_service, put_cached

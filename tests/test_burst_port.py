@@ -14,8 +14,8 @@ import dns.message
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from meshdns_plugin import server as server_module
-from meshdns_plugin.server import BurstUDPPort, MeshDNSDatagramProtocol
+from meshdns_plugin.dns import server as server_module
+from meshdns_plugin.dns.server import BurstUDPPort, MeshDNSDatagramProtocol
 from tests.samples import make_table
 from tests.servers import MemoryServer
 

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.capture}: the pure rule builders, the command line's
+Tests for L{meshdns_plugin.ops.capture}: the pure rule builders, the command line's
 errors, and the real thing (iptables, routes, redirected packets) inside a
 network namespace made for each test, so the host's tables are never touched.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from meshdns_plugin import capture
-from meshdns_plugin.capture import (
+from meshdns_plugin.ops import capture
+from meshdns_plugin.ops.capture import (
     CHAIN,
     DEFAULT_PORT,
     CaptureError,
@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: the host's own record.
 CLI = """
 import argparse, sys
-from meshdns_plugin import capture
+from meshdns_plugin.ops import capture
 capture.RECORD_PATH = sys.argv.pop(1)
 parser = argparse.ArgumentParser(prog="meshdns")
 capture.register(parser.add_subparsers(required=True))

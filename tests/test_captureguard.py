@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.captureguard}: the pure decision, and the real
+Tests for L{meshdns_plugin.ops.captureguard}: the pure decision, and the real
 C{meshdns capture install} and C{twistd -n meshdns} in a network namespace
 made for each test, where the namespace's own 127.0.0.53:53 plays the
 nameserver that capture redirects and meshdns forwards to.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from meshdns_plugin import captureguard
-from meshdns_plugin.capture import CHAIN, CaptureError
-from meshdns_plugin.captureguard import (
+from meshdns_plugin.ops import captureguard
+from meshdns_plugin.ops.capture import CHAIN, CaptureError
+from meshdns_plugin.ops.captureguard import (
     Capture,
     CaptureGuard,
     CaptureLoopError,

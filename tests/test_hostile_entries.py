@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from meshdns_plugin import yamltext
+from meshdns_plugin.mesh import yamltext
 from tests.conftest import MeshdnsProcess
 from tests.test_reload import entry
 

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.listeners}: the pure listener plan, the listener
+Tests for L{meshdns_plugin.ops.listeners}: the pure listener plan, the listener
 service and the relaying protocols on Twisted's fakes, socket binding, and the
 real thing: C{twistd meshdns} with VIP listeners on loopback addresses,
 forwarding to real TCP echo servers, across a reload.
@@ -26,11 +26,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
-from meshdns_plugin.allocator import Allocation, Vips
 from meshdns_plugin.cli import main
 from meshdns_plugin.config import load_config
-from meshdns_plugin.entries import parse_entries
-from meshdns_plugin.listeners import (
+from meshdns_plugin.mesh.allocator import Allocation, Vips
+from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.view import mesh_view
+from meshdns_plugin.ops.listeners import (
     Backend,
     ListenerPlan,
     ListenerSpec,
@@ -40,8 +41,7 @@ from meshdns_plugin.listeners import (
     listener_plan,
     routed_here,
 )
-from meshdns_plugin.mesh.view import mesh_view
-from meshdns_plugin.reload import TableLoader
+from meshdns_plugin.ops.reload import TableLoader
 from tests.conftest import (
     FAKE_UPSTREAM,
     LOOPBACK,

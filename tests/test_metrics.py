@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.metrics}: the collector reads the plain counters
+Tests for L{meshdns_plugin.ops.metrics}: the collector reads the plain counters
 at scrape time (in memory, on a fake reactor), and against the real process
 the scraped counters move as queries of each kind are sent.
 """
@@ -18,9 +18,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns as tdns
 
 from meshdns_plugin.config import parse_config
-from meshdns_plugin.metrics import registry_for
+from meshdns_plugin.dns.stats import LATENCY_BUCKETS
+from meshdns_plugin.ops.metrics import registry_for
 from meshdns_plugin.service import MeshService
-from meshdns_plugin.stats import LATENCY_BUCKETS
 from tests.conftest import free_port
 from tests.servers import CLIENT, RecordingProtocol, memory_mesh_service, put_cached
 from tests.test_reload import entry

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.querylog}: one log line per reply, on both the
+Tests for L{meshdns_plugin.ops.querylog}: one log line per reply, on both the
 fast and the full path, and the switch in the config.
 """
 
@@ -11,11 +11,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.names import dns
 
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import parse_config
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.querylog import QueryLoggingFactory, describe_reply
-from meshdns_plugin.server import MeshDNSServerFactory
+from meshdns_plugin.dns.server import MeshDNSServerFactory
+from meshdns_plugin.ops.querylog import QueryLoggingFactory, describe_reply
 from meshdns_plugin.service import MeshService
 from tests.samples import make_table
 from tests.servers import CLIENT, RecordingProtocol

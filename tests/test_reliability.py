@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from twisted.names import dns as tdns
 
 from meshdns_plugin.dns.cache import ResponseCache
-from meshdns_plugin.server import MeshDNSServerFactory
+from meshdns_plugin.dns.server import MeshDNSServerFactory
 from tests.conftest import free_port, run_twistd
 from tests.samples import CONF_ENTRIES, make_table
 from tests.servers import MemoryServer, RecordingProtocol, upstream_reply

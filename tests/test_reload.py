@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.reload}: loading in two steps, the reloader's
+Tests for L{meshdns_plugin.ops.reload}: loading in two steps, the reloader's
 accept/reject rules, the fingerprint, and the watcher's triggers on a fake
 clock (inotify itself is exercised against the real process in
 C{test_live_reload}).
@@ -17,9 +17,10 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config, parse_config
-from meshdns_plugin.reload import (
+from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.stats import ReloadStats
+from meshdns_plugin.ops.reload import (
     PreparedTable,
     Reloader,
     TableLoader,
@@ -27,7 +28,6 @@ from meshdns_plugin.reload import (
     fingerprint,
     watch_targets,
 )
-from meshdns_plugin.stats import ReloadStats
 
 ENTRY = """\
 apiVersion: networking.istio.io/v1

@@ -11,8 +11,8 @@ import dns.rcode
 import dns.rdatatype
 from twisted.names import dns as tdns
 
-from meshdns_plugin import stats
-from meshdns_plugin.querylog import QueryLoggingFactory
+from meshdns_plugin.dns import stats
+from meshdns_plugin.ops.querylog import QueryLoggingFactory
 from tests.samples import ENTRIES, make_table
 from tests.servers import MemoryServer, RecordingProtocol
 

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.table}: every rule of DESIGN.md "Names the mesh
+Tests for L{meshdns_plugin.mesh.table}: every rule of DESIGN.md "Names the mesh
 answers" and the examples of issue 2 item 5, checked through
 L{NameTable.resolve} and the PTR index.
 
@@ -17,10 +17,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshdns_plugin.allocator import allocate
-from meshdns_plugin.entries import Entries, parse_entries
+from meshdns_plugin.mesh.allocator import allocate
+from meshdns_plugin.mesh.entries import Entries, parse_entries
+from meshdns_plugin.mesh.table import NameTable, Resolution, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
-from meshdns_plugin.table import NameTable, Resolution, build_table
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
 V6 = ipaddress.IPv6Network("2001:2::/48")
@@ -503,7 +503,7 @@ def test_shipped_guide_entries() -> None:
     """The Istio guide's examples as issue 2 item 6 says they must behave."""
     from pathlib import Path
 
-    from meshdns_plugin.entries import load_entries
+    from meshdns_plugin.mesh.entries import load_entries
 
     folder = Path(__file__).resolve().parents[1] / "conf" / "entries"
     table = table_for(
@@ -543,7 +543,7 @@ def test_lookups_match_whatever_case_the_entry_used(labels: list[str], wildcard:
 
 def test_no_vip_for_a_host_with_explicit_addresses_elsewhere() -> None:
     """A VIP that could never be answered is not allocated (nor persisted)."""
-    from meshdns_plugin.entries import parse_entries
+    from meshdns_plugin.mesh.entries import parse_entries
 
     entries = parse_entries(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
@@ -663,10 +663,10 @@ def test_the_wire_fast_path_never_answers_an_alias(search: tuple[str, ...], qtyp
     """
     import dns.message
 
-    from meshdns_plugin.authority import MeshAuthority
+    from meshdns_plugin.dns.authority import MeshAuthority
     from meshdns_plugin.dns.fastpath import FastPath
     from meshdns_plugin.dns.message import read_query
-    from meshdns_plugin.stats import ServerStats
+    from meshdns_plugin.dns.stats import ServerStats
 
     def fast(name: bytes) -> bytes | None:
         packet = dns.message.make_query(name.decode(), qtype).to_wire()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import textwrap
 
-from meshdns_plugin.allocator import allocate
-from meshdns_plugin.entries import Entries, parse_entries
+from meshdns_plugin.mesh.allocator import allocate
+from meshdns_plugin.mesh.entries import Entries, parse_entries
 from meshdns_plugin.mesh.scope import egress_allows, exported_to, scoped
+from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import (
     EXPLICIT,
     STATUS,
@@ -25,7 +26,6 @@ from meshdns_plugin.mesh.view import (
     mesh_view,
     vip_hosts,
 )
-from meshdns_plugin.table import NameTable, build_table
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
 V6 = ipaddress.IPv6Network("2001:2::/48")

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.yamltext}: the fast loader gives what PyYAML's
+Tests for L{meshdns_plugin.mesh.yamltext}: the fast loader gives what PyYAML's
 safe loader gives (errors included) except where Kubernetes reads YAML
 otherwise, and no file can cost more than its limits.
 """
@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshdns_plugin import yamltext
+from meshdns_plugin.mesh import yamltext
 
 DOCUMENTS = [
     "a: 1\nb: [x, 2.5, true, null]\n",

@@ -19,8 +19,8 @@ import enum
 import itertools
 from collections.abc import Iterator
 
-from meshdns_plugin import stats
-from meshdns_plugin.authority import MeshAuthority
+from meshdns_plugin.dns import stats
+from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.cache import CachedAnswer, ResponseCache, cache_key, render
 from meshdns_plugin.dns.message import (
     AA,
@@ -38,10 +38,10 @@ from meshdns_plugin.dns.message import (
     reply_flags,
     wire_to_name,
 )
-from meshdns_plugin.replymemo import MemoEntry, ReplyMemo
-from meshdns_plugin.stats import ServerStats, UpstreamStats
-from meshdns_plugin.table import HostRecords, NameTable
-from meshdns_plugin.wire import packed_address
+from meshdns_plugin.dns.replymemo import MemoEntry, ReplyMemo
+from meshdns_plugin.dns.stats import ServerStats, UpstreamStats
+from meshdns_plugin.mesh.addresses import packed_address
+from meshdns_plugin.mesh.table import HostRecords, NameTable
 
 #: How many rotations of a multi-address answer are encoded.
 ROTATIONS = 8

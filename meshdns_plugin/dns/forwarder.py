@@ -46,8 +46,8 @@ from meshdns_plugin.dns.message import (
     opt_record,
     wire_to_name,
 )
+from meshdns_plugin.dns.stats import UpstreamStats
 from meshdns_plugin.dns.upstream import UpstreamClient
-from meshdns_plugin.stats import UpstreamStats
 
 _log = Logger()
 

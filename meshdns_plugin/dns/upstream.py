@@ -48,7 +48,7 @@ from meshdns_plugin.dns.message import (
     is_reply_to,
     read_reply,
 )
-from meshdns_plugin.stats import UpstreamStats
+from meshdns_plugin.dns.stats import UpstreamStats
 
 #: The largest reply meshdns reads over UDP.
 MAX_DATAGRAM = 65535

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshdns_plugin.allocator import Allocation
-from meshdns_plugin.entries import UNIX_PREFIX, EndpointSlice, Entries, Service, ServiceEntry
+from meshdns_plugin.mesh.allocator import Allocation
+from meshdns_plugin.mesh.entries import UNIX_PREFIX, EndpointSlice, Entries, Service, ServiceEntry
 from meshdns_plugin.mesh.scope import ROOT_NAMESPACE, scoped
 
 #: Where a ServiceEntry host's addresses come from, in order of preference.

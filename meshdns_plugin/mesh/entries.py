@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from meshdns_plugin import yamltext
+from meshdns_plugin.mesh import yamltext
 
 SERVICE_ENTRY_APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")

@@ -103,7 +103,7 @@ class ReloadStats:
 @dataclass
 class ListenerStats:
     """
-    Counters of the VIP listeners (L{meshdns_plugin.listeners}), all
+    Counters of the VIP listeners (L{meshdns_plugin.ops.listeners}), all
     listeners together.
 
     @ivar listening: listening sockets open now (a gauge).

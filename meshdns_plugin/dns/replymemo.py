@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from meshdns_plugin.stats import ServerStats, UpstreamStats
+from meshdns_plugin.dns.stats import ServerStats, UpstreamStats
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-Prometheus metrics, made from the plain counters of L{meshdns_plugin.stats}
+Prometheus metrics, made from the plain counters of L{meshdns_plugin.dns.stats}
 at scrape time.
 
 The query path only adds to integers; calling C{prometheus_client} there
@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from meshdns_plugin.stats import LATENCY_BUCKETS
+from meshdns_plugin.dns.stats import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from meshdns_plugin.service import MeshService

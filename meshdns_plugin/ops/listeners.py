@@ -50,13 +50,13 @@ from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshdns_plugin.entries import DNS_RESOLUTIONS, Port, ServiceEntry, is_ip
+from meshdns_plugin.dns.stats import ListenerStats
+from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS, Port, ServiceEntry, is_ip
 from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
-from meshdns_plugin.stats import ListenerStats
 
 if TYPE_CHECKING:
     from meshdns_plugin.config import Config
-    from meshdns_plugin.reload import PreparedTable
+    from meshdns_plugin.ops.reload import PreparedTable
 
 #: Linux's C{IP_FREEBIND} (the socket module does not export it before
 #: Python 3.12); elsewhere, binding needs the address to be local already.
@@ -546,7 +546,7 @@ class VipListeners(service.Service):
     def follow(self, prepared: PreparedTable) -> None:
         """
         Take the listeners of a load that is being accepted (a
-        L{meshdns_plugin.reload.TableLoader} observer): what the mesh view
+        L{meshdns_plugin.ops.reload.TableLoader} observer): what the mesh view
         the table was built from asks for.
         """
         try:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from meshdns_plugin.entries import Service
+from meshdns_plugin.mesh.addresses import packed_address, reverse_name
+from meshdns_plugin.mesh.entries import Service
 from meshdns_plugin.mesh.view import MeshView
-from meshdns_plugin.wire import packed_address, reverse_name
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ scrapes and an operator curls.
     before and while shutting down (readiness). A failed reload does not
     make it unready: the previous table is still served;
   - C{/metrics}: Prometheus text from the service's own registry
-    (L{meshdns_plugin.metrics});
+    (L{meshdns_plugin.ops.metrics});
   - C{/debug/table}: the name table as JSON (L{table_document});
   - C{/debug/listeners}: the VIP listeners being served, as JSON
     (L{listeners_document});
@@ -38,11 +38,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
-from meshdns_plugin.entries import Problem
-from meshdns_plugin.listeners import ListenerPlan, collisions
+from meshdns_plugin.mesh.entries import Problem
+from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.mesh.view import Collision
-from meshdns_plugin.metrics import registry_for
-from meshdns_plugin.table import NameTable
+from meshdns_plugin.ops.listeners import ListenerPlan, collisions
+from meshdns_plugin.ops.metrics import registry_for
 
 if TYPE_CHECKING:
     from meshdns_plugin.service import MeshService

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from twisted.application import service
 from twisted.logger import Logger
 
-from meshdns_plugin.capture import CaptureError, installed_rules
+from meshdns_plugin.ops.capture import CaptureError, installed_rules
 from meshdns_plugin.resolvconf import DNS_PORT
 
 _log = Logger()
@@ -92,7 +92,7 @@ def _ids(text: str | None) -> range | None:
 def parse_capture(rules: Iterable[str]) -> Capture:
     """
     Read the lines of meshdns's chain, as C{iptables -S} prints them or as
-    the capture record holds them (L{meshdns_plugin.capture.write_record}).
+    the capture record holds them (L{meshdns_plugin.ops.capture.write_record}).
 
     Only what capture writes is understood: C{RETURN} by owner, and
     C{REDIRECT} of destination port 53. A rule that negates a match, or that

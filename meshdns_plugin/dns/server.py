@@ -45,9 +45,9 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from meshdns_plugin import stats
-from meshdns_plugin.authority import MeshAnswer, MeshAuthority
 from meshdns_plugin.dns import message as wire
+from meshdns_plugin.dns import stats
+from meshdns_plugin.dns.authority import MeshAnswer, MeshAuthority
 from meshdns_plugin.dns.cache import render
 from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, Route, type_name
 from meshdns_plugin.dns.forwarder import CachingForwarder

@@ -21,7 +21,7 @@ import dns.rcode
 import dns.rdatatype
 from twisted.logger import Logger
 
-from meshdns_plugin.server import MeshDNSServerFactory
+from meshdns_plugin.dns.server import MeshDNSServerFactory
 
 _log = Logger()
 

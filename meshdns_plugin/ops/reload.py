@@ -39,15 +39,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from meshdns_plugin.allocator import Allocation, StateError, Vips, allocate, load_state, save_state
-from meshdns_plugin.authority import MeshAuthority
 from meshdns_plugin.config import Config
-from meshdns_plugin.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
+from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.stats import ReloadStats
+from meshdns_plugin.mesh.allocator import (
+    Allocation,
+    StateError,
+    Vips,
+    allocate,
+    load_state,
+    save_state,
+)
 from meshdns_plugin.mesh.carryover import carry_over
+from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
+from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
 from meshdns_plugin.resolvconf import read_resolv_conf
-from meshdns_plugin.stats import ReloadStats
-from meshdns_plugin.table import NameTable, build_table
 
 try:
     from twisted.internet import inotify

@@ -28,7 +28,7 @@ from twisted.names import common, dns
 from twisted.names.error import AuthoritativeDomainError, DomainError
 from twisted.python.failure import Failure
 
-from meshdns_plugin.table import NameTable, Resolution
+from meshdns_plugin.mesh.table import NameTable, Resolution
 
 _FAMILY = {dns.A: 4, dns.AAAA: 6}
 
