@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.entries}: ServiceEntry, Service and EndpointSlice
+Tests for L{meshdns_plugin.mesh.entries}: ServiceEntry, Service and EndpointSlice
 documents as C{kubectl get -o yaml} prints them, every problem reported with its
 file, document and field, and entry folders (including a ConfigMap mount).
 """
@@ -17,8 +17,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshdns_plugin import entries
-from meshdns_plugin.entries import (
+from meshdns_plugin.mesh import entries
+from meshdns_plugin.mesh.entries import (
     Entries,
     EntriesError,
     Problem,
@@ -693,12 +693,10 @@ def test_configmap_mount_is_read_through_its_symlinks(tmp_path: Path) -> None:
     assert [e.origin.file for e in entries.service_entries] == [str(mount / "one.yaml")]
 
 
-def test_missing_path_is_an_empty_result_with_a_note(tmp_path: Path) -> None:
+def test_missing_path_is_an_empty_result_and_listed(tmp_path: Path) -> None:
+    """Listed in C{missing} (the loader warns of it at every load), not a note."""
     missing = str(tmp_path / "nowhere")
-    entries = load_entries([missing])
-    assert entries == Entries(notes=entries.notes, missing=(missing,))
-    (note,) = entries.notes
-    assert missing in note
+    assert load_entries([missing]) == Entries(missing=(missing,))
 
 
 def test_explicit_file_is_read_whatever_its_name(tmp_path: Path) -> None:
