@@ -40,7 +40,7 @@ from twisted.internet.interfaces import IResolver
 from meshdns_plugin.config import Config, ConfigError, load_config
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.mesh.entries import EntriesError
+from meshdns_plugin.mesh.model import EntriesError
 from meshdns_plugin.ops.reload import TableLoader
 from meshdns_plugin.service import MeshService, makeCachingForwarder, override_listen
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from meshdns_plugin.mesh import yamltext
-from meshdns_plugin.mesh.entries import is_k8s_label
+from meshdns_plugin.mesh.documents import is_k8s_label
 
 
 def default_config_path() -> str:

@@ -17,14 +17,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshdns_plugin.mesh import entries
-from meshdns_plugin.mesh.entries import (
-    Entries,
-    EntriesError,
-    Problem,
-    load_entries,
-    parse_entries,
-)
+from meshdns_plugin.mesh import documents
+from meshdns_plugin.mesh.entries import load_entries, parse_entries
+from meshdns_plugin.mesh.model import Entries, EntriesError, Problem
 from meshdns_plugin.mesh.scope import exported_to
 
 
@@ -729,12 +724,12 @@ def test_addresses_are_written_as_ipaddress_writes_them(address, form: str) -> N
     """The inet_pton shortcut of C{_ip} gives what C{ipaddress} gives, whatever the form."""
     text = address.exploded if form == "exploded" else str(address)
     text = text.upper() if form == "upper" else text
-    assert entries._ip("spec.addresses[0]", text) == str(ipaddress.ip_address(text))
+    assert documents.read_ip("spec.addresses[0]", text) == str(ipaddress.ip_address(text))
 
 
 @pytest.mark.parametrize(
     "text", ["010.0.0.1", "1.2.3", "256.1.1.1", "1.2.3.4 ", "::1::", "fd00::1\x00", "", "::g"]
 )
 def test_not_addresses(text: str) -> None:
-    with pytest.raises(entries._Invalid, match="is not an IP address"):
-        entries._ip("spec.addresses[0]", text)
+    with pytest.raises(documents.Invalid, match="is not an IP address"):
+        documents.read_ip("spec.addresses[0]", text)

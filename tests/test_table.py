@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshdns_plugin.mesh.allocator import allocate
-from meshdns_plugin.mesh.entries import Entries, parse_entries
+from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.model import Entries
 from meshdns_plugin.mesh.table import NameTable, Resolution, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
 

@@ -14,7 +14,8 @@ import ipaddress
 import textwrap
 
 from meshdns_plugin.mesh.allocator import allocate
-from meshdns_plugin.mesh.entries import Entries, parse_entries
+from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.model import Entries
 from meshdns_plugin.mesh.scope import egress_allows, exported_to, scoped
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import (

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TypeVar
 
-from meshdns_plugin.mesh.entries import DocumentKey, Entries, Origin, Problem
+from meshdns_plugin.mesh.model import DocumentKey, Entries, Origin, Problem
 
 _T = TypeVar("_T")
 

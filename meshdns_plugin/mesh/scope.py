@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from meshdns_plugin.mesh.entries import Entries, Service, ServiceEntry, Sidecar
+from meshdns_plugin.mesh.model import Entries, Service, ServiceEntry, Sidecar
 
 #: Istio's default root namespace, whose Sidecar is every namespace's default.
 ROOT_NAMESPACE = "istio-system"

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from meshdns_plugin.mesh.addresses import packed_address, reverse_name
-from meshdns_plugin.mesh.entries import Service
+from meshdns_plugin.mesh.model import Service
 from meshdns_plugin.mesh.view import MeshView
 
 

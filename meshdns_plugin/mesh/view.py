@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshdns_plugin.mesh.allocator import Allocation
-from meshdns_plugin.mesh.entries import UNIX_PREFIX, EndpointSlice, Entries, Service, ServiceEntry
+from meshdns_plugin.mesh.entries import UNIX_PREFIX
+from meshdns_plugin.mesh.model import EndpointSlice, Entries, Service, ServiceEntry
 from meshdns_plugin.mesh.scope import ROOT_NAMESPACE, scoped
 
 #: Where a ServiceEntry host's addresses come from, in order of preference.

@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
-from meshdns_plugin.mesh.entries import Problem
+from meshdns_plugin.mesh.model import Problem
 from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.mesh.view import Collision
 from meshdns_plugin.ops.listeners import ListenerPlan, collisions

@@ -51,7 +51,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshdns_plugin.dns.stats import ListenerStats
-from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS, Port, ServiceEntry, is_ip
+from meshdns_plugin.mesh.documents import is_ip
+from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS
+from meshdns_plugin.mesh.model import Port, ServiceEntry
 from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
 
 if TYPE_CHECKING:

@@ -51,7 +51,8 @@ from meshdns_plugin.mesh.allocator import (
     save_state,
 )
 from meshdns_plugin.mesh.carryover import carry_over
-from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES, Entries, Problem, load_entries
+from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES, load_entries
+from meshdns_plugin.mesh.model import Entries, Problem
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
 from meshdns_plugin.resolvconf import read_resolv_conf
