@@ -41,7 +41,7 @@ from meshdns_plugin.config import Config, ConfigError, load_config
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.mesh.model import EntriesError
-from meshdns_plugin.ops.reload import TableLoader
+from meshdns_plugin.ops.watcher import TableLoader
 from meshdns_plugin.service import MeshService, makeCachingForwarder, override_listen
 
 __all__ = [

@@ -30,7 +30,7 @@ from meshdns_plugin.dns.stats import ReloadStats
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners import VipListeners
 from meshdns_plugin.ops.querylog import QueryLoggingFactory
-from meshdns_plugin.ops.reload import Reloader, TableLoader, TableWatcher, fingerprint
+from meshdns_plugin.ops.watcher import Reloader, TableLoader, TableWatcher, fingerprint
 from meshdns_plugin.resolvconf import read_resolv_conf
 
 _log = Logger()

@@ -41,7 +41,7 @@ from meshdns_plugin.ops.listeners import (
     listener_plan,
     routed_here,
 )
-from meshdns_plugin.ops.reload import TableLoader
+from meshdns_plugin.ops.watcher import TableLoader
 from tests.conftest import (
     FAKE_UPSTREAM,
     LOOPBACK,

@@ -1,5 +1,5 @@
 """
-Tests for L{meshdns_plugin.ops.reload}: loading in two steps, the reloader's
+Tests for L{meshdns_plugin.ops.watcher}: loading in two steps, the reloader's
 accept/reject rules, the fingerprint, and the watcher's triggers on a fake
 clock (inotify itself is exercised against the real process in
 C{test_live_reload}).
@@ -20,7 +20,7 @@ from twisted.logger import capturedLogs
 from meshdns_plugin.config import Config, parse_config
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.stats import ReloadStats
-from meshdns_plugin.ops.reload import (
+from meshdns_plugin.ops.watcher import (
     PreparedTable,
     Reloader,
     TableLoader,

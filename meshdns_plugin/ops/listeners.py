@@ -58,7 +58,7 @@ from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
 
 if TYPE_CHECKING:
     from meshdns_plugin.config import Config
-    from meshdns_plugin.ops.reload import PreparedTable
+    from meshdns_plugin.ops.watcher import PreparedTable
 
 #: Linux's C{IP_FREEBIND} (the socket module does not export it before
 #: Python 3.12); elsewhere, binding needs the address to be local already.
@@ -548,7 +548,7 @@ class VipListeners(service.Service):
     def follow(self, prepared: PreparedTable) -> None:
         """
         Take the listeners of a load that is being accepted (a
-        L{meshdns_plugin.ops.reload.TableLoader} observer): what the mesh view
+        L{meshdns_plugin.ops.watcher.TableLoader} observer): what the mesh view
         the table was built from asks for.
         """
         try:
