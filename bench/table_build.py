@@ -57,7 +57,7 @@ def measure(config_path: str) -> dict[str, float]:
     start-up; return the seconds it took and the peak RSS before and after.
     """
     from meshdns_plugin.config import load_config
-    from meshdns_plugin.ops.watcher import TableLoader
+    from meshdns_plugin.mesh.loader import TableLoader
 
     baseline = _max_rss_mb()
     started = time.perf_counter()

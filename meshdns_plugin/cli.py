@@ -41,10 +41,10 @@ import dns.rdataclass
 import dns.rdatatype
 
 from meshdns_plugin.config import Config, ConfigError, _server, load_config
+from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops import capture
 from meshdns_plugin.ops.admin import listeners_document, table_document
 from meshdns_plugin.ops.listeners import ListenerPlan, collisions, listener_plan
-from meshdns_plugin.ops.watcher import PreparedTable, TableLoader
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ import yaml
 
 from meshdns_plugin.mesh import yamltext
 from meshdns_plugin.mesh.documents import is_k8s_label
+from meshdns_plugin.resolvconf import read_resolv_conf
 
 
 def default_config_path() -> str:
@@ -547,3 +548,46 @@ def load_config(path: str | None) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {yamltext.describe(e, text)}") from None
     return parse_config(raw, path, os.path.dirname(os.path.abspath(path)))
+
+
+def search_domains(config: Config) -> tuple[str, ...]:
+    """The search list: configured, or else resolv.conf's C{search} line."""
+    if config.mesh.search is not None:
+        return config.mesh.search
+    return read_resolv_conf(config.upstream.resolv_conf).search
+
+
+def upstream_servers(config: Config) -> tuple[tuple[str, int], ...]:
+    """Configured servers, or else resolv.conf's nameservers."""
+    if config.upstream.servers:
+        return config.upstream.servers
+    return read_resolv_conf(config.upstream.resolv_conf).nameservers
+
+
+def override_listen(
+    config: Config, *, port: int | None = None, interface: str | Sequence[str] | None = None
+) -> Config:
+    """
+    C{config} with its listen port and addresses replaced where given: the
+    one place where C{twistd meshdns --port/--interface} and
+    L{meshdns_plugin.meshService} override the file.
+
+    @param interface: one IP, or several, to listen on instead of the
+        config's C{listen.address}.
+    @raise ConfigError: if C{interface} is not one IP or a list of distinct
+        ones, or the result would serve beyond loopback with no
+        C{listen.allow} (an open resolver), or on port 0 with several
+        addresses.
+    """
+    listen = config.listen
+    if port is not None:
+        listen = replace(listen, port=port)
+    if interface is not None:
+        given = interface if isinstance(interface, str) else list(interface)
+        try:
+            listen = replace(listen, addresses=listen_addresses(given))
+        except ValueError as e:
+            raise ConfigError(f"interface: {e}") from None
+    config = replace(config, listen=listen)
+    check_listen(config)
+    return config

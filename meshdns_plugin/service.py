@@ -10,7 +10,6 @@ one such pair per listen address, all on one port and one factory.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import time
 from collections.abc import Sequence
@@ -22,54 +21,18 @@ from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
 
-from meshdns_plugin.config import Config, ConfigError, check_listen, listen_addresses
+from meshdns_plugin.config import Config, upstream_servers
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
-from meshdns_plugin.dns.stats import ReloadStats
+from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners import VipListeners
 from meshdns_plugin.ops.querylog import QueryLoggingFactory
-from meshdns_plugin.ops.watcher import Reloader, TableLoader, TableWatcher, fingerprint
-from meshdns_plugin.resolvconf import read_resolv_conf
+from meshdns_plugin.ops.stats import ReloadStats
+from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint
 
 _log = Logger()
-
-
-def upstream_servers(config: Config) -> tuple[tuple[str, int], ...]:
-    """Configured servers, or else resolv.conf's nameservers."""
-    if config.upstream.servers:
-        return config.upstream.servers
-    return read_resolv_conf(config.upstream.resolv_conf).nameservers
-
-
-def override_listen(
-    config: Config, *, port: int | None = None, interface: str | Sequence[str] | None = None
-) -> Config:
-    """
-    C{config} with its listen port and addresses replaced where given: the
-    one place where C{twistd meshdns --port/--interface} and
-    L{meshdns_plugin.meshService} override the file.
-
-    @param interface: one IP, or several, to listen on instead of the
-        config's C{listen.address}.
-    @raise ConfigError: if C{interface} is not one IP or a list of distinct
-        ones, or the result would serve beyond loopback with no
-        C{listen.allow} (an open resolver), or on port 0 with several
-        addresses.
-    """
-    listen = config.listen
-    if port is not None:
-        listen = dataclasses.replace(listen, port=port)
-    if interface is not None:
-        given = interface if isinstance(interface, str) else list(interface)
-        try:
-            listen = dataclasses.replace(listen, addresses=listen_addresses(given))
-        except ValueError as e:
-            raise ConfigError(f"interface: {e}") from None
-    config = dataclasses.replace(config, listen=listen)
-    check_listen(config)
-    return config
 
 
 def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:

@@ -23,10 +23,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from meshdns_plugin import Config, ConfigError, EntriesError, loadConfig, meshService
-from meshdns_plugin.config import listen_addresses
+from meshdns_plugin.config import listen_addresses, override_listen
 from meshdns_plugin.ops.capture import RECORD_PATH
 from meshdns_plugin.ops.captureguard import CaptureGuard, CaptureLoopError
-from meshdns_plugin.service import ListenError, override_listen
+from meshdns_plugin.service import ListenError
 
 _log = Logger()
 

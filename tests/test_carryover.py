@@ -12,7 +12,7 @@ from typing import Any
 from meshdns_plugin.config import parse_config
 from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.mesh.entries import load_entries
-from meshdns_plugin.ops.watcher import TableLoader
+from meshdns_plugin.mesh.loader import TableLoader
 
 TEAM_A = """\
 # team-a: two external APIs

@@ -19,8 +19,8 @@ from twisted.logger import capturedLogs
 
 from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
+from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import table_document
-from meshdns_plugin.ops.watcher import TableLoader
 from tests.conftest import free_port
 from tests.samples import external_name
 from tests.test_listeners import guide_config

@@ -30,6 +30,7 @@ from meshdns_plugin.cli import main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.allocator import Allocation, Vips
 from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.ops.listeners import (
     Backend,
@@ -41,7 +42,6 @@ from meshdns_plugin.ops.listeners import (
     listener_plan,
     routed_here,
 )
-from meshdns_plugin.ops.watcher import TableLoader
 from tests.conftest import (
     FAKE_UPSTREAM,
     LOOPBACK,

@@ -19,15 +19,9 @@ from twisted.logger import capturedLogs
 
 from meshdns_plugin.config import Config, parse_config
 from meshdns_plugin.dns.authority import MeshAuthority
-from meshdns_plugin.dns.stats import ReloadStats
-from meshdns_plugin.ops.watcher import (
-    PreparedTable,
-    Reloader,
-    TableLoader,
-    TableWatcher,
-    fingerprint,
-    watch_targets,
-)
+from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
+from meshdns_plugin.ops.stats import ReloadStats
+from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint, watch_targets
 
 ENTRY = """\
 apiVersion: networking.istio.io/v1

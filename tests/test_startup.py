@@ -93,7 +93,7 @@ def test_missing_entries_path_is_a_warning(tmp_path: Path) -> None:
     meshdns = launch_meshdns(tmp_path, {"entries": ["typo/entries"]})
     try:
         warning = (
-            f"[meshdns_plugin.ops.watcher#warn] Entries path {tmp_path}/typo/entries does not exist"
+            f"[meshdns_plugin.mesh.loader#warn] Entries path {tmp_path}/typo/entries does not exist"
         )
         assert warning in meshdns.log()
     finally:

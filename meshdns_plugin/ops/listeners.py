@@ -50,15 +50,15 @@ from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from meshdns_plugin.dns.stats import ListenerStats
 from meshdns_plugin.mesh.documents import is_ip
 from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS
 from meshdns_plugin.mesh.model import Port, ServiceEntry
 from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
+from meshdns_plugin.ops.stats import ListenerStats
 
 if TYPE_CHECKING:
     from meshdns_plugin.config import Config
-    from meshdns_plugin.ops.watcher import PreparedTable
+    from meshdns_plugin.mesh.loader import PreparedTable
 
 #: Linux's C{IP_FREEBIND} (the socket module does not export it before
 #: Python 3.12); elsewhere, binding needs the address to be local already.

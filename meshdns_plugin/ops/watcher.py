@@ -1,26 +1,17 @@
 # -*- test-case-name: tests.test_reload -*-
 """
-Building name tables from the configured files, and reloading them live.
+Reloading name tables live: when (L{TableWatcher}: inotify events on the
+directories that hold the entries, a fingerprint poll as the fallback, and
+SIGHUP) and how (L{Reloader}: prepare in a thread, commit and swap in the
+reactor thread). The watcher is the one owner of reloads: one runs at a
+time, and the newest read wins.
 
-A load reads and validates every entry file first and builds a whole new
-L{NameTable} off to the side; only a table that was built completely is
-handed on. A failed load raises and leaves the caller's current table alone.
-VIP assignments carry over from one load to the next (and from the state file
-across restarts), so a host keeps its VIP while it exists.
-
-A load is split in two so that it can leave the reactor thread:
-L{TableLoader.prepare} parses, allocates and builds, with no side effect at
-all (no logging, no writing), and L{TableLoader.commit} logs, remembers the
-VIPs and writes the state file. Parsing is pure-Python YAML: 10,000
-ServiceEntries take about 6 s (measured on the development machine), far too
-long to stall DNS answers, so the watcher's reloads run C{prepare} in the
-reactor's thread pool and only C{commit} and the one-assignment table swap in
-the reactor thread. The parsing thread shares the GIL, which the interpreter
-hands back to the reactor thread every few milliseconds: queries keep being
-answered during a reload, from the old table until the swap.
-
-L{TableWatcher} decides when to reload: inotify events on the directories that
-hold the entries, a fingerprint poll as the fallback, and SIGHUP.
+Parsing is pure-Python YAML, far too slow to stall DNS answers with, so the
+watcher's reloads run L{TableLoader.prepare} in the reactor's thread pool and
+only L{TableLoader.commit} and the one-assignment table swap in the reactor
+thread. The parsing thread shares the GIL, which the interpreter hands back
+to the reactor thread every few milliseconds: queries keep being answered
+during a reload, from the old table until the swap.
 """
 
 from __future__ import annotations
@@ -30,7 +21,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.application import service
@@ -41,21 +31,9 @@ from twisted.python.filepath import FilePath
 
 from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
-from meshdns_plugin.dns.stats import ReloadStats
-from meshdns_plugin.mesh.allocator import (
-    Allocation,
-    StateError,
-    Vips,
-    allocate,
-    load_state,
-    save_state,
-)
-from meshdns_plugin.mesh.carryover import carry_over
-from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES, load_entries
-from meshdns_plugin.mesh.model import Entries, Problem
-from meshdns_plugin.mesh.table import NameTable, build_table
-from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
-from meshdns_plugin.resolvconf import read_resolv_conf
+from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES
+from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
+from meshdns_plugin.ops.stats import ReloadStats
 
 try:
     from twisted.internet import inotify
@@ -65,159 +43,6 @@ except ImportError:  # not Linux: polling and SIGHUP only
 _log = Logger()
 
 _T = TypeVar("_T")
-
-
-def search_domains(config: Config) -> tuple[str, ...]:
-    """The search list: configured, or else resolv.conf's C{search} line."""
-    if config.mesh.search is not None:
-        return config.mesh.search
-    return read_resolv_conf(config.upstream.resolv_conf).search
-
-
-@dataclass(frozen=True)
-class PreparedTable:
-    """
-    A table built from the files, not serving yet.
-
-    @ivar entries: what the files held (for C{meshdns listeners} and counts).
-    @ivar allocation: the VIPs the table was built with.
-    @ivar view: the mesh view the table was built from, which the VIP
-        listeners and the C{meshdns} commands read too.
-    @ivar errors: problems that did not stop the load but deserve an error
-        line (an unreadable state file, a VIP range exhausted).
-    """
-
-    table: NameTable
-    entries: Entries
-    allocation: Allocation
-    view: MeshView
-    errors: tuple[str, ...] = ()
-
-    @property
-    def entry_count(self) -> int:
-        """How many documents (ServiceEntries, Services, EndpointSlices) were read."""
-        entries = self.entries
-        return len(entries.service_entries) + len(entries.services) + len(entries.endpoint_slices)
-
-
-class TableLoader:
-    """
-    Turns the configured entry files into name tables, remembering VIPs.
-
-    @ivar observers: called with every accepted load, start-up included, in
-        the reactor thread just before its table serves (the VIP listeners
-        follow the entries this way); they must not raise.
-    @ivar problems: the invalid documents of the load serving now, for the
-        admin endpoint and the metrics.
-    @ivar view: the mesh view serving now (L{None} before the first load).
-    """
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.observers: list[Callable[[PreparedTable], None]] = []
-        self.problems: tuple[Problem, ...] = ()
-        self.view: MeshView | None = None
-        self._vips: dict[str, Vips] | None = None
-        self._entries: Entries | None = None
-        # Notes are news: a reload logs only those the last one did not.
-        self._notes: frozenset[str] = frozenset()
-
-    def _previous_vips(self) -> tuple[dict[str, Vips], str | None]:
-        """The VIPs to keep, and the reason the state file was ignored, if it was."""
-        if self._vips is not None:
-            return self._vips, None
-        state_file = self.config.mesh.state_file
-        if state_file is None:
-            return {}, None
-        try:
-            return load_state(state_file), None
-        except StateError as e:
-            return {}, f"{e}; allocating afresh"
-
-    def prepare(self) -> PreparedTable:
-        """
-        Read every entry file and build a table, changing nothing: safe in a
-        thread, and what C{meshdns check} runs. Invalid documents are left
-        out (listed in C{entries.problems}); where one was valid in the load
-        serving now, its last valid version is kept.
-        """
-        mesh = self.config.mesh
-        entries = carry_over(
-            load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
-        )
-        errors = []
-        if mesh.auto_allocate:
-            previous, state_error = self._previous_vips()
-            if state_error is not None:
-                errors.append(state_error)
-            allocation = allocate(
-                vip_hosts(entries, mesh.namespace, mesh.cluster_domain),
-                mesh.ipv4_range,
-                mesh.ipv6_range,
-                previous,
-                reserved=claimed_addresses(entries),
-            )
-        else:
-            allocation = Allocation({})
-        errors.extend(f"VIP allocation: {problem}" for problem in allocation.problems)
-        view = mesh_view(
-            entries,
-            allocation,
-            namespace=mesh.namespace,
-            auto_allocate=mesh.auto_allocate,
-            cluster_domain=mesh.cluster_domain,
-        )
-        table = build_table(
-            view,
-            cluster_domain=mesh.cluster_domain,
-            search=search_domains(self.config),
-            ttl=mesh.ttl,
-        )
-        return PreparedTable(table, entries, allocation, view, tuple(errors))
-
-    def commit(self, prepared: PreparedTable) -> NameTable:
-        """
-        Accept a prepared table: log its new notes, its problems and its
-        collisions, remember its VIPs for the
-        next load, write them to the state file and tell the observers.
-        Reactor thread only.
-        """
-        notes = (*prepared.entries.notes, *prepared.view.notes)
-        for note in notes:
-            if note not in self._notes:
-                _log.info("{note}", note=note)
-        self._notes = frozenset(notes)
-        for path in prepared.entries.missing:
-            _log.warn("Entries path {path} does not exist: no entries from it", path=path)
-        # A problem already reported by the load serving now is not repeated:
-        # a reload says what changed, not every broken document again.
-        reported = {str(problem) for problem in self.problems}
-        for problem in prepared.entries.problems:
-            if str(problem) not in reported:
-                _log.error("Invalid, left out: {problem}", problem=problem)
-        for collision in prepared.view.collisions:
-            _log.warn("{collision}", collision=collision)
-        for error in prepared.errors:
-            _log.error("{problem}", problem=error)
-        self._vips = dict(prepared.allocation.vips)
-        self._entries = prepared.entries
-        self.problems = prepared.entries.problems
-        self.view = prepared.view
-        state_file = self.config.mesh.state_file
-        if state_file is not None:
-            try:
-                save_state(state_file, prepared.allocation)
-            except OSError as e:
-                _log.error("Cannot write VIP state {path}: {error}", path=state_file, error=e)
-        for observer in self.observers:
-            observer(prepared)
-        return prepared.table
-
-    def load(self) -> NameTable:
-        """
-        Read every entry file and build a table (L{prepare} then L{commit}).
-        """
-        return self.commit(self.prepare())
 
 
 def _in_reactor_thread_pool(reactor: Any) -> Callable[[Callable[[], _T]], defer.Deferred[_T]]:

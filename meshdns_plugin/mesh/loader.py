@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+Building name tables from the configured files.
+
+A load reads and validates every entry file first and builds a whole new
+L{NameTable} off to the side; only a table that was built completely is
+handed on. VIP assignments carry over from one load to the next (and from the
+state file across restarts), so a host keeps its VIP while it exists.
+
+A load is split in two so that it can leave the reactor thread:
+L{TableLoader.prepare} parses, allocates and builds, with no side effect at
+all (no logging, no writing), and L{TableLoader.commit} logs, remembers the
+VIPs and writes the state file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from meshdns_plugin.config import Config, search_domains
+from meshdns_plugin.mesh.allocator import (
+    Allocation,
+    StateError,
+    Vips,
+    allocate,
+    load_state,
+    save_state,
+)
+from meshdns_plugin.mesh.carryover import carry_over
+from meshdns_plugin.mesh.entries import load_entries
+from meshdns_plugin.mesh.model import Entries, Problem
+from meshdns_plugin.mesh.table import NameTable, build_table
+from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class PreparedTable:
+    """
+    A table built from the files, not serving yet.
+
+    @ivar entries: what the files held (for C{meshdns listeners} and counts).
+    @ivar allocation: the VIPs the table was built with.
+    @ivar view: the mesh view the table was built from, which the VIP
+        listeners and the C{meshdns} commands read too.
+    @ivar errors: problems that did not stop the load but deserve an error
+        line (an unreadable state file, a VIP range exhausted).
+    """
+
+    table: NameTable
+    entries: Entries
+    allocation: Allocation
+    view: MeshView
+    errors: tuple[str, ...] = ()
+
+    @property
+    def entry_count(self) -> int:
+        """How many documents (ServiceEntries, Services, EndpointSlices) were read."""
+        entries = self.entries
+        return len(entries.service_entries) + len(entries.services) + len(entries.endpoint_slices)
+
+
+class TableLoader:
+    """
+    Turns the configured entry files into name tables, remembering VIPs.
+
+    @ivar observers: called with every accepted load, start-up included, in
+        the reactor thread just before its table serves (the VIP listeners
+        follow the entries this way); they must not raise.
+    @ivar problems: the invalid documents of the load serving now, for the
+        admin endpoint and the metrics.
+    @ivar view: the mesh view serving now (L{None} before the first load).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.observers: list[Callable[[PreparedTable], None]] = []
+        self.problems: tuple[Problem, ...] = ()
+        self.view: MeshView | None = None
+        self._vips: dict[str, Vips] | None = None
+        self._entries: Entries | None = None
+        # Notes are news: a reload logs only those the last one did not.
+        self._notes: frozenset[str] = frozenset()
+
+    def _previous_vips(self) -> tuple[dict[str, Vips], str | None]:
+        """The VIPs to keep, and the reason the state file was ignored, if it was."""
+        if self._vips is not None:
+            return self._vips, None
+        state_file = self.config.mesh.state_file
+        if state_file is None:
+            return {}, None
+        try:
+            return load_state(state_file), None
+        except StateError as e:
+            return {}, f"{e}; allocating afresh"
+
+    def prepare(self) -> PreparedTable:
+        """
+        Read every entry file and build a table, changing nothing: safe in a
+        thread, and what C{meshdns check} runs. Invalid documents are left
+        out (listed in C{entries.problems}); where one was valid in the load
+        serving now, its last valid version is kept.
+        """
+        mesh = self.config.mesh
+        entries = carry_over(
+            load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
+        )
+        errors = []
+        if mesh.auto_allocate:
+            previous, state_error = self._previous_vips()
+            if state_error is not None:
+                errors.append(state_error)
+            allocation = allocate(
+                vip_hosts(entries, mesh.namespace, mesh.cluster_domain),
+                mesh.ipv4_range,
+                mesh.ipv6_range,
+                previous,
+                reserved=claimed_addresses(entries),
+            )
+        else:
+            allocation = Allocation({})
+        errors.extend(f"VIP allocation: {problem}" for problem in allocation.problems)
+        view = mesh_view(
+            entries,
+            allocation,
+            namespace=mesh.namespace,
+            auto_allocate=mesh.auto_allocate,
+            cluster_domain=mesh.cluster_domain,
+        )
+        table = build_table(
+            view,
+            cluster_domain=mesh.cluster_domain,
+            search=search_domains(self.config),
+            ttl=mesh.ttl,
+        )
+        return PreparedTable(table, entries, allocation, view, tuple(errors))
+
+    def commit(self, prepared: PreparedTable) -> NameTable:
+        """
+        Accept a prepared table: log its new notes, its problems and its
+        collisions, remember its VIPs for the
+        next load, write them to the state file and tell the observers.
+        Reactor thread only.
+        """
+        notes = (*prepared.entries.notes, *prepared.view.notes)
+        for note in notes:
+            if note not in self._notes:
+                _log.info("{note}", note=note)
+        self._notes = frozenset(notes)
+        for path in prepared.entries.missing:
+            _log.warn("Entries path {path} does not exist: no entries from it", path=path)
+        # A problem already reported by the load serving now is not repeated:
+        # a reload says what changed, not every broken document again.
+        reported = {str(problem) for problem in self.problems}
+        for problem in prepared.entries.problems:
+            if str(problem) not in reported:
+                _log.error("Invalid, left out: {problem}", problem=problem)
+        for collision in prepared.view.collisions:
+            _log.warn("{collision}", collision=collision)
+        for error in prepared.errors:
+            _log.error("{problem}", problem=error)
+        self._vips = dict(prepared.allocation.vips)
+        self._entries = prepared.entries
+        self.problems = prepared.entries.problems
+        self.view = prepared.view
+        state_file = self.config.mesh.state_file
+        if state_file is not None:
+            try:
+                save_state(state_file, prepared.allocation)
+            except OSError as e:
+                _log.error("Cannot write VIP state {path}: {error}", path=state_file, error=e)
+        for observer in self.observers:
+            observer(prepared)
+        return prepared.table
+
+    def load(self) -> NameTable:
+        """
+        Read every entry file and build a table (L{prepare} then L{commit}).
+        """
+        return self.commit(self.prepare())
