@@ -19,8 +19,23 @@ from typing import Any, TypeVar
 
 import yaml
 
+from meshdns_plugin.configvalues import (
+    Invalid,
+    address_range,
+    boolean,
+    domain,
+    integer,
+    ip,
+    ip_network,
+    list_of,
+    listen_addresses,
+    namespace,
+    optional,
+    seconds,
+    server,
+    string,
+)
 from meshdns_plugin.mesh import yamltext
-from meshdns_plugin.mesh.documents import is_k8s_label
 from meshdns_plugin.resolvconf import read_resolv_conf
 
 
@@ -207,218 +222,52 @@ class Config:
     source: str = "<defaults>"
 
 
-class _Invalid(ValueError):
-    """A value is unusable; the message says why, without the key path."""
-
-
-def _integer(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"expected an integer, got {value!r}")
-        if not low <= value <= high:
-            raise _Invalid(f"{value} is out of range {low}..{high}")
-        return value
-
-    return check
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(f"expected a number of seconds, got {value!r}")
-    if not 0 < value <= 3600:
-        raise _Invalid(f"{value} is out of range (0, 3600]")
-    return float(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {value!r}")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Invalid(f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else check(value)
-
-
-def _list_of(check: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
-    def each(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(f"expected a list, got {value!r}")
-        return tuple(check(item) for item in value)
-
-    return each
-
-
-def _ip(value: Any) -> str:
-    try:
-        return str(ipaddress.ip_address(_text(value)))
-    except ValueError:
-        raise _Invalid(f"{value!r} is not an IP address") from None
-
-
-def listen_addresses(value: Any) -> tuple[str, ...]:
-    """
-    C{listen.address} (and C{twistd meshdns --interface}, given once or
-    more): one IP, or a non-empty list of distinct IPs -> their normal
-    forms, in the order given.
-
-    A wildcard listens on more than itself, so it cannot be listed with an
-    address it covers, whose bind would fail (address in use): C{0.0.0.0}
-    covers every IPv4 address, and C{::} every address, IPv4 too (an IPv6
-    wildcard socket takes IPv4 as well: Linux's default, which Twisted keeps).
-
-    @raise ValueError: one line saying why, without the key.
-    """
-    if isinstance(value, list | tuple):
-        if not value:
-            raise _Invalid("expected an IP address or a non-empty list of them, got []")
-        addresses = tuple(_ip(item) for item in value)
-    else:
-        addresses = (_ip(value),)
-    for index, address in enumerate(addresses):
-        if address in addresses[:index]:
-            raise _Invalid(f"{address} is listed twice")
-    for address in addresses:
-        wildcard = ipaddress.ip_address(address)
-        if not wildcard.is_unspecified:
-            continue
-        for other in addresses:
-            if other != address and (
-                wildcard.version == 6 or ipaddress.ip_address(other).version == 4
-            ):
-                every = "IPv4 address" if wildcard.version == 4 else "address, IPv4 too"
-                raise _Invalid(
-                    f"{address} already listens on every {every}, {other} included: "
-                    "list one or the other"
-                )
-    return addresses
-
-
-def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_text(value), strict=False)
-    except ValueError:
-        raise _Invalid(f"{value!r} is not a CIDR network") from None
-
-
-def _range(version: int) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        network = _network(value)
-        if network.version != version:
-            raise _Invalid(f"{value!r} is not an IPv{version} network")
-        if network.num_addresses < 4:
-            raise _Invalid(f"{value!r} is too small to allocate from")
-        return network
-
-    return check
-
-
-def _server(value: Any) -> tuple[str, int]:
-    """
-    C{IP}, C{IPv4:PORT}, C{[IPv6]} or C{[IPv6]:PORT} -> C{(ip, port)}; the
-    port is 53 unless given.
-
-    Brackets are for IPv6 only (as in URLs): C{[1.2.3.4]:53} is refused.
-    An IPv6 address without brackets is the whole text, never an address
-    and a port: C{::1:53} is the address C{::1:53} (port 53), as
-    C{2001:db8::53} is; write C{[::1]:53} for port 53 of C{::1}.
-    """
-    text = _text(value)
-    host, port = text, 53
-    bracketed = text.startswith("[")
-    if bracketed:
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT")
-        if rest:
-            port = _port_text(rest[1:], text)
-    elif text.count(":") == 1:
-        host, _, rest = text.partition(":")
-        port = _port_text(rest, text)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise _Invalid(f"{text!r} is not IP, IP:PORT or [IPv6]:PORT") from None
-    if bracketed and ip.version == 4:
-        raise _Invalid(f"{text!r}: brackets are for IPv6 only; write {ip}:{port}")
-    return str(ip), port
-
-
-def _port_text(text: str, whole: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise _Invalid(f"{whole!r} has an invalid port")
-    return int(text)
-
-
-def _namespace(value: Any) -> str:
-    text = _text(value)
-    if not is_k8s_label(text):
-        raise _Invalid(
-            f"{text!r} is not a Kubernetes namespace name (lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters)"
-        )
-    return text
-
-
-def _domain(value: Any) -> str:
-    name = _text(value).strip().rstrip(".").lower()
-    if not name or any(not label or len(label) > 63 for label in name.split(".")):
-        raise _Invalid(f"{value!r} is not a domain name")
-    return name
-
-
 _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     ListenConfig: {
         "address": listen_addresses,
-        "port": _integer(0, 65535),
-        "allow": _list_of(_network),
-        "tcp_idle_timeout": _seconds,
-        "tcp_max_connections": _integer(1, 1_000_000),
-        "tcp_max_queries": _integer(1, 1_000_000),
+        "port": integer(0, 65535),
+        "allow": list_of(ip_network),
+        "tcp_idle_timeout": seconds,
+        "tcp_max_connections": integer(1, 1_000_000),
+        "tcp_max_queries": integer(1, 1_000_000),
     },
     UpstreamConfig: {
-        "resolv_conf": _text,
-        "servers": _list_of(_server),
-        "timeout": _seconds,
-        "max_concurrent": _integer(1, 1_000_000),
+        "resolv_conf": string,
+        "servers": list_of(server),
+        "timeout": seconds,
+        "max_concurrent": integer(1, 1_000_000),
     },
     MeshConfig: {
-        "namespace": _namespace,
-        "cluster_domain": _domain,
-        "search": _optional(_list_of(_domain)),
-        "ttl": _integer(0, 2**31 - 1),
-        "auto_allocate": _boolean,
-        "ipv4_range": _range(4),
-        "ipv6_range": _range(6),
-        "state_file": _optional(_text),
+        "namespace": namespace,
+        "cluster_domain": domain,
+        "search": optional(list_of(domain)),
+        "ttl": integer(0, 2**31 - 1),
+        "auto_allocate": boolean,
+        "ipv4_range": address_range(4),
+        "ipv6_range": address_range(6),
+        "state_file": optional(string),
     },
     CacheConfig: {
-        "max_entries": _integer(1, 100_000_000),
-        "serve_stale": _integer(0, 7 * 86400),
+        "max_entries": integer(1, 100_000_000),
+        "serve_stale": integer(0, 7 * 86400),
     },
     AdminConfig: {
-        "address": _ip,
-        "port": _integer(0, 65535),
+        "address": ip,
+        "port": integer(0, 65535),
     },
     ReloadConfig: {
-        "poll_interval": _seconds,
-        "debounce": _seconds,
+        "poll_interval": seconds,
+        "debounce": seconds,
     },
     LogConfig: {
-        "queries": _boolean,
+        "queries": boolean,
     },
     VipListenersConfig: {
-        "enabled": _boolean,
-        "connect_timeout": _seconds,
+        "enabled": boolean,
+        "connect_timeout": seconds,
     },
     LimitsConfig: {
-        "max_file_size": _integer(1, 2**40),
+        "max_file_size": integer(1, 2**40),
     },
 }
 
@@ -444,7 +293,7 @@ def _section(cls: type[_Section], raw: Any, path: str) -> _Section:
     for key, value in raw.items():
         try:
             values[_FIELDS.get((cls, key), key)] = checks[key](value)
-        except _Invalid as e:
+        except Invalid as e:
             raise ConfigError(f"{path}.{key}: {e}") from None
     return cls(**values)
 
@@ -483,8 +332,8 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
     }
     try:
         listed = raw.get("entries")
-        entries = () if listed is None else _list_of(_text)(listed)
-    except _Invalid as e:
+        entries = () if listed is None else list_of(string)(listed)
+    except Invalid as e:
         raise ConfigError(f"{source}: entries: {e}") from None
     upstream, mesh = built["upstream"], built["mesh"]
     built["upstream"] = replace(upstream, resolv_conf=_path_from(base_dir, upstream.resolv_conf))

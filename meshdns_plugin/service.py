@@ -24,7 +24,8 @@ from twisted.names.resolve import ResolverChain
 from meshdns_plugin.config import Config, upstream_servers
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.dns.server import BurstUDPPort, MeshDNSDatagramProtocol, MeshDNSServerFactory
+from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
+from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners import VipListeners

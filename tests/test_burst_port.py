@@ -14,8 +14,8 @@ import dns.message
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from meshdns_plugin.dns import server as server_module
-from meshdns_plugin.dns.server import BurstUDPPort, MeshDNSDatagramProtocol
+from meshdns_plugin.dns import protocols as protocols_module
+from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from tests.samples import make_table
 from tests.servers import MemoryServer
 
@@ -65,7 +65,7 @@ def test_every_waiting_datagram_is_answered(served) -> None:
 
 def test_a_burst_is_bounded(served, monkeypatch) -> None:
     port, client, _ = served
-    monkeypatch.setattr(server_module, "MAX_BURST", 4)
+    monkeypatch.setattr(protocols_module, "MAX_BURST", 4)
     for ident in range(6):
         client.send(query("productpage.ns1", ident))
     port.doRead()
