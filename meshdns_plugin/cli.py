@@ -40,11 +40,12 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from meshdns_plugin.config import Config, ConfigError, _server, load_config
+from meshdns_plugin.config import Config, ConfigError, load_config
+from meshdns_plugin.configvalues import server as server_address
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops import capture
 from meshdns_plugin.ops.admin import listeners_document, table_document
-from meshdns_plugin.ops.listeners import ListenerPlan, collisions, listener_plan
+from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions, listener_plan
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -331,7 +332,7 @@ def _guarded(command: Command) -> Command:
 def _server_option(text: str) -> tuple[str, int]:
     """C{--server}: IP, IP:PORT or [IPv6]:PORT, as C{upstream.servers} takes them."""
     try:
-        return _server(text)
+        return server_address(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

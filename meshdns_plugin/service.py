@@ -28,7 +28,7 @@ from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import AdminService
-from meshdns_plugin.ops.listeners import VipListeners
+from meshdns_plugin.ops.listeners.service import VipListeners
 from meshdns_plugin.ops.querylog import QueryLoggingFactory
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint

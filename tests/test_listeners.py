@@ -32,16 +32,14 @@ from meshdns_plugin.mesh.allocator import Allocation, Vips
 from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.view import mesh_view
-from meshdns_plugin.ops.listeners import (
+from meshdns_plugin.ops.listeners.plan import (
     Backend,
     ListenerPlan,
     ListenerSpec,
-    VipListeners,
-    bind_socket,
     is_tcp,
     listener_plan,
-    routed_here,
 )
+from meshdns_plugin.ops.listeners.service import VipListeners, bind_socket, routed_here
 from tests.conftest import (
     FAKE_UPSTREAM,
     LOOPBACK,

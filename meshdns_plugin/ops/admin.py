@@ -41,7 +41,7 @@ from meshdns_plugin.config import AdminConfig
 from meshdns_plugin.mesh.model import Problem
 from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.mesh.view import Collision
-from meshdns_plugin.ops.listeners import ListenerPlan, collisions
+from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
 from meshdns_plugin.ops.metrics import registry_for
 
 if TYPE_CHECKING:
