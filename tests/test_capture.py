@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from meshdns_plugin.ops import capture
-from meshdns_plugin.ops.capture import (
+from meshdns_plugin.ops.capture import DEFAULT_PORT
+from meshdns_plugin.ops.capturerules import (
     CHAIN,
-    DEFAULT_PORT,
     CaptureError,
     NatState,
     capture_rules,

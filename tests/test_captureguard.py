@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from meshdns_plugin.ops import captureguard
-from meshdns_plugin.ops.capture import CHAIN, CaptureError
 from meshdns_plugin.ops.captureguard import (
     Capture,
     CaptureGuard,
@@ -28,6 +27,7 @@ from meshdns_plugin.ops.captureguard import (
     capture_loop,
     parse_capture,
 )
+from meshdns_plugin.ops.capturerules import CHAIN, CaptureError
 from tests.conftest import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
 from tests.netns import Netns, network_namespace, skip_unless_netns_possible
 from tests.test_walkthrough import (

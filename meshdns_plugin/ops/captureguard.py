@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from twisted.application import service
 from twisted.logger import Logger
 
-from meshdns_plugin.ops.capture import CaptureError, installed_rules
+from meshdns_plugin.ops.capture import installed_rules
+from meshdns_plugin.ops.capturerules import CaptureError
 from meshdns_plugin.resolvconf import DNS_PORT
 
 _log = Logger()
