@@ -43,9 +43,14 @@ import dns.rdatatype
 from meshdns_plugin.config import Config, ConfigError, load_config
 from meshdns_plugin.configvalues import server as server_address
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
+from meshdns_plugin.mesh.table import table_document
 from meshdns_plugin.ops import capture
-from meshdns_plugin.ops.admin import listeners_document, table_document
-from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions, listener_plan
+from meshdns_plugin.ops.listeners.plan import (
+    ListenerPlan,
+    collisions,
+    listener_plan,
+    listeners_document,
+)
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -21,38 +21,21 @@ from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
 from twisted.names.resolve import ResolverChain
 
-from meshdns_plugin.config import Config, upstream_servers
+from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import AdminService
+from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
 from meshdns_plugin.ops.listeners.service import VipListeners
 from meshdns_plugin.ops.querylog import QueryLoggingFactory
+from meshdns_plugin.ops.reported import Reported
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint
 
 _log = Logger()
-
-
-def makeCachingForwarder(config: Config, reactor=None) -> CachingForwarder:
-    """The caching forwarder that C{config} describes."""
-    servers = upstream_servers(config)
-    if not servers:
-        _log.warn(
-            "No upstream servers (none configured, none in {path}): "
-            "names outside the mesh get SERVFAIL",
-            path=config.upstream.resolv_conf,
-        )
-    return CachingForwarder(
-        servers,
-        config.upstream.timeout,
-        config.cache.max_entries,
-        reactor=reactor,
-        serve_stale=config.cache.serve_stale,
-        max_concurrent=config.upstream.max_concurrent,
-    )
 
 
 class ListenError(Exception):
@@ -136,7 +119,7 @@ class MeshService(service.MultiService):
         before = fingerprint(config.entries)
         self.loader = TableLoader(config)
         self.reloads = ReloadStats(ok=1, last_time=time.time())
-        self.forwarder = makeCachingForwarder(config, reactor)
+        self.forwarder = CachingForwarder.fromConfig(config, reactor)
         self.vipListeners: VipListeners | None = None
         if config.vip_listeners.enabled:
             # Before the first load, so that it follows that load as it
@@ -163,7 +146,25 @@ class MeshService(service.MultiService):
         self.watcher = TableWatcher.forConfig(config, self.reloader, reactor, initial=before)
         self.watcher.setServiceParent(self)
         if config.admin.port:
-            AdminService(self, config.admin, reactor).setServiceParent(self)
+            AdminService(self.reported(), config.admin, reactor).setServiceParent(self)
+
+    def reported(self) -> Reported:
+        """What the admin endpoint and the metrics report on (they get nothing else)."""
+        loader = self.loader
+        listeners = self.vipListeners
+        return Reported(
+            server=self.factory.stats,
+            upstream=self.forwarder.stats,
+            cache=self.forwarder.cache,
+            reloads=self.reloads,
+            table=lambda: self.authority.table,
+            ready=lambda: self.listening and self.authority.table is not None,
+            problems=lambda: loader.problems,
+            collisions=lambda: collisions(loader.view) if loader.view is not None else (),
+            listener_plan=(lambda: listeners.plan) if listeners is not None else ListenerPlan,
+            listener_stats=listeners.stats if listeners is not None else None,
+            config_source=self.config.source,
+        )
 
     def reload(self) -> bool:
         """

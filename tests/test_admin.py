@@ -17,7 +17,8 @@ from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from meshdns_plugin.config import parse_config
-from meshdns_plugin.ops.admin import AdminService, admin_resource, table_document
+from meshdns_plugin.mesh.table import table_document
+from meshdns_plugin.ops.admin import AdminService, admin_resource
 from meshdns_plugin.service import MeshService
 from tests.samples import ENTRIES as ENTRIES_SAMPLES
 from tests.samples import make_table
@@ -47,7 +48,8 @@ def get(mesh: MeshService, path: str, method: bytes = b"GET") -> tuple[int, str,
     """(status, content type, body) of a GET (or C{method}) of C{path}."""
     request = DummyRequest(path.lstrip("/").encode().split(b"/"))
     request.method = method
-    resource = getChildForRequest(admin_resource(mesh, admin_of(mesh).registry), request)
+    admin = admin_of(mesh)
+    resource = getChildForRequest(admin_resource(admin.reported, admin.registry), request)
     body = resource.render(request)
     (content_type,) = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
     return request.responseCode or 200, content_type.decode(), body

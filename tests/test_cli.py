@@ -20,7 +20,7 @@ from twisted.logger import capturedLogs
 from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.loader import TableLoader
-from meshdns_plugin.ops.admin import table_document
+from meshdns_plugin.mesh.table import table_document
 from tests.conftest import free_port
 from tests.samples import external_name
 from tests.test_listeners import guide_config

@@ -62,7 +62,7 @@ def mesh(tmp_path: Path) -> MeshService:
 
 
 def collect(mesh: MeshService) -> Samples:
-    return parse(generate_latest(registry_for(mesh)).decode())
+    return parse(generate_latest(registry_for(mesh.reported())).decode())
 
 
 def packet(name: str, rtype: int = tdns.A, cls: int = tdns.IN) -> bytes:

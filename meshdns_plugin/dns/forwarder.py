@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.names import common, dns
 
+from meshdns_plugin.config import Config, upstream_servers
 from meshdns_plugin.dns.cache import STALE_TTL, CacheKey, ResponseCache, cache_key, render
 from meshdns_plugin.dns.message import (
     AD,
@@ -137,6 +138,28 @@ class CachingForwarder(common.ResolverBase):
         self._inflight: dict[CacheKey, list[tuple[Query, Done]]] = {}
         self._lastFailureLog = float("-inf")
         self._unreportedFailures = 0
+
+    @classmethod
+    def fromConfig(cls, config: Config, reactor: IReactorTime | None = None) -> CachingForwarder:
+        """
+        The forwarder that C{config} describes: its servers (or else
+        resolv.conf's nameservers), timeout, cache and concurrency bounds.
+        """
+        servers = upstream_servers(config)
+        if not servers:
+            _log.warn(
+                "No upstream servers (none configured, none in {path}): "
+                "names outside the mesh get SERVFAIL",
+                path=config.upstream.resolv_conf,
+            )
+        return cls(
+            servers,
+            config.upstream.timeout,
+            config.cache.max_entries,
+            reactor=reactor,
+            serve_stale=config.cache.serve_stale,
+            max_concurrent=config.upstream.max_concurrent,
+        )
 
     def resolve(self, query: Query, tcp: bool, done: Done) -> None:
         """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meshdns_plugin.mesh.addresses import packed_address, reverse_name
 from meshdns_plugin.mesh.model import Service
@@ -324,3 +325,37 @@ def build_table(
         {h: (v.ipv4, v.ipv6) for h, v in view.allocation.vips.items()},
         aliases,
     )
+
+
+def table_document(table: NameTable) -> dict[str, Any]:
+    """
+    The table as JSON-able data, for C{/debug/table} and C{meshdns table
+    --json}: every name with its addresses, whether they are VIPs and the
+    entries they came from, then every alias (a name of an ExternalName
+    Service) with its CNAME target and the Services it came from. Names under
+    the search suffix are not listed one by one: each listed name C{n} also
+    answers as C{n.<search_suffix>}.
+    """
+    return {
+        "ttl": table.ttl,
+        "search_suffix": table.search_suffix.decode() if table.search_suffix else None,
+        "names": [
+            {
+                "name": records.name.decode(),
+                "A": list(records.ipv4),
+                "AAAA": list(records.ipv6),
+                "vip": records.vip,
+                "sources": list(records.sources),
+            }
+            for records in table
+        ],
+        "aliases": [
+            {
+                "name": alias.name.decode(),
+                "CNAME": alias.target.decode(),
+                "sources": list(alias.sources),
+            }
+            for alias in table.iter_aliases()
+        ],
+        "vips": {host: {"ipv4": v4, "ipv6": v6} for host, (v4, v6) in sorted(table.vips.items())},
+    }

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -39,51 +40,15 @@ from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
 from meshdns_plugin.mesh.model import Problem
-from meshdns_plugin.mesh.table import NameTable
+from meshdns_plugin.mesh.table import table_document
 from meshdns_plugin.mesh.view import Collision
-from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
+from meshdns_plugin.ops.listeners.plan import listeners_document
 from meshdns_plugin.ops.metrics import registry_for
-
-if TYPE_CHECKING:
-    from meshdns_plugin.service import MeshService
+from meshdns_plugin.ops.reported import Reported
 
 _log = Logger()
 
 _TEXT = b"text/plain; charset=utf-8"
-
-
-def table_document(table: NameTable) -> dict[str, Any]:
-    """
-    The table as JSON-able data, for C{/debug/table} and C{meshdns table
-    --json}: every name with its addresses, whether they are VIPs and the
-    entries they came from, then every alias (a name of an ExternalName
-    Service) with its CNAME target and the Services it came from. Names under
-    the search suffix are not listed one by one: each listed name C{n} also
-    answers as C{n.<search_suffix>}.
-    """
-    return {
-        "ttl": table.ttl,
-        "search_suffix": table.search_suffix.decode() if table.search_suffix else None,
-        "names": [
-            {
-                "name": records.name.decode(),
-                "A": list(records.ipv4),
-                "AAAA": list(records.ipv6),
-                "vip": records.vip,
-                "sources": list(records.sources),
-            }
-            for records in table
-        ],
-        "aliases": [
-            {
-                "name": alias.name.decode(),
-                "CNAME": alias.target.decode(),
-                "sources": list(alias.sources),
-            }
-            for alias in table.iter_aliases()
-        ],
-        "vips": {host: {"ipv4": v4, "ipv6": v6} for host, (v4, v6) in sorted(table.vips.items())},
-    }
 
 
 class _Leaf(Resource):
@@ -136,13 +101,13 @@ class Readiness(_Leaf):
     C{listening}, false again as soon as it starts shutting down).
     """
 
-    def __init__(self, mesh: MeshService) -> None:
+    def __init__(self, ready: Callable[[], bool]) -> None:
         super().__init__()
-        self._mesh = mesh
+        self._ready = ready
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", _TEXT)
-        if self._mesh.listening and self._mesh.authority.table is not None:
+        if self._ready():
             return b"ready\n"
         request.setResponseCode(503)
         return b"not ready\n"
@@ -163,44 +128,30 @@ class Metrics(_Leaf):
 class TableDump(_Leaf):
     """C{/debug/table}: the live table as JSON."""
 
-    def __init__(self, mesh: MeshService) -> None:
+    def __init__(self, reported: Reported) -> None:
         super().__init__()
-        self._mesh = mesh
+        self._reported = reported
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        document = table_document(self._mesh.authority.table)
+        document = table_document(self._reported.table())
         # Which config this server runs, so that `meshdns table` asks only
         # the server of the config it was given.
-        document["config"] = self._mesh.config.source
+        document["config"] = self._reported.config_source
         return json.dumps(document, indent=1).encode() + b"\n"
-
-
-def listeners_document(plan: ListenerPlan) -> dict[str, Any]:
-    """
-    The VIP listeners of a plan as JSON-able data, for C{/debug/listeners}
-    and C{meshdns listeners}: each one's address, port and host.
-    """
-    return {
-        "listeners": [
-            {"address": spec.address, "port": spec.port, "host": spec.host}
-            for spec in plan.listeners
-        ]
-    }
 
 
 class ListenersDump(_Leaf):
     """C{/debug/listeners}: the listeners the server opens (none when they are off)."""
 
-    def __init__(self, mesh: MeshService) -> None:
+    def __init__(self, reported: Reported) -> None:
         super().__init__()
-        self._mesh = mesh
+        self._reported = reported
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        listeners = self._mesh.vipListeners
-        document = listeners_document(listeners.plan if listeners is not None else ListenerPlan())
-        document["config"] = self._mesh.config.source
+        document = listeners_document(self._reported.listener_plan())
+        document["config"] = self._reported.config_source
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
@@ -239,30 +190,29 @@ def problems_document(
 class ProblemsDump(_Leaf):
     """C{/debug/problems}: what the serving load left out, and why."""
 
-    def __init__(self, mesh: MeshService) -> None:
+    def __init__(self, reported: Reported) -> None:
         super().__init__()
-        self._mesh = mesh
+        self._reported = reported
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        loader = self._mesh.loader
-        found = collisions(loader.view) if loader.view is not None else ()
-        document = problems_document(loader.problems, found)
+        reported = self._reported
+        document = problems_document(reported.problems(), reported.collisions())
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
-def admin_resource(mesh: MeshService, registry: CollectorRegistry) -> Resource:
+def admin_resource(reported: Reported, registry: CollectorRegistry) -> Resource:
     """The resource tree of the endpoint."""
     root = Index()
     root.putChild(b"", root)
     root.putChild(b"healthz", Health())
-    root.putChild(b"readyz", Readiness(mesh))
+    root.putChild(b"readyz", Readiness(reported.ready))
     root.putChild(b"metrics", Metrics(registry))
     debug = DebugIndex()
     debug.putChild(b"", debug)
-    debug.putChild(b"table", TableDump(mesh))
-    debug.putChild(b"problems", ProblemsDump(mesh))
-    debug.putChild(b"listeners", ListenersDump(mesh))
+    debug.putChild(b"table", TableDump(reported))
+    debug.putChild(b"problems", ProblemsDump(reported))
+    debug.putChild(b"listeners", ListenersDump(reported))
     root.putChild(b"debug", debug)
     return root
 
@@ -283,15 +233,17 @@ class AdminService(service.Service):
     """
     Serves L{admin_resource} on C{admin.address}:C{admin.port}.
 
+    @ivar reported: what it reports on.
     @ivar registry: the Prometheus registry holding this service's collector.
     @ivar port: the listening port once listening, else L{None}.
     """
 
-    def __init__(self, mesh: MeshService, config: AdminConfig, reactor: Any = None) -> None:
+    def __init__(self, reported: Reported, config: AdminConfig, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        self.registry = registry_for(mesh)
-        self.site = AdminSite(admin_resource(mesh, self.registry))
+        self.reported = reported
+        self.registry = registry_for(reported)
+        self.site = AdminSite(admin_resource(reported, self.registry))
         self.config = config
         self.port: IListeningPort | None = None
         self._reactor = reactor

@@ -16,7 +16,6 @@ L{registry_for}), not the global one, so that several services in one process
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,18 +26,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from meshdns_plugin.dns.stats import LATENCY_BUCKETS
-
-if TYPE_CHECKING:
-    from meshdns_plugin.service import MeshService
+from meshdns_plugin.ops.reported import Reported
 
 
 class MeshCollector(Collector):
     """
-    Every C{meshdns_*} metric of one L{MeshService}.
+    Every C{meshdns_*} metric of what one service reports on.
     """
 
-    def __init__(self, mesh: MeshService) -> None:
-        self._mesh = mesh
+    def __init__(self, reported: Reported) -> None:
+        self._reported = reported
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queries()
@@ -49,7 +46,7 @@ class MeshCollector(Collector):
         yield from self._vip_listeners()
 
     def _queries(self) -> Iterator[Metric]:
-        server = self._mesh.factory.stats
+        server = self._reported.server
         queries = CounterMetricFamily(
             "meshdns_queries",
             "DNS queries answered, by query type and outcome "
@@ -66,7 +63,7 @@ class MeshCollector(Collector):
         )
 
     def _upstream(self) -> Iterator[Metric]:
-        upstream = self._mesh.forwarder.stats
+        upstream = self._reported.upstream
         yield CounterMetricFamily(
             "meshdns_upstream_requests",
             "Questions sent to the upstream servers (after cache and merging).",
@@ -105,33 +102,33 @@ class MeshCollector(Collector):
         )
 
     def _cache(self) -> Iterator[Metric]:
-        forwarder = self._mesh.forwarder
+        cache, upstream = self._reported.cache, self._reported.upstream
         yield GaugeMetricFamily(
-            "meshdns_cache_entries", "Upstream answers in the cache.", value=len(forwarder.cache)
+            "meshdns_cache_entries", "Upstream answers in the cache.", value=len(cache)
         )
         yield CounterMetricFamily(
             "meshdns_cache_hits",
             "Questions answered from the cache.",
-            value=forwarder.stats.cache_hits,
+            value=upstream.cache_hits,
         )
         yield CounterMetricFamily(
             "meshdns_cache_misses",
             "Questions the cache could not answer.",
-            value=forwarder.stats.cache_misses,
+            value=upstream.cache_misses,
         )
         yield CounterMetricFamily(
             "meshdns_cache_stale_served",
             "Expired answers served because every upstream failed (cache.serve_stale).",
-            value=forwarder.stats.stale_served,
+            value=upstream.stale_served,
         )
         yield CounterMetricFamily(
             "meshdns_cache_evictions",
             "Cache entries pushed out by the size bound.",
-            value=forwarder.cache.evictions,
+            value=cache.evictions,
         )
 
     def _table(self) -> Iterator[Metric]:
-        table = self._mesh.authority.table
+        table = self._reported.table()
         yield GaugeMetricFamily(
             "meshdns_table_names",
             "Names (and wildcards) the mesh answers, search-suffix aliases not counted.",
@@ -145,7 +142,7 @@ class MeshCollector(Collector):
         yield vips
 
     def _reloads(self) -> Iterator[Metric]:
-        reloads = self._mesh.reloads
+        reloads = self._reported.reloads
         total = CounterMetricFamily(
             "meshdns_reloads",
             "Table loads, by result (start-up included); a failed one keeps the old table.",
@@ -162,7 +159,7 @@ class MeshCollector(Collector):
         yield GaugeMetricFamily(
             "meshdns_invalid_documents",
             "Invalid documents the serving load left out (listed at /debug/problems).",
-            value=len(self._mesh.loader.problems),
+            value=len(self._reported.problems()),
         )
         yield GaugeMetricFamily(
             "meshdns_last_reload_timestamp_seconds",
@@ -172,10 +169,9 @@ class MeshCollector(Collector):
 
     def _vip_listeners(self) -> Iterator[Metric]:
         """The VIP listeners' counters, when C{vip_listeners.enabled}."""
-        listeners = getattr(self._mesh, "vipListeners", None)
-        if listeners is None:
+        stats = self._reported.listener_stats
+        if stats is None:
             return
-        stats = listeners.stats
         yield GaugeMetricFamily(
             "meshdns_vip_listeners", "VIP listening sockets open.", value=stats.listening
         )
@@ -199,8 +195,8 @@ class MeshCollector(Collector):
         )
 
 
-def registry_for(mesh: MeshService) -> CollectorRegistry:
-    """A registry of its own holding C{mesh}'s collector."""
+def registry_for(reported: Reported) -> CollectorRegistry:
+    """A registry of its own holding the collector of C{reported}."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(MeshCollector(mesh))
+    registry.register(MeshCollector(reported))
     return registry

@@ -9,7 +9,7 @@ server share it, so the listing is what is served.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS
 from meshdns_plugin.mesh.model import Port, ServiceEntry
@@ -164,3 +164,14 @@ def collisions(view: MeshView) -> tuple[Collision, ...]:
     return (*view.collisions, *listener_plan(view).collisions)
 
 
+def listeners_document(plan: ListenerPlan) -> dict[str, Any]:
+    """
+    The VIP listeners of a plan as JSON-able data, for C{/debug/listeners}
+    and C{meshdns listeners}: each one's address, port and host.
+    """
+    return {
+        "listeners": [
+            {"address": spec.address, "port": spec.port, "host": spec.host}
+            for spec in plan.listeners
+        ]
+    }

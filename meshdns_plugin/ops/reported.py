@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.test_admin,tests.test_metrics -*-
+"""
+What the admin endpoint and its metrics report on, handed to them by the
+service that owns it (L{meshdns_plugin.service.MeshService.reported}): the
+counters themselves, and getters for what a reload replaces. The reporters
+never reach into the service, so they can be built and tested from these
+alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshdns_plugin.dns.cache import ResponseCache
+from meshdns_plugin.dns.stats import ServerStats, UpstreamStats
+from meshdns_plugin.mesh.model import Problem
+from meshdns_plugin.mesh.table import NameTable
+from meshdns_plugin.mesh.view import Collision
+from meshdns_plugin.ops.listeners.plan import ListenerPlan
+from meshdns_plugin.ops.stats import ListenerStats, ReloadStats
+
+
+@dataclass(frozen=True)
+class Reported:
+    """
+    @ivar table: the table serving now.
+    @ivar ready: whether DNS is being answered from a table (C{/readyz}).
+    @ivar problems: the invalid documents the serving load left out.
+    @ivar collisions: the address and listener collisions of the serving load.
+    @ivar listener_plan: the VIP listeners the server opens.
+    @ivar listener_stats: their counters, or L{None} when they are off.
+    @ivar config_source: the config file the server runs, so that
+        C{meshdns table} asks only the server of its own config.
+    """
+
+    server: ServerStats
+    upstream: UpstreamStats
+    cache: ResponseCache
+    reloads: ReloadStats
+    table: Callable[[], NameTable]
+    ready: Callable[[], bool]
+    problems: Callable[[], tuple[Problem, ...]]
+    collisions: Callable[[], tuple[Collision, ...]]
+    listener_plan: Callable[[], ListenerPlan]
+    listener_stats: ListenerStats | None
+    config_source: str
