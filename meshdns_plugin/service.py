@@ -10,12 +10,10 @@ one such pair per listen address, all on one port and one factory.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Sequence
 
 from twisted.application import internet, service
-from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IResolver
 from twisted.logger import Logger
@@ -26,6 +24,7 @@ from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
+from meshdns_plugin.endpoints import tcp_server
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
@@ -215,10 +214,5 @@ class MeshService(service.MultiService):
             udp = BurstUDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
             udp.reactor = reactor
             udp.setServiceParent(self)
-            endpoint_type = (
-                endpoints.TCP6ServerEndpoint
-                if ipaddress.ip_address(address).version == 6
-                else endpoints.TCP4ServerEndpoint
-            )
-            tcp = TCPServer(endpoint_type(reactor, port, interface=address), self.factory)
+            tcp = TCPServer(tcp_server(reactor, address, port), self.factory)
             tcp.setServiceParent(self)

@@ -49,6 +49,7 @@ from meshdns_plugin.dns.message import (
     read_reply,
 )
 from meshdns_plugin.dns.stats import UpstreamStats
+from meshdns_plugin.mesh.addresses import family
 
 #: The largest reply meshdns reads over UDP.
 MAX_DATAGRAM = 65535
@@ -87,8 +88,7 @@ class _DatagramAttempt:
         @param held: where to leave the query to be sent later (see
             L{UpstreamClient.hold}), or L{None} to send it now.
         """
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-        sock = new_socket(family, socket.SOCK_DGRAM)
+        sock = new_socket(family(server[0]), socket.SOCK_DGRAM)
         self._socket = sock
         self._reactor = reactor
         self._readers = readers

@@ -9,13 +9,23 @@ from __future__ import annotations
 import socket
 
 
+def is_ipv6(address: str) -> bool:
+    """Whether a normalised IP address string is IPv6 (every IPv6 form has a colon)."""
+    return ":" in address
+
+
+def family(address: str) -> socket.AddressFamily:
+    """The socket family of a normalised IP address string."""
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def packed_address(address: str) -> bytes:
     """
     The 4 or 16 bytes of a normalised IP address string (as entries.py and
     the allocator produce them); C{socket.inet_pton} is an order of magnitude
     cheaper than L{ipaddress}, which matters for tables of 100k hosts.
     """
-    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    return socket.inet_pton(family(address), address)
 
 
 def reverse_name(address: str) -> bytes:

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from meshdns_plugin.mesh.addresses import family as address_family
 from meshdns_plugin.mesh.model import Origin
 
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
@@ -129,7 +130,7 @@ def read_ip(path: str, value: Any) -> str:
     it differently.
     """
     if isinstance(value, str):
-        family = socket.AF_INET6 if ":" in value else socket.AF_INET
+        family = address_family(value)
         if family == socket.AF_INET or "." not in value:
             try:
                 if socket.inet_ntop(family, socket.inet_pton(family, value)) == value:

@@ -22,7 +22,6 @@ is for observing, and DNS matters more.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from meshdns_plugin.config import AdminConfig
+from meshdns_plugin.endpoints import tcp_server
 from meshdns_plugin.mesh.model import Problem
 from meshdns_plugin.mesh.table import table_document
 from meshdns_plugin.mesh.view import Collision
@@ -251,12 +251,7 @@ class AdminService(service.Service):
     def startService(self) -> None:
         super().startService()
         address, port = self.config.address, self.config.port
-        endpoint_type = (
-            endpoints.TCP6ServerEndpoint
-            if ipaddress.ip_address(address).version == 6
-            else endpoints.TCP4ServerEndpoint
-        )
-        listening = endpoint_type(self._reactor, port, interface=address).listen(self.site)
+        listening = tcp_server(self._reactor, address, port).listen(self.site)
         listening.addCallbacks(self._listening, self._notListening)
 
     def _listening(self, port: IListeningPort) -> None:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.names import dns, error
@@ -22,6 +22,7 @@ from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshdns_plugin.endpoints import tcp_client
 from meshdns_plugin.mesh.documents import is_ip
 from meshdns_plugin.ops.listeners.plan import ListenerSpec, endpoint_text
 from meshdns_plugin.ops.stats import ListenerStats
@@ -145,10 +146,7 @@ class _ClientSide(_Relay):
             return None
         address, port = destination
         factory = self.factory
-        endpoint_type = (
-            endpoints.TCP6ClientEndpoint if ":" in address else endpoints.TCP4ClientEndpoint
-        )
-        endpoint = endpoint_type(factory.reactor, address, port, timeout=factory.connect_timeout)
+        endpoint = tcp_client(factory.reactor, address, port, factory.connect_timeout)
         backend = _BackendSide()
         backend.setPeer(self)
         d = endpoint.connect(_OneBackend(backend))

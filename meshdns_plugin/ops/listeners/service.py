@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from meshdns_plugin.mesh.addresses import family
 from meshdns_plugin.ops.listeners.plan import ListenerPlan, ListenerSpec, listener_plan
 from meshdns_plugin.ops.listeners.relay import ForwardingFactory
 from meshdns_plugin.ops.stats import ListenerStats
@@ -65,13 +66,12 @@ def bind_socket(address: str, port: int) -> socket.socket:
     @raise OSError: if it cannot be bound (address in use, a privileged port
         without the privilege, ...).
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family(address), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if IP_FREEBIND is not None:
             sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-        if family == socket.AF_INET6:
+        if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((address, port))
         sock.listen(BACKLOG)
@@ -89,9 +89,8 @@ def routed_here(address: str) -> bool:
     C{local} route, or an assigned address). A UDP connect only looks the
     route up; nothing is sent.
     """
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        with socket.socket(family(address), socket.SOCK_DGRAM) as probe:
             probe.connect((address, 9))
             source = probe.getsockname()[0]
     except OSError:  # no route, or no such address family in this kernel
