@@ -15,23 +15,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "EntriesError",
-    "cachingForwarder",
-    "loadConfig",
-    "meshAuthority",
-    "meshService",
-]
+#: Where each public name is defined.
+_HOMES = {
+    "Config": "meshdns_plugin.config",
+    "ConfigError": "meshdns_plugin.config",
+    "EntriesError": "meshdns_plugin.mesh.model",
+    "cachingForwarder": "meshdns_plugin.api",
+    "loadConfig": "meshdns_plugin.api",
+    "meshAuthority": "meshdns_plugin.api",
+    "meshService": "meshdns_plugin.api",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in __all__:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module("meshdns_plugin.api"), name)
+    value = getattr(importlib.import_module(home), name)
     globals()[name] = value
     return value
+
+
+__all__ = sorted(_HOMES)
 
 
 def __dir__() -> list[str]:

@@ -37,22 +37,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IResolver
 
-from meshdns_plugin.config import Config, ConfigError, load_config, override_listen
+from meshdns_plugin.config import Config, load_config, override_listen
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.mesh.loader import TableLoader
-from meshdns_plugin.mesh.model import EntriesError
 from meshdns_plugin.service import MeshService
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "EntriesError",
-    "cachingForwarder",
-    "loadConfig",
-    "meshAuthority",
-    "meshService",
-]
 
 
 def loadConfig(path: str | os.PathLike[str] | None = None) -> Config:

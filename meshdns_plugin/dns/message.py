@@ -20,6 +20,7 @@ L{None} or L{MalformedMessage}, never another exception.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 HEADER = struct.Struct("!HHHHHH")
@@ -202,11 +203,16 @@ def read_query(data: bytes) -> Query | None:
     return query
 
 
-def _read_query_records(data: bytes, offset: int, skipped: int, arcount: int, query: Query) -> None:
-    """Walk a query's records after its question, reading its OPT record into C{query}."""
+def _records(data: bytes, offset: int, count: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """
+    C{(start, type, class, TTL, rdata start, end)} of each of the C{count}
+    records from C{offset} (the TTL field sits 6 bytes before the rdata).
+
+    @raise MalformedMessage: if a record runs past the packet.
+    """
     end = len(data)
-    for index in range(skipped + arcount):
-        owner = offset
+    for _ in range(count):
+        start = offset
         offset = name_end(data, offset)
         if offset + 10 > end:
             raise MalformedMessage("record runs past the end")
@@ -215,6 +221,15 @@ def _read_query_records(data: bytes, offset: int, skipped: int, arcount: int, qu
         offset = rdata_start + rdlength
         if offset > end:
             raise MalformedMessage("rdata runs past the end")
+        yield start, rtype, rclass, ttl, rdata_start, offset
+
+
+def _read_query_records(data: bytes, offset: int, skipped: int, arcount: int, query: Query) -> None:
+    """Walk a query's records after its question, reading its OPT record into C{query}."""
+    record_end = offset
+    for index, (owner, rtype, rclass, ttl, rdata_start, record_end) in enumerate(
+        _records(data, offset, skipped + arcount)
+    ):
         if rtype != TYPE_OPT or index < skipped:
             continue
         if query.edns or data[owner] != 0:
@@ -223,10 +238,10 @@ def _read_query_records(data: bytes, offset: int, skipped: int, arcount: int, qu
         query.edns = True
         query.payload = max(rclass, CLASSIC_UDP_PAYLOAD)
         query.do = bool(ttl & DO)
-        query.options = _split_options(data[rdata_start:offset])
+        query.options = _split_options(data[rdata_start:record_end])
         if (ttl >> 16) & 0xFF:
             query.problem = BADVERS
-    if offset != end:
+    if record_end != len(data):
         raise MalformedMessage("bytes after the last record")
 
 
@@ -370,25 +385,19 @@ def read_reply(data: bytes, question_end: int) -> UpstreamReply:
     ttls: list[int] = []
     negative: int | None = None
     opt: tuple[int, int, int, int] | None = None
-    for index in range(ancount + nscount + arcount):
-        start = offset
-        offset = name_end(data, offset)
-        if offset + 10 > end:
-            raise MalformedMessage("record runs past the end")
-        rtype, _, ttl, rdlength = _RR_FIXED.unpack_from(data, offset)
-        rdata_start = offset + 10
-        record_end = rdata_start + rdlength
-        if record_end > end:
-            raise MalformedMessage("rdata runs past the end")
+    for index, (start, rtype, _, ttl, rdata_start, record_end) in enumerate(
+        _records(data, offset, ancount + nscount + arcount)
+    ):
         if rtype == TYPE_OPT:
             if opt is not None or index < ancount + nscount:
                 raise MalformedMessage("OPT record out of place or repeated")
             opt = (start, record_end, ttl, rdata_start)
         else:
             ttl &= 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set means 0
-            ttl_offsets.append(offset + 4)
+            ttl_offsets.append(rdata_start - 6)
             ttls.append(ttl)
-            if rtype == TYPE_SOA and ancount <= index < ancount + nscount and rdlength >= 22:
+            in_authority = ancount <= index < ancount + nscount
+            if rtype == TYPE_SOA and in_authority and record_end - rdata_start >= 22:
                 (minimum,) = struct.unpack_from("!I", data, record_end - 4)
                 negative = min(ttl, minimum) if negative is None else negative
         offset = record_end

@@ -237,12 +237,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
                 return
         query = wire.read_query(data)
         if query is None:
-            reply = wire.header_error_reply(data, wire.FORMERR)
-            if reply is None:
-                self.stats.dropped += 1
-                return
-            self.stats.queries["OTHER", stats.ERROR] += 1
-            self._send(proto, reply, address)
+            self._headerError(data, wire.FORMERR, proto, address)
             return
         if query.problem is not None:
             self._error(query, query.problem, proto, address)
@@ -295,8 +290,12 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         query = wire.read_query(data)
         if query is not None:
             self._error(query, wire.REFUSED, proto, address)
-            return
-        reply = wire.header_error_reply(data, wire.REFUSED)
+        else:
+            self._headerError(data, wire.REFUSED, proto, address)
+
+    def _headerError(self, data: bytes, rcode: int, proto, address) -> None:
+        """C{rcode} to a packet with no readable question, or drop it (a response, junk)."""
+        reply = wire.header_error_reply(data, rcode)
         if reply is None:
             self.stats.dropped += 1
             return
