@@ -79,6 +79,8 @@ class TableLoader:
     @ivar problems: the invalid documents of the load serving now, for the
         admin endpoint and the metrics.
     @ivar view: the mesh view serving now (L{None} before the first load).
+    @ivar views: the per-client views serving now (L{None}: not configured,
+        or before the first load).
     """
 
     def __init__(self, config: Config) -> None:
@@ -86,6 +88,7 @@ class TableLoader:
         self.observers: list[Callable[[PreparedTable], None]] = []
         self.problems: tuple[Problem, ...] = ()
         self.view: MeshView | None = None
+        self.views: MeshViews | None = None
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -191,6 +194,7 @@ class TableLoader:
         self._entries = prepared.entries
         self.problems = prepared.entries.problems
         self.view = prepared.view
+        self.views = prepared.views
         state_file = self.config.mesh.state_file
         if state_file is not None:
             try:
