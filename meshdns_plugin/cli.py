@@ -40,7 +40,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from meshdns_plugin.config import Config, ConfigError, _server, load_config
+from meshdns_plugin.config import Config, ConfigError, load_config
+from meshdns_plugin.configvalues import server
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops import capture
 from meshdns_plugin.ops.admin import listeners_document, table_document
@@ -331,7 +332,7 @@ def _guarded(command: Command) -> Command:
 def _server_option(text: str) -> tuple[str, int]:
     """C{--server}: IP, IP:PORT or [IPv6]:PORT, as C{upstream.servers} takes them."""
     try:
-        return _server(text)
+        return server(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
