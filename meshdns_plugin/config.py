@@ -23,6 +23,7 @@ from meshdns_plugin.configvalues import (
     Invalid,
     address_range,
     boolean,
+    client_network,
     domain,
     integer,
     ip,
@@ -36,6 +37,7 @@ from meshdns_plugin.configvalues import (
     string,
 )
 from meshdns_plugin.mesh import yamltext
+from meshdns_plugin.mesh.clients import ClientNetwork
 from meshdns_plugin.resolvconf import read_resolv_conf
 
 
@@ -104,6 +106,9 @@ class MeshConfig:
 
     @ivar search: the search list; L{None} means resolv.conf's C{search} line.
     @ivar state_file: where VIP assignments persist across restarts, or L{None}.
+    @ivar per_client_views: answer each query with the view of the client's
+        own namespace (node-local mode), not always C{namespace}'s.
+    @ivar client_namespaces: static client networks for per-client views.
     """
 
     namespace: str = "default"
@@ -114,6 +119,8 @@ class MeshConfig:
     ipv4_range: ipaddress.IPv4Network = ipaddress.IPv4Network("240.240.0.0/16")
     ipv6_range: ipaddress.IPv6Network = ipaddress.IPv6Network("2001:2::/48")
     state_file: str | None = None
+    per_client_views: bool = False
+    client_namespaces: tuple[ClientNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +253,8 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "ipv4_range": address_range(4),
         "ipv6_range": address_range(6),
         "state_file": optional(string),
+        "per_client_views": boolean,
+        "client_namespaces": list_of(client_network),
     },
     CacheConfig: {
         "max_entries": integer(1, 100_000_000),

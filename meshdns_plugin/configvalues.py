@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from meshdns_plugin.mesh.clients import ClientNetwork
 from meshdns_plugin.mesh.documents import is_k8s_label
 
 
@@ -178,3 +179,10 @@ def domain(value: Any) -> str:
     if not name or any(not label or len(label) > 63 for label in name.split(".")):
         raise Invalid(f"{value!r} is not a domain name")
     return name
+
+
+def client_network(value: Any) -> ClientNetwork:
+    """One C{mesh.client_namespaces} item: C{{cidr: ..., namespace: ...}}."""
+    if not isinstance(value, dict) or set(value) != {"cidr", "namespace"}:
+        raise Invalid(f"expected a mapping with cidr and namespace, got {value!r}")
+    return ClientNetwork(ip_network(value["cidr"]), namespace(value["namespace"]))

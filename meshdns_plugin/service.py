@@ -138,8 +138,15 @@ class MeshService(service.MultiService):
             tcp_idle_timeout=listen.tcp_idle_timeout,
             tcp_max_connections=listen.tcp_max_connections,
             tcp_max_queries=listen.tcp_max_queries,
+            per_client_views=config.mesh.per_client_views,
         )
         self.factory.noisy = False
+        router = self.factory.views
+        if router is not None:
+            # Every view swaps with the default one, in the same reactor turn.
+            if self.loader.views is not None:
+                router.update(self.loader.views)
+            self.loader.observers.append(router.follow)
         self._listen(reactor)
         self.reloader = Reloader(self.loader, self.authority, self.reloads, reactor)
         self.watcher = TableWatcher.forConfig(config, self.reloader, reactor, initial=before)

@@ -186,11 +186,14 @@ class MeshDNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
         self.controller = controller
         self.queries = 0
         self.peer_allowed = True
+        self.peer_host = ""
 
     def connectionMade(self) -> None:
         self.controller.connectionMade(self)
+        # The client's address: its access decision, and its view.
+        self.peer_host = self.transport.getPeer().host
         self.peer_allowed = on_loopback(self.transport.getHost().host) or self.controller.allowed(
-            self.transport.getPeer().host
+            self.peer_host
         )
         self.setTimeout(self.controller.tcp_idle_timeout)
 

@@ -51,6 +51,7 @@ from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, Route, type_n
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.message import Query, UpstreamReply
 from meshdns_plugin.dns.protocols import MeshDNSStreamProtocol
+from meshdns_plugin.dns.views import ViewPath, ViewRouter
 
 _log = Logger()
 
@@ -110,6 +111,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
     @ivar forwarder: the L{CachingForwarder} that answers the rest, or
         L{None} when the last client resolver is not one (it is then asked
         through Twisted Names like the authorities).
+    @ivar views: with per-client views, the L{ViewRouter} that picks each
+        query's view by its source address (L{None}: every client gets the
+        mesh authority's table).
     """
 
     _messageFactory = dns._EDNSMessage
@@ -125,6 +129,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         tcp_idle_timeout: float = 10.0,
         tcp_max_connections: int = 256,
         tcp_max_queries: int = 100,
+        per_client_views: bool = False,
     ) -> None:
         """
         @param authorities: resolvers that answer authoritatively (the mesh).
@@ -136,6 +141,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         @param tcp_max_connections: concurrent TCP connections; more are
             closed as soon as they are accepted.
         @param tcp_max_queries: queries per TCP connection.
+        @param per_client_views: pick a view per client (L{views}); needs a
+            L{MeshAuthority} first, whose table is the default view's.
 
         The fast path answers mesh names only when a L{MeshAuthority} is the
         first resolver, and cache hits only when a L{CachingForwarder} is the
@@ -161,15 +168,33 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.tcp_max_queries = tcp_max_queries
         self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
+        self._others = local[1:] if self.mesh is not None else local
+        self.fastpath = self._fastpath(self.mesh, bool(local) and local != [self.mesh])
+        self.views: ViewRouter | None = None
+        if per_client_views and self.mesh is not None:
+            default = ViewPath(self.mesh, self.fastpath, self.resolver)
+            self.views = ViewRouter(default, self._view_path)
+
+    def _fastpath(self, authority: MeshAuthority | None, others: bool) -> FastPath:
         forwarder = self.forwarder
-        self.fastpath = FastPath(
-            self.mesh,
+        return FastPath(
+            authority,
             forwarder.cache if forwarder is not None else None,
             self.stats,
             forwarder.stats if forwarder is not None else None,
             self._recursion,
-            others=bool(local) and local != [self.mesh],
+            others=others,
         )
+
+    def _view_path(self, authority: MeshAuthority) -> ViewPath:
+        """A view's own fast path and resolvers, the embedder's authorities included."""
+        local = [authority, *self._others]
+        return ViewPath(authority, self._fastpath(authority, len(local) > 1), ResolverChain(local))
+
+    def _view(self, proto, address) -> ViewPath:
+        """The view of the client of a UDP C{address} or of a TCP C{proto}."""
+        assert self.views is not None
+        return self.views.path(address[0] if address is not None else proto.peer_host)
 
     #: Bound of the memo of per-address access decisions.
     MAX_ACCESS_MEMO = 4096
@@ -209,6 +234,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         """
         if not (local_only or self._allowed.get(host)):
             return None
+        if self.views is not None:
+            return self.views.path(host).fastpath.memoized(data)
         return self.fastpath.memoized(data)
 
     @staticmethod
@@ -230,8 +257,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if not allowed:
             self._refuse(data, proto, address)
             return
+        fastpath = self.fastpath if self.views is None else self._view(proto, address).fastpath
         if address is not None:
-            memoized = self.fastpath.memoized(data)
+            memoized = fastpath.memoized(data)
             if memoized is not None:
                 proto.writeBytes(memoized, address)
                 return
@@ -246,7 +274,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             self._error(query, wire.REFUSED, proto, address)
             return
         limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
-        fast = self.fastpath.answer(query, limit, data if address is not None else None)
+        fast = fastpath.answer(query, limit, data if address is not None else None)
         if fast is Route.FORWARD:
             self._forward(query, proto, address, limit)
         elif fast is Route.LOCAL:
@@ -320,7 +348,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if message.queries[0].type == dns.ALL_RECORDS:
             self._answerAny(message, proto, address)
             return
-        resolver = self.resolver
+        resolver = self.resolver if self.views is None else self._view(proto, address).resolver
         d = resolver.query(message.queries[0])
         d.addCallback(self.gotResolverResponse, proto, message, address)
         d.addErrback(self.gotResolverError, proto, message, address, query)

@@ -40,6 +40,7 @@ from meshdns_plugin.mesh.model import (
     Entries,
     EntriesError,
     Origin,
+    Pod,
     Port,
     Problem,
     Service,
@@ -328,16 +329,20 @@ def _endpoint_slice(doc: Document, origin: Origin) -> EndpointSlice | None:
         return None
     labels = doc.mapping("metadata").string_map("labels")
     addresses = []
+    pods = []
     hostnames: dict[str, list[str]] = {}
     for path, raw in doc.items("endpoints"):
         if not isinstance(raw, dict):
             raise Invalid(path, f"expected a mapping, got {quote(raw)}")
         endpoint = Document(raw, path + ".")
+        own = [read_ip(where, address) for where, address in endpoint.items("addresses")]
+        target = raw.get("targetRef")
+        if isinstance(target, dict) and target.get("kind") == "Pod":
+            pods.extend(own)
         # Kubernetes DNS answers ready endpoints only; no condition is ready.
         ready = endpoint.mapping("conditions").raw.get("ready")
         if ready is False:
             continue
-        own = [read_ip(where, address) for where, address in endpoint.items("addresses")]
         addresses.extend(own)
         hostname = endpoint.text("hostname")
         if hostname:
@@ -349,7 +354,47 @@ def _endpoint_slice(doc: Document, origin: Origin) -> EndpointSlice | None:
         service_name=labels.get(SERVICE_NAME_LABEL, ""),
         addresses=tuple(dict.fromkeys(addresses)),
         hostnames={h: tuple(dict.fromkeys(a)) for h, a in hostnames.items()},
+        pod_addresses=tuple(dict.fromkeys(pods)),
     )
+
+
+#: Pod phases whose addresses are released: a finished pod's address may
+#: already be another pod's.
+_FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+def _pod(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
+    """
+    A Pod document's namespace and addresses, read leniently: anything odd
+    (or a host-network pod, whose address is its node's, or a finished one)
+    makes it no client rather than a problem, since meshdns reads Pods for
+    nothing else.
+    """
+    metadata, spec, status = (raw.get(k) for k in ("metadata", "spec", "status"))
+    if not isinstance(metadata, dict) or not isinstance(status, dict):
+        return None
+    namespace, name = metadata.get("namespace") or "default", metadata.get("name")
+    if not isinstance(namespace, str) or not is_k8s_label(namespace) or not isinstance(name, str):
+        return None
+    if isinstance(spec, dict) and spec.get("hostNetwork") is True:
+        return None
+    if status.get("phase") in _FINISHED_PHASES:
+        return None
+    found = []
+    pod_ips = status.get("podIPs")
+    for item in pod_ips if isinstance(pod_ips, list) else ():
+        if isinstance(item, dict):
+            found.append(item.get("ip"))
+    found.append(status.get("podIP"))
+    addresses = []
+    for value in found:
+        try:
+            addresses.append(read_ip("", value))
+        except Invalid:
+            continue
+    if not addresses:
+        return None
+    return Pod(Origin(file, index, "Pod", namespace, name), tuple(dict.fromkeys(addresses)))
 
 
 def _sidecar(doc: Document, origin: Origin) -> Sidecar:
@@ -384,6 +429,7 @@ class _Collector:
         self.notes: list[str] = []
         self.problems: list[Problem] = []
         self.missing: list[str] = []
+        self.pods: list[Pod] = []
 
     def document(self, raw: Any, file: str, index: int, prefix: str = "") -> None:
         """Read one document (or, recursively, the items of a C{kind: List})."""
@@ -400,6 +446,11 @@ class _Collector:
             if kind == "List" or kind.endswith("List") and isinstance(raw.get("items"), list):
                 for path, item in doc.items("items"):
                     self.document(item, file, index, path + ".")
+                return
+            if kind == "Pod" and api == "v1":
+                pod = _pod(raw, file, index)
+                if pod is not None:
+                    self.pods.append(pod)
                 return
             metadata = doc.mapping("metadata")
             origin = Origin(
@@ -483,6 +534,7 @@ class _Collector:
             tuple(self.sidecars),
             tuple(self.problems),
             tuple(self.missing),
+            tuple(self.pods),
         )
 
 

@@ -30,10 +30,12 @@ from meshdns_plugin.mesh.allocator import (
     save_state,
 )
 from meshdns_plugin.mesh.carryover import carry_over
+from meshdns_plugin.mesh.clients import client_map
 from meshdns_plugin.mesh.entries import load_entries
 from meshdns_plugin.mesh.model import Entries, Problem
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
+from meshdns_plugin.mesh.views import MeshViews, build_views, view_vip_hosts, views_built_whole
 
 _log = Logger()
 
@@ -49,6 +51,8 @@ class PreparedTable:
         listeners and the C{meshdns} commands read too.
     @ivar errors: problems that did not stop the load but deserve an error
         line (an unreadable state file, a VIP range exhausted).
+    @ivar views: with C{mesh.per_client_views}, every namespace's table
+        (C{table} is the default namespace's); else L{None}.
     """
 
     table: NameTable
@@ -56,6 +60,7 @@ class PreparedTable:
     allocation: Allocation
     view: MeshView
     errors: tuple[str, ...] = ()
+    views: MeshViews | None = None
 
     @property
     def entry_count(self) -> int:
@@ -74,6 +79,8 @@ class TableLoader:
     @ivar problems: the invalid documents of the load serving now, for the
         admin endpoint and the metrics.
     @ivar view: the mesh view serving now (L{None} before the first load).
+    @ivar views: the per-client views serving now (L{None}: not configured,
+        or before the first load).
     """
 
     def __init__(self, config: Config) -> None:
@@ -81,6 +88,7 @@ class TableLoader:
         self.observers: list[Callable[[PreparedTable], None]] = []
         self.problems: tuple[Problem, ...] = ()
         self.view: MeshView | None = None
+        self.views: MeshViews | None = None
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -110,12 +118,19 @@ class TableLoader:
             load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
         )
         errors = []
+        clients = whole = None
+        placed = vip_hosts(entries, mesh.namespace, mesh.cluster_domain)
+        if mesh.per_client_views:
+            # Every view answers: the allocator places every view's hosts.
+            clients = client_map(entries, mesh.client_namespaces, mesh.namespace)
+            whole = views_built_whole(entries, clients.namespaces())
+            placed |= view_vip_hosts(entries, whole, mesh.cluster_domain)
         if mesh.auto_allocate:
             previous, state_error = self._previous_vips()
             if state_error is not None:
                 errors.append(state_error)
             allocation = allocate(
-                vip_hosts(entries, mesh.namespace, mesh.cluster_domain),
+                placed,
                 mesh.ipv4_range,
                 mesh.ipv6_range,
                 previous,
@@ -131,13 +146,25 @@ class TableLoader:
             auto_allocate=mesh.auto_allocate,
             cluster_domain=mesh.cluster_domain,
         )
-        table = build_table(
-            view,
+        if clients is None or whole is None:
+            table = build_table(
+                view,
+                cluster_domain=mesh.cluster_domain,
+                search=search_domains(self.config),
+                ttl=mesh.ttl,
+            )
+            return PreparedTable(table, entries, allocation, view, tuple(errors))
+        views = build_views(
+            entries,
+            allocation,
+            clients,
+            auto_allocate=mesh.auto_allocate,
             cluster_domain=mesh.cluster_domain,
-            search=search_domains(self.config),
             ttl=mesh.ttl,
+            whole=whole,
+            default_view=view,
         )
-        return PreparedTable(table, entries, allocation, view, tuple(errors))
+        return PreparedTable(views.default, entries, allocation, view, tuple(errors), views)
 
     def commit(self, prepared: PreparedTable) -> NameTable:
         """
@@ -167,6 +194,7 @@ class TableLoader:
         self._entries = prepared.entries
         self.problems = prepared.entries.problems
         self.view = prepared.view
+        self.views = prepared.views
         state_file = self.config.mesh.state_file
         if state_file is not None:
             try:

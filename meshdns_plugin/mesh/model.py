@@ -160,12 +160,34 @@ class EndpointSlice:
 
     @ivar hostnames: each ready endpoint's C{hostname} (a StatefulSet pod's
         name, say) -> its addresses: the per-pod names of a headless Service.
+    @ivar pod_addresses: the addresses of every endpoint whose C{targetRef}
+        is a Pod, ready or not: clients of the slice's namespace, for
+        per-client views (a pod that is not ready still asks DNS).
     """
 
     origin: Origin
     service_name: str
     addresses: tuple[str, ...] = ()
     hostnames: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pod_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pod:
+    """
+    A Kubernetes Pod, as far as per-client views need it: which namespace
+    its addresses' queries belong to. Read leniently (a Pod's other fields
+    are none of meshdns's business), so a Pod document is never a problem.
+
+    @ivar addresses: C{status.podIPs[].ip} and C{status.podIP}.
+    """
+
+    origin: Origin
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def namespace(self) -> str:
+        return self.origin.namespace
 
 
 @dataclass(frozen=True)
@@ -198,6 +220,7 @@ class Entries:
         out: one team's broken file never takes the others' entries down.
     @ivar missing: configured paths that do not exist; the server serves an
         empty mesh from them, C{meshdns check} calls them a mistake.
+    @ivar pods: the Pod documents that have addresses (per-client views).
     """
 
     service_entries: tuple[ServiceEntry, ...] = ()
@@ -207,6 +230,7 @@ class Entries:
     sidecars: tuple[Sidecar, ...] = ()
     problems: tuple[Problem, ...] = ()
     missing: tuple[str, ...] = ()
+    pods: tuple[Pod, ...] = ()
 
 
 @dataclass(frozen=True)

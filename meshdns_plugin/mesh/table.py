@@ -12,9 +12,9 @@ the wire path can produce from a packet with one C{bytes.lower()}.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from meshdns_plugin.mesh.addresses import packed_address, reverse_name
 from meshdns_plugin.mesh.model import Service
@@ -74,9 +74,62 @@ class Resolution:
     alias: bytes | None = None
 
 
+_V = TypeVar("_V")
+
+
+class Layered(Mapping[bytes, _V]):
+    """
+    A read-only mapping: C{overlay} first, then C{base} less C{hidden}.
+
+    What lets the per-client views of one load share their host records
+    (L{overlay_table}): each view's own names are a few entries over the
+    names that every view answers alike.
+    """
+
+    __slots__ = ("_overlay", "_base", "_hidden", "_len")
+
+    def __init__(
+        self,
+        overlay: Mapping[bytes, _V],
+        base: Mapping[bytes, _V],
+        hidden: Set[bytes] = frozenset(),
+    ) -> None:
+        self._overlay = overlay
+        self._base = base
+        self._hidden = hidden
+        shadowed = sum(1 for k in {*overlay, *hidden} if k in base)
+        self._len = len(overlay) + len(base) - shadowed
+
+    def get(self, key: bytes, default: _V | None = None) -> _V | None:  # type: ignore[override]
+        found = self._overlay.get(key)
+        if found is not None:
+            return found
+        if key in self._hidden:
+            return default
+        return self._base.get(key, default)
+
+    def __getitem__(self, key: bytes) -> _V:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._overlay
+        overlay, hidden = self._overlay, self._hidden
+        yield from (k for k in self._base if k not in overlay and k not in hidden)
+
+    def __len__(self) -> int:
+        return self._len
+
+
 class NameTable:
     """
-    An immutable index of mesh names; build one with L{build_table}.
+    An immutable index of mesh names; build one with L{build_table}, or a
+    view of one with L{overlay_table}.
     """
 
     def __init__(
@@ -100,13 +153,15 @@ class NameTable:
             none of them is in C{names}, so the wire fast path, which only
             knows C{names}, never answers them.
         """
-        self.names = dict(names)
-        self.wildcards = dict(wildcards)
-        self.pointers = dict(pointers)
+        # Kept as given, not copied: the views of one load share the
+        # mappings of their base table (L{overlay_table}).
+        self.names = names
+        self.wildcards = wildcards
+        self.pointers = pointers
         self.search_suffix = search_suffix
         self.ttl = ttl
-        self.vips = dict(vips)
-        self.aliases = dict(aliases or {})
+        self.vips = vips
+        self.aliases = aliases if aliases is not None else {}
 
     def __len__(self) -> int:
         return len(self.names) + len(self.wildcards) + len(self.aliases)
@@ -324,6 +379,31 @@ def build_table(
         ttl,
         {h: (v.ipv4, v.ipv6) for h, v in view.allocation.vips.items()},
         aliases,
+    )
+
+
+def overlay_table(
+    base: NameTable,
+    names: Mapping[bytes, HostRecords],
+    aliases: Mapping[bytes, Alias],
+    hidden: Set[bytes],
+    search_suffix: bytes | None,
+) -> NameTable:
+    """
+    A table that answers as C{base} but for C{names} and C{aliases} (which
+    win over base's entries of the same name) and C{hidden} (base's names
+    and aliases it does not have), with a search suffix of its own. It
+    shares base's records, wildcards and pointers: what makes one view per
+    namespace cost its own names only (L{meshdns_plugin.mesh.views}).
+    """
+    return NameTable(
+        Layered(names, base.names, {*hidden, *aliases}),
+        base.wildcards,
+        base.pointers,
+        search_suffix,
+        base.ttl,
+        base.vips,
+        Layered(aliases, base.aliases, {*hidden, *names}),
     )
 
 

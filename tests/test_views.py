@@ -1,0 +1,316 @@
+"""
+Per-client views (node-local mode): the client map and the views of one
+load (L{meshdns_plugin.mesh.clients}, L{meshdns_plugin.mesh.views}).
+
+Expected answers are Kubernetes DNS's and Istio's documented behaviour for a
+pod of the client's namespace: a bare or partly qualified Service name
+resolves in the pod's own namespace, C{<ns>.svc.cluster.local} is the first
+search domain of a pod in C{<ns>}, C{exportTo} and Sidecar scope are the
+namespace's, and a host defined in several namespaces is the pod's own
+namespace's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from meshdns_plugin.mesh.allocator import Allocation
+from meshdns_plugin.mesh.clients import ClientMap, ClientNetwork, client_map
+from meshdns_plugin.mesh.entries import parse_entries
+from meshdns_plugin.mesh.table import NameTable, build_table
+from meshdns_plugin.mesh.view import mesh_view
+from meshdns_plugin.mesh.views import MeshViews, build_views, search_suffix, views_built_whole
+
+DOMAIN = "cluster.local"
+
+
+def service(namespace: str, name: str, ip: str, annotations: str = "") -> str:
+    return f"""
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+{annotations}
+spec:
+  clusterIP: {ip}
+  ports: [{{port: 80}}]
+---"""
+
+
+def pods_slice(namespace: str, service_name: str, *addresses: str, ready: bool = True) -> str:
+    endpoints = "".join(
+        f"""
+  - addresses: ["{a}"]
+    conditions: {{ready: {str(ready).lower()}}}
+    targetRef: {{kind: Pod, name: p{i}, namespace: {namespace}}}"""
+        for i, a in enumerate(addresses)
+    )
+    return f"""
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service_name}-x
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {service_name}}}
+addressType: IPv4
+endpoints:{endpoints}
+---"""
+
+
+def service_entry(namespace: str, name: str, host: str, address: str, export: str = "") -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  hosts: ["{host}"]
+  addresses: ["{address}"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  location: MESH_EXTERNAL
+{export}
+---"""
+
+
+ENTRIES = "".join(
+    [
+        service("team-a", "web", "10.96.1.1"),
+        service("team-b", "web", "10.96.2.1"),
+        service("team-c", "web", "10.96.3.1"),
+        service("team-a", "only-a", "10.96.1.2"),
+        service(
+            "team-b", "private", "10.96.2.2", "  annotations: {networking.istio.io/exportTo: '.'}"
+        ),
+        pods_slice("team-a", "web", "10.0.1.10"),
+        pods_slice("team-b", "web", "10.0.2.10", ready=False),
+        service_entry("team-a", "db-a", "db.example.com", "192.0.2.1"),
+        service_entry("team-b", "db-b", "db.example.com", "192.0.2.2"),
+        service_entry("team-c", "api", "api.example.com", "192.0.2.3", "  exportTo: [team-a]"),
+        """
+apiVersion: v1
+kind: Pod
+metadata: {name: c-0, namespace: team-c, ownerReferences: [{kind: ReplicaSet}]}
+spec: {containers: [{name: x, image: y}], nodeName: n1}
+status: {phase: Running, podIP: 10.0.3.10, podIPs: [{ip: 10.0.3.10}, {ip: "2001:db8::3:10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host-net, namespace: kube-system}
+spec: {hostNetwork: true}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: team-c}
+status: {phase: Succeeded, podIP: 10.0.3.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: odd, namespace: team-c}
+status: {podIP: not-an-ip, podIPs: nonsense}
+""",
+    ]
+)
+
+NETWORKS = (
+    ClientNetwork(ipaddress.ip_network("10.8.0.0/16"), "vms"),
+    ClientNetwork(ipaddress.ip_network("10.8.1.0/24"), "team-c"),
+)
+
+
+def load(text: str = ENTRIES, networks=NETWORKS, default: str = "default") -> MeshViews:
+    entries = parse_entries(text)
+    clients = client_map(entries, networks, default)
+    whole = views_built_whole(entries, clients.namespaces())
+    return build_views(
+        entries,
+        Allocation({}),
+        clients,
+        auto_allocate=False,
+        cluster_domain=DOMAIN,
+        ttl=30,
+        whole=whole,
+    )
+
+
+def addresses(table: NameTable, name: str) -> tuple[str, ...] | None:
+    found = table.resolve(name.encode())
+    return None if found is None else found.records.ipv4
+
+
+# --- the client map --------------------------------------------------------
+
+
+def test_clients_from_slices_pods_and_networks() -> None:
+    """Pod endpoints (ready or not), Pod documents, then the longest matching network."""
+    clients = load().clients
+    assert clients.namespace_of("10.0.1.10") == "team-a"
+    assert clients.namespace_of("10.0.2.10") == "team-b"  # not ready: still a client
+    assert clients.namespace_of("10.0.3.10") == "team-c"
+    assert clients.namespace_of("2001:db8::3:10") == "team-c"
+    assert clients.namespace_of("::ffff:10.0.3.10") == "team-c"
+    assert clients.namespace_of("10.8.1.7") == "team-c"
+    assert clients.namespace_of("10.8.2.7") == "vms"
+    assert clients.namespace_of("198.51.100.9") == "default"
+    assert clients.namespace_of("not an address") == "default"
+
+
+def test_pods_read_leniently() -> None:
+    """Host-network and finished pods are no clients; odd fields are no problem."""
+    entries = parse_entries(ENTRIES)
+    assert [p.origin.name for p in entries.pods] == ["c-0"]
+    assert entries.problems == ()
+    clients = client_map(entries, (), "default")
+    assert clients.namespace_of("10.0.0.1") == "default"
+    assert clients.namespace_of("10.0.3.11") == "default"
+
+
+def test_slices_come_before_pods() -> None:
+    """An address that an EndpointSlice and a Pod both name keeps the slice's namespace."""
+    text = pods_slice("team-a", "web", "10.0.9.9") + (
+        "\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team-b}\n"
+        "status: {podIP: 10.0.9.9}\n"
+    )
+    assert client_map(parse_entries(text), (), "default").namespace_of("10.0.9.9") == "team-a"
+
+
+def test_client_map_namespaces() -> None:
+    clients = ClientMap(
+        {"10.0.0.1": "a"}, (ClientNetwork(ipaddress.ip_network("10.1.0.0/16"), "b"),), "c"
+    )
+    assert clients.namespaces() == {"a", "b", "c"}
+
+
+# --- the views ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def views() -> MeshViews:
+    return load()
+
+
+def test_one_view_per_namespace_with_clients(views: MeshViews) -> None:
+    assert set(views.tables) == {"team-a", "team-b", "team-c", "vms", "default"}
+    assert views.default is views.tables["default"]
+
+
+@pytest.mark.parametrize(
+    "namespace, ip", [("team-a", "10.96.1.1"), ("team-b", "10.96.2.1"), ("team-c", "10.96.3.1")]
+)
+def test_short_names_are_the_clients_namespace(views: MeshViews, namespace: str, ip: str) -> None:
+    """`web` is the pod's own namespace's Service; qualified names are the same everywhere."""
+    table = views.tables[namespace]
+    assert addresses(table, "web") == (ip,)
+    assert addresses(table, "web.team-b") == ("10.96.2.1",)
+    assert addresses(table, "web.team-a.svc.cluster.local") == ("10.96.1.1",)
+    assert addresses(views.default, "web") is None
+
+
+@pytest.mark.parametrize("namespace", ["team-a", "team-b", "vms"])
+def test_search_suffix_is_the_clients_namespace(views: MeshViews, namespace: str) -> None:
+    """`<name>.<ns>.svc.cluster.local` is the first search domain of a pod in <ns>."""
+    table = views.tables[namespace]
+    suffix = search_suffix(namespace, DOMAIN)
+    found = table.resolve(f"db.example.com.{suffix}".encode())
+    assert found is not None and found.alias == f"db.example.com.{suffix}".encode()
+    assert found.owner == b"db.example.com"
+    other = "team-c" if namespace != "team-c" else "team-a"
+    assert table.resolve(f"db.example.com.{search_suffix(other, DOMAIN)}".encode()) is None
+
+
+def test_same_host_in_several_namespaces(views: MeshViews) -> None:
+    """A proxy's own namespace wins a host; others get the first namespace in name order."""
+    assert addresses(views.tables["team-a"], "db.example.com") == ("192.0.2.1",)
+    assert addresses(views.tables["team-b"], "db.example.com") == ("192.0.2.2",)
+    assert addresses(views.tables["team-c"], "db.example.com") == ("192.0.2.1",)
+
+
+def test_export_to_per_view(views: MeshViews) -> None:
+    """exportTo [team-a] is seen from team-a only; exportTo '.' from its own namespace only."""
+    assert addresses(views.tables["team-a"], "api.example.com") == ("192.0.2.3",)
+    assert addresses(views.tables["team-b"], "api.example.com") is None
+    assert addresses(views.tables["team-c"], "api.example.com") is None
+    assert addresses(views.tables["team-b"], "private") == ("10.96.2.2",)
+    assert addresses(views.tables["team-a"], "private.team-b") is None
+
+
+def test_sidecar_scope_per_view() -> None:
+    """A namespace's own Sidecar scopes its view only."""
+    sidecar = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: team-a}
+spec:
+  egress:
+  - hosts: ["./*"]
+---"""
+    views = load(sidecar + ENTRIES)
+    assert addresses(views.tables["team-a"], "web.team-b") is None
+    assert addresses(views.tables["team-a"], "web") == ("10.96.1.1",)
+    assert addresses(views.tables["team-b"], "web.team-a") == ("10.96.1.1",)
+    assert "team-a" in views.whole
+    overlay_equals_whole(sidecar + ENTRIES)
+
+
+def test_views_share_the_base_records(views: MeshViews) -> None:
+    """Views over the base hold the same record objects, not copies."""
+    a, c = views.tables["team-c"], views.tables["vms"]
+    name = b"web.team-a.svc.cluster.local"
+    assert a.resolve(name).records is c.resolve(name).records
+
+
+def overlay_equals_whole(text: str, networks=NETWORKS) -> None:
+    """Every view answers exactly as a table built whole for its namespace."""
+    entries = parse_entries(text)
+    views = load(text, networks)
+    for namespace, table in views.tables.items():
+        whole = build_table(
+            mesh_view(entries, Allocation({}), namespace=namespace, auto_allocate=False),
+            cluster_domain=DOMAIN,
+            search=(search_suffix(namespace, DOMAIN),),
+            ttl=30,
+        )
+        assert dict(table.names) == dict(whole.names), namespace
+        assert dict(table.aliases) == dict(whole.aliases), namespace
+        assert table.wildcards == whole.wildcards, namespace
+        assert table.pointers == whole.pointers, namespace
+        assert table.search_suffix == whole.search_suffix
+        assert len(table) == len(whole)
+
+
+def test_every_view_as_if_built_whole() -> None:
+    overlay_equals_whole(ENTRIES)
+
+
+def test_short_name_clash_is_built_whole() -> None:
+    """A pod short name that is also another Service's name.namespace: merged, as built whole."""
+    text = (
+        service("db", "web-0", "10.96.5.1")
+        + """
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: team-a}
+spec: {clusterIP: None}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-1
+  namespace: team-a
+  labels: {kubernetes.io/service-name: db}
+addressType: IPv4
+endpoints:
+- addresses: [10.0.1.20]
+  hostname: web-0
+  targetRef: {kind: Pod, name: web-0, namespace: team-a}
+"""
+    )
+    views = load(text, ())
+    assert "team-a" in views.whole
+    assert set(addresses(views.tables["team-a"], "web-0.db")) == {"10.0.1.20", "10.96.5.1"}
+    overlay_equals_whole(text, ())
