@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO_ROOT
+
 RUN = REPO_ROOT / "bench" / "run.sh"
 
 pytestmark = pytest.mark.skipif(

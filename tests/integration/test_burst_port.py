@@ -16,8 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from meshdns_plugin.dns import protocols as protocols_module
 from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
-from tests.samples import make_table
-from tests.servers import MemoryServer
+from tests.support.samples import make_table
+from tests.support.servers import MemoryServer
 
 
 def query(name: str, ident: int) -> bytes:

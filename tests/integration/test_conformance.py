@@ -1,5 +1,5 @@
 """
-meshdns judged against real DNS software: the lab of L{tests.dnslab} (NSD
+meshdns judged against real DNS software: the lab of L{tests.support.dnslab} (NSD
 serving signed, unsigned and broken zones, a validating unbound in front of
 it) and one C{twistd meshdns} forwarding to that unbound.
 
@@ -46,8 +46,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests import dnslab
-from tests.conftest import MeshdnsProcess, launch_meshdns
+from tests.support import dnslab
+from tests.support.processes import MeshdnsProcess, launch_meshdns
 
 #: How many seconds meshdns's TTLs may lag unbound's: the time between the two
 #: questions, plus rounding.

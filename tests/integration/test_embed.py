@@ -25,7 +25,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import (
+from tests.support.processes import (
     LOOPBACK,
     REPO_ROOT,
     TWISTD,
@@ -36,7 +36,7 @@ from tests.conftest import (
     stop_process,
     wait_until_answering,
 )
-from tests.test_reload import entry
+from tests.support.samples import entry
 
 EXAMPLES = REPO_ROOT / "examples"
 #: The files of the example, which finds the entries at C{../conf/entries}.

@@ -21,7 +21,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import UpstreamProcess
+from tests.support.processes import UpstreamProcess
 
 
 def ask(

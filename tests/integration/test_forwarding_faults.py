@@ -1,6 +1,6 @@
 """
 Forwarding under upstream faults, tested from outside: the real C{twistd -n
-meshdns} over real sockets, against fake upstreams (L{tests.fakeupstream})
+meshdns} over real sockets, against fake upstreams (L{tests.support.fakeupstream})
 that misbehave on purpose, with meshdns's C{/metrics} and the upstreams' query
 counts as witnesses.
 
@@ -31,8 +31,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.conftest import MeshdnsProcess, UpstreamProcess, free_port, launch_meshdns
-from tests.fakeupstream import WRONG_ADDRESS
+from tests.support.fakeupstream import WRONG_ADDRESS
+from tests.support.processes import MeshdnsProcess, UpstreamProcess, free_port, launch_meshdns
 
 #: upstream.timeout of the meshdns processes here: long enough to tell a
 #: per-server share (timeout / number of servers) from the whole of it.

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from meshdns_plugin.mesh import yamltext
-from tests.conftest import MeshdnsProcess
-from tests.test_reload import entry
+from tests.support.processes import MeshdnsProcess
+from tests.support.samples import entry
 
 #: RSS meshdns may reach while refusing the files (it starts at about 60 MB;
 #: the bomb, expanded, would take gigabytes).

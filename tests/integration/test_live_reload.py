@@ -4,7 +4,7 @@ file changes in practice, bad input, SIGHUP, and reloads under query load.
 
 The poll interval is set far beyond each test's length, so a change that is
 picked up was seen by inotify; polling itself is tested on a fake clock in
-C{test_reload}. Everything talks to loopback only: meshdns, its admin
+C{tests.unit.ops.test_watcher}. Everything talks to loopback only: meshdns, its admin
 endpoint and the fake upstream.
 """
 
@@ -23,9 +23,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.conftest import MeshdnsProcess, free_port
-from tests.test_metrics import parse, scrape, value
-from tests.test_reload import BROKEN, entry
+from tests.support.processes import MeshdnsProcess, free_port
+from tests.support.samples import BROKEN, entry
+from tests.support.scrape import parse, scrape, value
 
 #: Far longer than any test here: a reload seen within a test came from inotify.
 NO_POLLING = 600

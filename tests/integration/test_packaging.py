@@ -13,9 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.conftest import TWISTD
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import TWISTD
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def _twistd_help() -> str:

@@ -17,8 +17,8 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from tests.conftest import free_port, ipv6_loopback_missing, launch_meshdns, run_twistd
-from tests.samples import CONF_ENTRIES, ENTRIES, SEARCH, external_name
+from tests.support.processes import free_port, ipv6_loopback_missing, launch_meshdns, run_twistd
+from tests.support.samples import CONF_ENTRIES, ENTRIES, SEARCH, external_name
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from tests.conftest import start_upstream
-from tests.samples import CONF_ENTRIES
+from tests.support.processes import start_upstream
+from tests.support.samples import CONF_ENTRIES
 
 BATCH = 60
 

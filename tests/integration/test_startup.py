@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import LOOPBACK, TWISTD, child_env, free_port, launch_meshdns
+from tests.support.processes import LOOPBACK, TWISTD, child_env, free_port, launch_meshdns
 
 
 def start(directory: Path, args: Sequence[str]) -> tuple[int, str, str]:

@@ -24,7 +24,7 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from tests.conftest import MeshdnsProcess, launch_meshdns
+from tests.support.processes import MeshdnsProcess, launch_meshdns
 
 #: The stand-in upstream's address, and where wrong-address forgeries come from.
 SERVER_ADDRESS = "127.0.0.44"

@@ -17,43 +17,34 @@ or iptables are unavailable.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
-import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
-from tests.netns import Netns, network_namespace, skip_unless_netns_possible
-from tests.test_listeners import TCP_ECHO
+from tests.support.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.support.pods import (
+    MESHDNS,
+    PROXY_ID,
+    proxy_directory,
+    proxy_user,
+    started,
+    uid_of,
+    wait_for_meshdns,
+)
+from tests.support.processes import FAKE_UPSTREAM, REPO_ROOT, TCP_ECHO, TWISTD, child_env
 
-#: Istio's proxy uid and gid, and capture's default exclusion.
-PROXY_ID = 1337
-#: The user made for uid 1337 when the machine has none (twistd --uid needs one).
-TEST_USER = "meshdns-test"
-#: Serialises the runs that may create and remove L{TEST_USER}.
-USER_LOCK = Path(tempfile.gettempdir()) / "meshdns-test-uid-1337.lock"
 NAMESERVER = "127.0.0.53"
 DNS_PORT = 15053
 BACKENDS = {
     "tcp-echo.external-1.svc.cluster.local": ("127.0.0.21", "one"),
     "tcp-echo.external-2.svc.cluster.local": ("127.0.0.22", "two"),
 }
-#: The C{meshdns} command, run with this interpreter.
-MESHDNS = [
-    sys.executable, "-c", "import sys; from meshdns_plugin.cli import main; sys.exit(main())"
-]
-START_TIMEOUT = 15.0
-
 #: Connects to NAME:9000 over each address family, sends "hello", shuts down
 #: its writing side and prints "ADDRESS REPLY" per family.
 CONNECT = """
@@ -68,41 +59,6 @@ for family in (socket.AF_INET, socket.AF_INET6):
             reply += chunk
     print(address[0], reply.decode())
 """
-
-
-@contextmanager
-def proxy_user() -> Iterator[None]:
-    """
-    A passwd entry for uid 1337 while the test runs: the existing one, or
-    L{TEST_USER}, made now and removed afterwards.
-    """
-    with open(USER_LOCK, "w") as lock:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"{USER_LOCK} stayed locked for 60 s")
-                time.sleep(0.1)
-        try:
-            pwd.getpwuid(PROXY_ID)
-            created = False
-        except KeyError:
-            if shutil.which("useradd") is None:
-                pytest.skip(f"no user has uid {PROXY_ID}, and there is no useradd to add one")
-            subprocess.run(
-                ["useradd", "--no-create-home", "--no-user-group", "--shell", "/usr/sbin/nologin",
-                 "--uid", str(PROXY_ID), TEST_USER],
-                check=True, capture_output=True,
-            )
-            created = True
-        try:
-            yield
-        finally:
-            if created:
-                subprocess.run(["userdel", TEST_USER], check=False, capture_output=True)
 
 
 @contextmanager
@@ -122,50 +78,7 @@ def netns_resolv_conf(ns: Netns, text: str) -> Iterator[Path]:
                 top.rmdir()
 
 
-@contextmanager
-def proxy_directory() -> Iterator[Path]:
-    """
-    A folder for meshdns's files that uid 1337 can read and write (pytest's
-    own temporary folders are root's, mode 0700).
-    """
-    directory = Path(tempfile.mkdtemp(prefix="meshdns-walkthrough-"))
-    try:
-        directory.chmod(0o755)
-        os.chown(directory, PROXY_ID, PROXY_ID)
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
-
-def started(process: subprocess.Popen[str], prefix: str) -> str:
-    """The first stdout line of C{process}, which must start with C{prefix}."""
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith(prefix):
-        process.kill()
-        pytest.fail(f"expected {prefix!r}, got {line!r}; stderr: {process.communicate()[1]}")
-    return line
-
-
-def wait_for_meshdns(process: subprocess.Popen[str], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if log.exists() and "MeshDNSServerFactory starting on" in log.read_text():
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail(f"meshdns did not start:\n{log.read_text() if log.exists() else ''}"
-                f"{process.communicate()[1]}")
-
-
-def uid_of(pid: int) -> int:
-    """The real uid of process C{pid}."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid line for {pid}")
 
 
 @pytest.fixture

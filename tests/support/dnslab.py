@@ -22,7 +22,7 @@ this module builds, in a folder of its own:
 
 Every zone has the same records (L{zone_text}), so one list of questions
 covers NSEC, NSEC3, insecure and bogus answers. Use L{running_lab} as a
-context manager, or run C{python -m tests.dnslab} for a lab (and a meshdns
+context manager, or run C{python -m tests.support.dnslab} for a lab (and a meshdns
 forwarding to it) to try by hand with C{dig}; it waits for Ctrl-C.
 
 Both daemons run in the foreground, are stopped by their PID when the lab
@@ -49,7 +49,7 @@ import dns.exception
 import dns.message
 import dns.query
 
-from tests.conftest import free_port, launch_meshdns, stop_process
+from tests.support.processes import free_port, launch_meshdns, stop_process
 
 #: Loopback addresses of their own, so the lab's ports never meet those of
 #: other tests on 127.0.0.1.
@@ -420,10 +420,12 @@ def running_lab(directory: Path) -> Iterator[Lab]:
 
 def main() -> None:
     """
-    C{python -m tests.dnslab [--port N] [--directory D]}: the lab and a meshdns
+    C{python -m tests.support.dnslab [--port N] [--directory D]}: the lab and a meshdns
     forwarding to its unbound, until Ctrl-C.
     """
-    parser = argparse.ArgumentParser(prog="python -m tests.dnslab", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.dnslab", description=main.__doc__
+    )
     parser.add_argument("--port", type=int, default=15353, help="meshdns's port on 127.0.0.1")
     parser.add_argument("--directory", type=Path, help="keep the lab's files here")
     args = parser.parse_args()

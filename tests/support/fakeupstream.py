@@ -6,7 +6,7 @@ truncation and failover against something that behaves like a real server (and
 not like a mock inside the same reactor), the integration tests run this module
 as a separate process::
 
-    python tests/fakeupstream.py --port 0 [--address 127.0.0.1] [--fail-mode MODE]
+    python tests/support/fakeupstream.py --port 0 [--address 127.0.0.1] [--fail-mode MODE]
 
 It serves UDP and TCP on the same loopback port (C{--port 0} picks a free one)
 and prints C{READY udp=PORT tcp=PORT} on stdout once both sockets listen. It

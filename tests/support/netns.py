@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import stop_process
+from tests.support.processes import stop_process
 
 #: Every namespace made here is named with this prefix, so a leftover one
 #: (from a killed test run) is easy to spot in C{ip netns list}.

@@ -6,17 +6,16 @@ YAML text into a L{NameTable} the way a load does.
 from __future__ import annotations
 
 import ipaddress
-import os
+from pathlib import Path
 
 from meshdns_plugin.mesh.allocator import allocate
 from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from tests.support.paths import SHIPPED_ENTRIES
 
 #: The Istio guide's ServiceEntries shipped in conf/.
-CONF_ENTRIES = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), os.pardir, "conf", "entries")
-)
+CONF_ENTRIES = str(SHIPPED_ENTRIES)
 
 #: A proxy in namespace ns1 with the Kubernetes search list.
 NAMESPACE = "ns1"
@@ -117,3 +116,49 @@ def make_table(text: str = ENTRIES, ttl: int = 30) -> NameTable:
     )
     view = mesh_view(entries, allocation, namespace=NAMESPACE, auto_allocate=True)
     return build_table(view, cluster_domain="cluster.local", search=SEARCH, ttl=ttl)
+
+
+#: One ServiceEntry: C{entry(host, address=None, name="se")} fills it in.
+ENTRY = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  {addresses}
+  resolution: DNS
+"""
+
+
+def entry(host: str, address: str | None = None, name: str = "se") -> str:
+    addresses = f"addresses: [{address}]" if address else ""
+    return ENTRY.format(name=name, host=host, addresses=addresses)
+
+
+BROKEN = entry("broken.example", "not-an-ip")
+
+
+#: ExternalName Services in ns1: aliases into and out of the mesh, chains and loops.
+EXTERNAL = "".join(
+    external_name(name, namespace, target)
+    for name, namespace, target in [
+        ("mydb", "ns1", "db.upstream.test"),
+        ("remote", "ns2", "remote.upstream.test"),
+        ("inmesh", "ns1", "productpage.ns1.svc.cluster.local"),
+        ("ipv4", "ns1", "ipv4only.example"),
+        ("wild", "ns1", "foo.wildcard"),
+        ("twostep", "ns1", "inmesh.ns1"),
+        ("outward", "ns1", "mydb.ns1.svc.cluster.local"),
+        ("self", "ns1", "self.ns1"),
+        ("ping", "ns1", "pong.ns1"),
+        ("pong", "ns1", "ping.ns1"),
+    ]
+)
+
+def guide_config(tmp_path: Path) -> str:
+    """The shipped entries (the guide's) with the VIP listeners on, no admin endpoint."""
+    path = tmp_path / "meshdns.yaml"
+    path.write_text(
+        f"entries: [{SHIPPED_ENTRIES}/]\nvip_listeners: {{enabled: true}}\nadmin: {{port: 0}}\n"
+    )
+    return str(path)

@@ -2,7 +2,7 @@
 A stand-in for the Istio guide's tcp-echo services: every connection to
 ADDRESS:PORT gets back each chunk it sends, after PREFIX and a space.
 
-    python tests/tcpecho.py ADDRESS PORT PREFIX
+    python tests/support/tcpecho.py ADDRESS PORT PREFIX
 
 It prints C{ready PORT} once listening (PORT 0 picks a free one). Used by the
 tests and by examples/walkthrough.sh.

@@ -35,9 +35,9 @@ from meshdns_plugin import (
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.service import BurstUDPServer
-from tests.conftest import REPO_ROOT
-from tests.samples import external_name
-from tests.servers import FakeDatagramSockets, UDPReactor
+from tests.support.processes import REPO_ROOT
+from tests.support.samples import external_name
+from tests.support.servers import FakeDatagramSockets, UDPReactor
 
 #: Never reached: lookups here go to a fake reactor's fake UDP transport.
 UPSTREAM = ("127.0.0.1", 5399)

@@ -21,12 +21,11 @@ from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.table import table_document
-from tests.conftest import free_port
-from tests.samples import external_name
-from tests.test_listeners import guide_config
-from tests.test_reload import BROKEN, entry
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import free_port
+from tests.support.samples import BROKEN, entry, external_name, guide_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SHIPPED = REPO / "conf" / "meshdns.yaml"
 
 

@@ -27,8 +27,9 @@ from meshdns_plugin.config import (
     load_config,
     parse_config,
 )
+from tests.support.paths import SHIPPED_CONFIG
 
-SHIPPED = Path(__file__).resolve().parents[1] / "conf" / "meshdns.yaml"
+SHIPPED = SHIPPED_CONFIG
 # Every section of Config (all its fields but entries and source), so that a
 # section added later is covered by the generic tests below.
 SECTIONS = {

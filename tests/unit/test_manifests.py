@@ -39,8 +39,9 @@ import pytest
 import yaml
 
 import meshdns_plugin
+from tests.support.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 DEPLOY = ROOT / "deploy" / "kubernetes"
 CONTAINERFILE = ROOT / "Containerfile"
 KUBERNETES_VERSION = "1.30"

@@ -23,24 +23,8 @@ from twisted.python.failure import Failure
 
 from meshdns_plugin.dns.authority import MAX_ALIAS_STEPS, MeshAnswer, MeshAuthority
 from meshdns_plugin.service import MeshService
-from tests.samples import ENTRIES, external_name, make_table
-from tests.servers import MemoryServer, fast_reply, memory_mesh_service, put_cached
-
-EXTERNAL = "".join(
-    external_name(name, namespace, target)
-    for name, namespace, target in [
-        ("mydb", "ns1", "db.upstream.test"),
-        ("remote", "ns2", "remote.upstream.test"),
-        ("inmesh", "ns1", "productpage.ns1.svc.cluster.local"),
-        ("ipv4", "ns1", "ipv4only.example"),
-        ("wild", "ns1", "foo.wildcard"),
-        ("twostep", "ns1", "inmesh.ns1"),
-        ("outward", "ns1", "mydb.ns1.svc.cluster.local"),
-        ("self", "ns1", "self.ns1"),
-        ("ping", "ns1", "pong.ns1"),
-        ("pong", "ns1", "ping.ns1"),
-    ]
-)
+from tests.support.samples import ENTRIES, EXTERNAL, external_name, make_table
+from tests.support.servers import MemoryServer, fast_reply, memory_mesh_service, put_cached
 
 #: A chain longer than the authority follows: long0 -> long1 -> ... -> db.upstream.test.
 CHAIN = "".join(

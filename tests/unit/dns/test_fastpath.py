@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from twisted.names import dns as tdns
 
 from meshdns_plugin.dns import message as wire
-from tests.samples import make_table
-from tests.servers import CLIENT, MemoryServer, fast_reply
+from tests.support.samples import make_table
+from tests.support.servers import CLIENT, MemoryServer, fast_reply
 
 MESH_NAMES = [
     "productpage.ns1.svc.cluster.local",

@@ -25,7 +25,7 @@ from twisted.names.error import DNSNameError, DNSServerError
 from meshdns_plugin.dns.cache import render
 from meshdns_plugin.dns.forwarder import UPSTREAM_PAYLOAD, CachingForwarder
 from meshdns_plugin.dns.message import read_query
-from tests.servers import FakeDatagramSockets, UDPReactor
+from tests.support.servers import FakeDatagramSockets, UDPReactor
 
 FIRST, SECOND = ("127.0.0.1", 5301), ("127.0.0.1", 5302)
 

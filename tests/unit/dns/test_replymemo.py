@@ -13,8 +13,8 @@ from twisted.names import dns as tdns
 
 from meshdns_plugin.dns import stats
 from meshdns_plugin.ops.querylog import QueryLoggingFactory
-from tests.samples import ENTRIES, make_table
-from tests.servers import MemoryServer, RecordingProtocol
+from tests.support.samples import ENTRIES, make_table
+from tests.support.servers import MemoryServer, RecordingProtocol
 
 
 def query(name: str, rdtype: str = "A", ident: int = 1) -> bytes:

@@ -25,9 +25,9 @@ from twisted.names import dns as tdns
 
 from meshdns_plugin.dns.cache import ResponseCache
 from meshdns_plugin.dns.server import MeshDNSServerFactory
-from tests.conftest import free_port, run_twistd
-from tests.samples import CONF_ENTRIES, make_table
-from tests.servers import MemoryServer, RecordingProtocol, upstream_reply
+from tests.support.processes import free_port, run_twistd
+from tests.support.samples import CONF_ENTRIES, make_table
+from tests.support.servers import MemoryServer, RecordingProtocol, upstream_reply
 
 HEADER = struct.Struct("!HHHHHH")
 

@@ -21,6 +21,7 @@ from meshdns_plugin.mesh import documents
 from meshdns_plugin.mesh.entries import load_entries, parse_entries
 from meshdns_plugin.mesh.model import Entries, EntriesError, Problem
 from meshdns_plugin.mesh.scope import exported_to
+from tests.support.paths import SHIPPED_ENTRIES
 
 
 def service_entry(
@@ -707,7 +708,7 @@ def test_empty_folder_and_empty_file(tmp_path: Path) -> None:
 
 def test_shipped_entries_are_valid() -> None:
     """conf/entries holds the Istio guide's ServiceEntries."""
-    folder = Path(__file__).resolve().parents[1] / "conf" / "entries"
+    folder = SHIPPED_ENTRIES
     entries = load_entries([str(folder)])
     hosts = {h: e for e in entries.service_entries for h in e.hosts}
     assert hosts["address.internal"].addresses == ("198.51.100.1",)

@@ -22,6 +22,7 @@ from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.model import Entries
 from meshdns_plugin.mesh.table import NameTable, Resolution, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from tests.support.paths import SHIPPED_ENTRIES
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
 V6 = ipaddress.IPv6Network("2001:2::/48")
@@ -502,11 +503,10 @@ def test_empty_table() -> None:
 
 def test_shipped_guide_entries() -> None:
     """The Istio guide's examples as issue 2 item 6 says they must behave."""
-    from pathlib import Path
 
     from meshdns_plugin.mesh.entries import load_entries
 
-    folder = Path(__file__).resolve().parents[1] / "conf" / "entries"
+    folder = SHIPPED_ENTRIES
     table = table_for(
         load_entries([str(folder)]), namespace="default", search=("default.svc.cluster.local",)
     )

@@ -20,10 +20,9 @@ from meshdns_plugin.config import parse_config
 from meshdns_plugin.mesh.table import table_document
 from meshdns_plugin.ops.admin import AdminService, admin_resource
 from meshdns_plugin.service import MeshService
-from tests.samples import ENTRIES as ENTRIES_SAMPLES
-from tests.samples import make_table
-from tests.servers import memory_mesh_service
-from tests.test_reload import entry
+from tests.support.samples import ENTRIES as ENTRIES_SAMPLES
+from tests.support.samples import entry, make_table
+from tests.support.servers import memory_mesh_service
 
 ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
 
@@ -171,7 +170,7 @@ def test_table_document_lists_wildcards_and_services() -> None:
 
 
 def test_table_document_lists_aliases_with_their_target() -> None:
-    from tests.test_authority import EXTERNAL
+    from tests.support.samples import EXTERNAL
 
     document = table_document(make_table(ENTRIES_SAMPLES + EXTERNAL))
     aliases = {a["name"]: a for a in document["aliases"]}

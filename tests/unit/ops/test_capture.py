@@ -31,9 +31,8 @@ from meshdns_plugin.ops.capturerules import (
     route_commands,
     split_nameservers,
 )
-from tests.netns import Netns, network_namespace
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.netns import Netns, network_namespace
+from tests.support.paths import REPO_ROOT
 
 #: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it;
 #: its first argument replaces L{capture.RECORD_PATH}, so that no test writes

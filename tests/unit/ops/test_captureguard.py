@@ -28,9 +28,8 @@ from meshdns_plugin.ops.captureguard import (
     parse_capture,
 )
 from meshdns_plugin.ops.capturerules import CHAIN, CaptureError
-from tests.conftest import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
-from tests.netns import Netns, network_namespace, skip_unless_netns_possible
-from tests.test_walkthrough import (
+from tests.support.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.support.pods import (
     MESHDNS,
     PROXY_ID,
     proxy_directory,
@@ -39,6 +38,7 @@ from tests.test_walkthrough import (
     uid_of,
     wait_for_meshdns,
 )
+from tests.support.processes import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
 
 #: What C{iptables -t nat -S MESHDNS_OUTPUT} prints after a default install.
 LISTED = [

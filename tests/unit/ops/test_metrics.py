@@ -6,14 +6,12 @@ the scraped counters move as queries of each kind are sent.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import dns.rcode
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import dns as tdns
 
@@ -21,37 +19,12 @@ from meshdns_plugin.config import parse_config
 from meshdns_plugin.dns.stats import LATENCY_BUCKETS
 from meshdns_plugin.ops.metrics import registry_for
 from meshdns_plugin.service import MeshService
-from tests.conftest import free_port
-from tests.servers import CLIENT, RecordingProtocol, memory_mesh_service, put_cached
-from tests.test_reload import entry
+from tests.support.processes import free_port
+from tests.support.samples import entry
+from tests.support.scrape import Samples, parse, scrape, value
+from tests.support.servers import CLIENT, RecordingProtocol, memory_mesh_service, put_cached
 
 ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of a Prometheus text exposition, by (name, labels)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value; an absent labelled counter is 0."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    """GET C{path} from the admin endpoint on loopback: (status, body)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
 
 # --- the collector, in memory ------------------------------------------------
 

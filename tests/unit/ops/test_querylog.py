@@ -17,8 +17,8 @@ from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.ops.querylog import QueryLoggingFactory, describe_reply
 from meshdns_plugin.service import MeshService
-from tests.samples import make_table
-from tests.servers import CLIENT, RecordingProtocol
+from tests.support.samples import make_table
+from tests.support.servers import CLIENT, RecordingProtocol
 
 
 def query(name: str, rtype: int = dns.A, cls: int = dns.IN) -> bytes:

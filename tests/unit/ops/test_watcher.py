@@ -2,7 +2,7 @@
 Tests for L{meshdns_plugin.ops.watcher}: loading in two steps, the reloader's
 accept/reject rules, the fingerprint, and the watcher's triggers on a fake
 clock (inotify itself is exercised against the real process in
-C{test_live_reload}).
+C{tests.integration.test_live_reload}).
 """
 
 from __future__ import annotations
@@ -22,24 +22,7 @@ from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint, watch_targets
-
-ENTRY = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}}}
-spec:
-  hosts: [{host}]
-  {addresses}
-  resolution: DNS
-"""
-
-
-def entry(host: str, address: str | None = None, name: str = "se") -> str:
-    addresses = f"addresses: [{address}]" if address else ""
-    return ENTRY.format(name=name, host=host, addresses=addresses)
-
-
-BROKEN = entry("broken.example", "not-an-ip")
+from tests.support.samples import BROKEN, entry
 
 
 def make_config(tmp_path: Path, **mesh: object) -> Config:

@@ -40,20 +40,20 @@ from meshdns_plugin.ops.listeners.plan import (
     listener_plan,
 )
 from meshdns_plugin.ops.listeners.service import VipListeners, bind_socket, routed_here
-from tests.conftest import (
+from tests.support.processes import (
     FAKE_UPSTREAM,
     LOOPBACK,
+    TCP_ECHO,
     MeshdnsProcess,
     UpstreamProcess,
     child_env,
     free_port,
     stop_process,
 )
+from tests.support.samples import guide_config
+
 
 #: The tcp-echo stand-in (see its docstring).
-TCP_ECHO = Path(__file__).with_name("tcpecho.py")
-
-
 def entry(name: str, body: str) -> str:
     """A ServiceEntry document named C{name} with C{body} (YAML lines) as its spec."""
     spec = textwrap.indent(textwrap.dedent(body).strip(), "  ")
@@ -100,16 +100,6 @@ def test_the_guide_entries() -> None:
         "ServiceEntry default/external-address: address.internal port 80: resolution NONE "
         "without endpoints: connections go to the address itself: no listener",
     )
-
-
-def guide_config(tmp_path: Path) -> str:
-    """The shipped entries (the guide's) with the VIP listeners on, no admin endpoint."""
-    entries = Path(__file__).parent.parent / "conf" / "entries"
-    path = tmp_path / "meshdns.yaml"
-    path.write_text(
-        f"entries: [{entries}/]\nvip_listeners: {{enabled: true}}\nadmin: {{port: 0}}\n"
-    )
-    return str(path)
 
 
 def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys, tmp_path: Path) -> None:
