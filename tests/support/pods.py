@@ -114,3 +114,14 @@ def uid_of(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[1])
     raise AssertionError(f"no Uid line for {pid}")
+
+
+NAMESERVER = ("127.0.0.53", 53)
+
+
+REFUSAL = (
+    "DNS capture is installed and excludes uid 1337 and gid 1337, but meshdns runs as "
+    "uid {uid} gid {gid}: its upstream queries to 127.0.0.53 port 53 would be redirected to "
+    "port 15053, back to meshdns; run it with twistd --uid 1337 --gid 1337, or exclude "
+    "uid {uid} with meshdns capture install --proxy-uid {uid}"
+)

@@ -1,11 +1,14 @@
 """
 Shared test data: the entries of issue 2's examples, and a helper that turns
-YAML text into a L{NameTable} the way a load does.
+YAML text into a L{NameTable} the way a load does; the documents, entries and
+packets that several test modules use.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
+import textwrap
 from pathlib import Path
 
 from meshdns_plugin.mesh.allocator import allocate
@@ -162,3 +165,94 @@ def guide_config(tmp_path: Path) -> str:
         f"entries: [{SHIPPED_ENTRIES}/]\nvip_listeners: {{enabled: true}}\nadmin: {{port: 0}}\n"
     )
     return str(path)
+
+
+HEADER = struct.Struct("!HHHHHH")
+
+
+def _header(qd=1, an=0, ns=0, ar=0, flags=0x0100, ident=0x4242) -> bytes:
+    return HEADER.pack(ident, flags, qd, an, ns, ar)
+
+
+HOSTILE = [
+    b"",
+    b"\x00",
+    _header()[:7],
+    _header(),  # says one question, has none
+    _header(qd=65535) + b"\x01a\x00\x00\x01\x00\x01",
+    _header() + b"\xc0\x0c\x00\x01\x00\x01",  # pointer to itself: a loop
+    _header() + b"\x01a\xc0\x0e\x00\x01\x00\x01",  # pointer to its own label
+    _header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",  # label of 64
+    _header() + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01",  # name over 255
+    _header(flags=0x8100) + b"\x01a\x00\x00\x01\x00\x01",  # QR=1
+    _header(flags=0x7900) + b"\x01a\x00\x00\x01\x00\x01",  # opcode 15
+    _header() + b"\x01a\x00\x00\x01\x00\x03",  # class CH
+    _header(qd=3) + b"\x01a\x00\x00\x01\x00\x01" * 3,
+    _header(ar=1) + b"\x01a\x00\x00\x01\x00\x01" + b"\x00\x00\x29\x10",  # cut OPT
+    _header(an=5) + b"\x01a\x00\x00\x01\x00\x01",  # lying answer count
+]
+
+
+TEAM_A = """\
+# team-a: two external APIs
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: maps, namespace: team-a}
+spec:
+  hosts: [maps.example.com]
+  addresses: [192.0.2.10]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: geo, namespace: team-a}
+spec:
+  hosts: [geo.example.com]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+"""
+
+
+#: team-b: one good Service, one ServiceEntry with a typo in its address.
+TEAM_B = """\
+apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: team-b}
+spec: {clusterIP: 10.96.1.1, ports: [{port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bank, namespace: team-b}
+spec:
+  hosts: [bank.example.net]
+  addresses: [192.0.2.300]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: DNS
+"""
+
+
+#: team-c: not YAML at all (a merge conflict committed by mistake).
+TEAM_C = """\
+<<<<<<< HEAD
+apiVersion: v1
+=======
+kind: [Service
+>>>>>>> theirs
+"""
+
+
+#: The tcp-echo stand-in (see its docstring).
+def service_entry(name: str, body: str) -> str:
+    """A ServiceEntry document named C{name} with C{body} (YAML lines) as its spec."""
+    spec = textwrap.indent(textwrap.dedent(body).strip(), "  ")
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        f"metadata: {{name: {name}}}\nspec:\n{spec}\n"
+    )
+
+
+#: Two ServiceEntries: one with its address, one whose VIP is allocated.
+ADDRESS_AND_AUTO = (
+    entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
+)

@@ -1,16 +1,13 @@
 """
 Tests for L{meshdns_plugin.cli}: the C{meshdns} command, run in process
-(C{main(argv)}) except for one run of the installed console script. Queries
-only ever go to a meshdns started on loopback.
+(C{main(argv)}), on files only (against a running meshdns, and as the
+installed console script: C{tests.integration.test_cli}).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.table import table_document
+from tests.support.cli import run
 from tests.support.paths import REPO_ROOT
 from tests.support.processes import free_port
 from tests.support.samples import BROKEN, entry, external_name, guide_config
@@ -29,11 +27,6 @@ REPO = REPO_ROOT
 SHIPPED = REPO / "conf" / "meshdns.yaml"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def write_config(tmp_path: Path, entries: dict[str, str], **sections: object) -> str:
@@ -168,27 +161,6 @@ def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:
     assert json.loads(out) == expected
 
 
-def test_table_and_listeners_ask_the_running_meshdns(
-    capsys, start_meshdns: Callable[..., object], upstream
-) -> None:
-    admin = free_port()
-    meshdns = start_meshdns(
-        {"upstream": {"servers": [upstream.server]}, "admin": {"port": admin}},
-        {"entries.yaml": entry("served.example", "192.0.2.44")},
-    )
-    config = str(meshdns.config_path)
-    code, out, err = run(capsys, "table", "-c", config)
-    assert code == 0
-    assert f"from the running meshdns at http://127.0.0.1:{admin}/debug/table" in err
-    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
-    code, out, err = run(capsys, "listeners", "-c", config)
-    assert code == 0 and "from the running meshdns" in err
-    # vip_listeners is off in that config: the server opens none.
-    assert out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
-    meshdns.stop()
-    code, out, err = run(capsys, "table", "-c", config)
-    assert code == 0 and "from the files of" in err
-    assert out.splitlines()[1].split()[:3] == ["served.example", "A", "192.0.2.44"]
 
 
 def test_listeners_as_the_istio_guide_shows_them(capsys, tmp_path: Path) -> None:
@@ -223,23 +195,6 @@ def test_listeners_lists_only_what_the_server_opens(capsys, tmp_path: Path) -> N
 # --- query ------------------------------------------------------------------------
 
 
-def test_query_prints_like_dig(capsys, start_meshdns: Callable[..., object], upstream) -> None:
-    meshdns = start_meshdns(
-        {"upstream": {"servers": [upstream.server]}, "admin": {"port": 0}},
-        {"entries.yaml": entry("address.internal", "198.51.100.1")},
-    )
-    server = f"127.0.0.1:{meshdns.port}"
-    code, out, _ = run(capsys, "query", "address.internal", "--server", server)
-    assert code == 0
-    assert "status: NOERROR" in out and ";; flags: qr aa rd ra;" in out
-    assert "address.internal.\t30\tIN\tA\t198.51.100.1" in out
-    assert f";; SERVER: 127.0.0.1#{meshdns.port}(udp)" in out
-    code, out, _ = run(capsys, "query", "nxname.upstream.test", "AAAA", "--server", server, "--tcp")
-    assert code == 0
-    assert "status: NXDOMAIN" in out and "(tcp)" in out
-    # Without --server: the listen address of the config.
-    code, out, _ = run(capsys, "query", "address.internal", "-c", str(meshdns.config_path))
-    assert code == 0 and "198.51.100.1" in out
 
 
 @pytest.mark.parametrize(
@@ -296,13 +251,3 @@ def test_capture_is_a_subcommand() -> None:
     assert callable(args.func)
 
 
-def test_console_script(tmp_path: Path) -> None:
-    script = Path(sys.executable).parent / "meshdns"
-    result = subprocess.run(
-        [str(script), "check", "--config", str(SHIPPED)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("OK ")

@@ -5,60 +5,13 @@ for: many teams' files in one ConfigMap, some of them broken.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from meshdns_plugin.config import parse_config
 from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.mesh.entries import load_entries
 from meshdns_plugin.mesh.loader import TableLoader
-
-TEAM_A = """\
-# team-a: two external APIs
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: maps, namespace: team-a}
-spec:
-  hosts: [maps.example.com]
-  addresses: [192.0.2.10]
-  ports: [{number: 443, name: https, protocol: TLS}]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: geo, namespace: team-a}
-spec:
-  hosts: [geo.example.com]
-  ports: [{number: 443, name: https, protocol: TLS}]
-  resolution: DNS
-"""
-
-#: team-b: one good Service, one ServiceEntry with a typo in its address.
-TEAM_B = """\
-apiVersion: v1
-kind: Service
-metadata: {name: ledger, namespace: team-b}
-spec: {clusterIP: 10.96.1.1, ports: [{port: 80}]}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bank, namespace: team-b}
-spec:
-  hosts: [bank.example.net]
-  addresses: [192.0.2.300]
-  ports: [{number: 443, name: https, protocol: TLS}]
-  resolution: DNS
-"""
-
-#: team-c: not YAML at all (a merge conflict committed by mistake).
-TEAM_C = """\
-<<<<<<< HEAD
-apiVersion: v1
-=======
-kind: [Service
->>>>>>> theirs
-"""
+from tests.support.samples import TEAM_A, TEAM_B, TEAM_C
 
 
 def folder(tmp_path: Path, **files: str) -> Path:
@@ -133,21 +86,3 @@ def test_a_valid_document_of_the_same_key_is_never_shadowed(tmp_path: Path) -> N
     assert hosts == {"maps.example.com": ("192.0.2.11",), "geo.example.com": ()}
 
 
-def test_twistd_starts_with_invalid_documents_and_serves_the_rest(
-    start_meshdns: Callable[..., Any], upstream: Any
-) -> None:
-    """The real process: no traceback, one error line per invalid document."""
-    meshdns = start_meshdns(
-        {"upstream": {"servers": [upstream.server]}, "mesh": {"search": []}},
-        {"team_a.yaml": TEAM_A, "team_b.yaml": TEAM_B, "team_c.yaml": TEAM_C},
-    )
-    reply = meshdns.query("maps.example.com")
-    assert [r.to_text() for rrset in reply.answer for r in rrset] == ["192.0.2.10"]
-    reply = meshdns.query("ledger.team-b.svc.cluster.local")
-    assert [r.to_text() for rrset in reply.answer for r in rrset] == ["10.96.1.1"]
-    log = meshdns.log()
-    assert "Traceback" not in log
-    invalid = [line for line in log.splitlines() if "Invalid, left out" in line]
-    assert len(invalid) == 2
-    assert any("team_b.yaml: document 1: spec.addresses[0]" in line for line in invalid)
-    assert any("team_c.yaml" in line for line in invalid)

@@ -13,18 +13,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
-from twisted.web.resource import getChildForRequest
-from twisted.web.test.requesthelper import DummyRequest
 
 from meshdns_plugin.config import parse_config
 from meshdns_plugin.mesh.table import table_document
-from meshdns_plugin.ops.admin import AdminService, admin_resource
+from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.service import MeshService
+from tests.support.samples import ADDRESS_AND_AUTO as ENTRIES
 from tests.support.samples import ENTRIES as ENTRIES_SAMPLES
 from tests.support.samples import entry, make_table
+from tests.support.scrape import admin_of, get
 from tests.support.servers import memory_mesh_service
-
-ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
 
 
 @pytest.fixture
@@ -38,20 +36,8 @@ def mesh(tmp_path: Path) -> MeshService:
     )
 
 
-def admin_of(mesh: MeshService) -> AdminService:
-    (admin,) = [child for child in mesh if isinstance(child, AdminService)]
-    return admin
 
 
-def get(mesh: MeshService, path: str, method: bytes = b"GET") -> tuple[int, str, bytes]:
-    """(status, content type, body) of a GET (or C{method}) of C{path}."""
-    request = DummyRequest(path.lstrip("/").encode().split(b"/"))
-    request.method = method
-    admin = admin_of(mesh)
-    resource = getChildForRequest(admin_resource(admin.reported, admin.registry), request)
-    body = resource.render(request)
-    (content_type,) = request.responseHeaders.getRawHeaders(b"content-type") or [b""]
-    return request.responseCode or 200, content_type.decode(), body
 
 
 def test_healthz(mesh: MeshService) -> None:
@@ -76,19 +62,6 @@ def test_readyz_from_start_to_stop(mesh: MeshService) -> None:
     assert said == [200, 503]
 
 
-def test_readyz_is_false_when_a_listener_cannot_bind(tmp_path: Path) -> None:
-    import socket
-
-    from meshdns_plugin.service import ListenError
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        mesh = memory_mesh_service(
-            tmp_path, ENTRIES, listen={"port": taken.getsockname()[1]}, admin={"port": 15999}
-        )
-        with pytest.raises(ListenError, match=r"^cannot listen on 127\.0\.0\.1 port \d+ \(UDP\)"):
-            mesh.startService()
-    assert get(mesh, "/readyz")[0] == 503
 
 
 @pytest.mark.parametrize("path", ["/debug", "/debug/", "/debug/table", "/readyz", "/"])

@@ -1,15 +1,13 @@
 """
 Tests for L{meshdns_plugin.ops.metrics}: the collector reads the plain counters
-at scrape time (in memory, on a fake reactor), and against the real process
-the scraped counters move as queries of each kind are sent.
+at scrape time, in memory, on a fake reactor (scraped from the real process:
+C{tests.integration.test_metrics}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-import dns.rcode
 import pytest
 from prometheus_client import generate_latest
 from twisted.internet.testing import MemoryReactorClock
@@ -19,12 +17,10 @@ from meshdns_plugin.config import parse_config
 from meshdns_plugin.dns.stats import LATENCY_BUCKETS
 from meshdns_plugin.ops.metrics import registry_for
 from meshdns_plugin.service import MeshService
-from tests.support.processes import free_port
+from tests.support.samples import ADDRESS_AND_AUTO as ENTRIES
 from tests.support.samples import entry
-from tests.support.scrape import Samples, parse, scrape, value
+from tests.support.scrape import Samples, parse, value
 from tests.support.servers import CLIENT, RecordingProtocol, memory_mesh_service, put_cached
-
-ENTRIES = entry("address.internal", "198.51.100.1") + "---\n" + entry("auto.internal", name="auto")
 
 # --- the collector, in memory ------------------------------------------------
 
@@ -114,68 +110,8 @@ def test_each_service_has_its_own_registry(mesh: MeshService, tmp_path: Path) ->
 # --- against the real process --------------------------------------------------
 
 
-def test_scraped_counters_move_per_query_kind(
-    start_meshdns: Callable[..., object], upstream
-) -> None:
-    admin_port = free_port()
-    meshdns = start_meshdns(
-        {
-            "upstream": {"servers": [upstream.server], "timeout": 2},
-            "admin": {"port": admin_port},
-            "mesh": {"search": []},
-        },
-        {"entries.yaml": ENTRIES},
-    )
-    status, text = scrape(admin_port)
-    assert status == 200
-    before = parse(text)
-
-    def ask(name: str, rdtype: str = "A", rcode: int = dns.rcode.NOERROR, tcp: bool = False):
-        reply = meshdns.query(name, rdtype, tcp=tcp)
-        assert reply.rcode() == rcode, (name, rdtype, reply)
-
-    ask("address.internal")
-    ask("address.internal", tcp=True)
-    ask("auto.internal", "AAAA")
-    ask("www.upstream.test")  # forwarded
-    ask("www.upstream.test")  # the cache answers
-    ask("txt.upstream.test", "TXT")  # forwarded, another type
-    ask("nxname.upstream.test", rcode=dns.rcode.NXDOMAIN)  # forwarded, negative
-    ask("servfail.upstream.test", rcode=dns.rcode.SERVFAIL)  # error
-    after = parse(scrape(admin_port)[1])
-
-    def moved(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    queries = "meshdns_queries_total"
-    assert moved(queries, type="A", outcome="mesh") == 2
-    assert moved(queries, type="AAAA", outcome="mesh") == 1
-    assert moved(queries, type="A", outcome="forwarded") == 2
-    assert moved(queries, type="A", outcome="cache_hit") == 1
-    assert moved(queries, type="TXT", outcome="forwarded") == 1
-    assert moved(queries, type="A", outcome="error") == 1
-    assert moved("meshdns_cache_hits_total") == 1
-    assert moved("meshdns_cache_misses_total") == 4
-    assert moved("meshdns_upstream_requests_total") == 4
-    assert moved("meshdns_upstream_failures_total") == 1
-    assert moved("meshdns_upstream_latency_seconds_count") == 4
-    assert value(after, "meshdns_cache_entries") == 3
-    assert value(after, "meshdns_table_names") == 2
-    assert value(after, "meshdns_reloads_total", result="success") == 1
 
 
-def test_admin_endpoints_over_http(start_meshdns: Callable[..., object], upstream) -> None:
-    admin_port = free_port()
-    start_meshdns(
-        {"upstream": {"servers": [upstream.server]}, "admin": {"port": admin_port}},
-        {"entries.yaml": ENTRIES},
-    )
-    assert scrape(admin_port, "/healthz") == (200, "ok\n")
-    assert scrape(admin_port, "/readyz") == (200, "ready\n")
-    status, body = scrape(admin_port, "/debug/table")
-    assert status == 200
-    assert "address.internal" in body and "198.51.100.1" in body
-    assert scrape(admin_port, "/nope")[0] == 404
 
 
 def test_vip_listener_counters(tmp_path: Path) -> None:

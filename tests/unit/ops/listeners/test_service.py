@@ -1,19 +1,15 @@
 """
-Tests for L{meshdns_plugin.ops.listeners}: the pure listener plan, the listener
-service and the relaying protocols on Twisted's fakes, socket binding, and the
-real thing: C{twistd meshdns} with VIP listeners on loopback addresses,
-forwarding to real TCP echo servers, across a reload.
+Tests for L{meshdns_plugin.ops.listeners.service} and
+L{meshdns_plugin.ops.listeners.relay} on Twisted's fakes: the listener service
+opens, reloads and closes its ports, and the relaying protocols pass data,
+half-closes and failures on (real sockets and C{twistd meshdns} are in
+C{tests.integration.test_listeners}).
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-import subprocess
-import sys
-import textwrap
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,200 +22,33 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns, error
 from twisted.python.failure import Failure
 
-from meshdns_plugin.cli import main
 from meshdns_plugin.config import load_config
-from meshdns_plugin.mesh.allocator import Allocation, Vips
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.loader import TableLoader
-from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.ops.listeners.plan import (
     Backend,
     ListenerPlan,
     ListenerSpec,
-    is_tcp,
-    listener_plan,
 )
-from meshdns_plugin.ops.listeners.service import VipListeners, bind_socket, routed_here
-from tests.support.processes import (
-    FAKE_UPSTREAM,
-    LOOPBACK,
-    TCP_ECHO,
-    MeshdnsProcess,
-    UpstreamProcess,
-    child_env,
-    free_port,
-    stop_process,
-)
-from tests.support.samples import guide_config
-
-
-#: The tcp-echo stand-in (see its docstring).
-def entry(name: str, body: str) -> str:
-    """A ServiceEntry document named C{name} with C{body} (YAML lines) as its spec."""
-    spec = textwrap.indent(textwrap.dedent(body).strip(), "  ")
-    return (
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
-        f"metadata: {{name: {name}}}\nspec:\n{spec}\n"
-    )
-
-
-def plan_of(*documents: str, vips: dict[str, Vips] | None = None, **kw: Any) -> ListenerPlan:
-    entries = parse_entries("---\n".join(documents))
-    view = mesh_view(
-        entries,
-        Allocation(vips or {}),
-        namespace=kw.get("namespace", "default"),
-        auto_allocate=kw.get("auto", True),
-    )
-    return listener_plan(view)
-
+from meshdns_plugin.ops.listeners.service import VipListeners
+from tests.support.samples import service_entry
 
 # --- the plan -----------------------------------------------------------------
 
 
-def test_the_guide_entries() -> None:
-    """Each tcp-echo VIP gets its own listener on 9000, forwarding to its own host."""
-    prepared = TableLoader(load_config(None)).prepare()
-    vips = prepared.allocation.vips
-    plan = listener_plan(prepared.view)
-    by_host: dict[str, list[ListenerSpec]] = {}
-    for spec in plan.listeners:
-        by_host.setdefault(spec.host, []).append(spec)
-    for n in (1, 2):
-        host = f"tcp-echo.external-{n}.svc.cluster.local"
-        assert [(s.address, s.port) for s in by_host[host]] == [
-            (vips[host].ipv4, 9000),
-            (vips[host].ipv6, 9000),
-        ]
-        assert all(s.backends == (Backend(host, 9000),) for s in by_host[host])
-    assert [s.port for s in by_host["auto.internal"]] == [80, 80]
-    # address.internal has resolution NONE and no endpoints: its traffic goes
-    # to 198.51.100.1 itself, so meshdns must not take it.
-    assert "address.internal" not in by_host
-    assert plan.notes == (
-        "ServiceEntry default/external-address: address.internal port 80: resolution NONE "
-        "without endpoints: connections go to the address itself: no listener",
-    )
 
 
-def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys, tmp_path: Path) -> None:
-    """
-    `meshdns listeners` prints istioctl's table, one row per listener the
-    server opens, so the guide's `grep tcp-echo | awk '{printf "ADDRESS=%s,
-    DESTINATION=%s %s\\n", $1, $4, $5}'` gives its documented lines.
-    """
-    config = guide_config(tmp_path)
-    prepared = TableLoader(load_config(config)).prepare()
-    plan = listener_plan(prepared.view)
-    assert main(["listeners", "-c", config]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
-    assert len(lines) == 1 + len(plan.listeners)
-    awk = [
-        "ADDRESS={}, DESTINATION={} {}".format(*(line.split()[i] for i in (0, 3, 4)))
-        for line in lines
-        if "tcp-echo" in line
-    ]
-    vips = prepared.allocation.vips
-    assert awk == [
-        f"ADDRESS={address}, DESTINATION=Cluster: outbound|9000||{host}"
-        for host in (f"tcp-echo.external-{n}.svc.cluster.local" for n in (1, 2))
-        for address in (vips[host].ipv4, vips[host].ipv6)
-    ]
 
 
-def test_static_endpoints_ports_and_protocols() -> None:
-    plan = plan_of(
-        entry(
-            "db",
-            """
-            hosts: [db.example]
-            addresses: [10.1.0.1]
-            resolution: STATIC
-            ports:
-            - {number: 3306, name: mysql, protocol: MYSQL, targetPort: 13306}
-            - {number: 53, name: dns, protocol: UDP}
-            - {number: 443, name: https, protocol: HTTPS}
-            endpoints:
-            - {address: 10.2.0.1}
-            - {address: 10.2.0.2, ports: {mysql: 23306}}
-            """,
-        )
-    )
-    assert plan.notes == ()
-    assert plan.listeners == (
-        ListenerSpec(
-            "10.1.0.1", 3306, "db.example", "ServiceEntry default/db",
-            (Backend("10.2.0.1", 13306), Backend("10.2.0.2", 23306)),
-        ),
-        ListenerSpec(
-            "10.1.0.1", 443, "db.example", "ServiceEntry default/db",
-            (Backend("10.2.0.1", 443), Backend("10.2.0.2", 443)),
-        ),
-    )
 
 
-def test_dns_endpoints_are_host_names_to_resolve() -> None:
-    plan = plan_of(
-        entry(
-            "api",
-            """
-            hosts: [api.example]
-            resolution: DNS
-            ports: [{number: 8443, name: tls, protocol: TLS}]
-            endpoints: [{address: eu.api.example}, {address: 192.0.2.7}]
-            """,
-        ),
-        vips={"api.example": Vips("240.240.0.9", None)},
-    )
-    (spec,) = plan.listeners
-    assert (spec.address, spec.port) == ("240.240.0.9", 8443)
-    assert spec.backends == (Backend("eu.api.example", 8443), Backend("192.0.2.7", 8443))
 
 
-def test_no_listener_notes() -> None:
-    plan = plan_of(
-        entry("wild", "hosts: ['*.wild.example']\nresolution: NONE\nports: [{number: 80}]"),
-        entry("static", "hosts: [s.example]\naddresses: [10.0.0.1]\nresolution: STATIC\n"
-              "ports: [{number: 80}]"),
-        entry("hidden", "hosts: [h.example]\naddresses: [10.0.0.2]\nresolution: DNS\n"
-              "exportTo: [other]\nports: [{number: 80}]"),
-        entry("udp", "hosts: [u.example]\naddresses: [10.0.0.3]\nresolution: DNS\n"
-              "ports: [{number: 53, protocol: UDP}]"),
-    )
-    assert plan.listeners == ()
-    assert plan.notes == (
-        "ServiceEntry default/wild: *.wild.example port 80: no address and no VIP: no listener",
-        "ServiceEntry default/static: s.example port 80: resolution STATIC without endpoints: "
-        "nowhere to forward to: no listener",
-    )
 
 
-def test_vips_only_when_auto_allocate() -> None:
-    text = entry("a", "hosts: [a.example]\nresolution: DNS\nports: [{number: 80}]")
-    vips = {"a.example": Vips("240.240.0.1", "2001:2::1")}
-    assert [s.address for s in plan_of(text, vips=vips).listeners] == ["240.240.0.1", "2001:2::1"]
-    plan = plan_of(text, vips=vips, auto=False)
-    assert plan.listeners == ()
-    assert len(plan.notes) == 1
 
 
-def test_first_claim_of_an_address_wins() -> None:
-    plan = plan_of(
-        entry("one", "hosts: [a.example, b.example]\naddresses: [10.0.0.1]\nresolution: DNS\n"
-              "ports: [{number: 80}]"),
-    )
-    assert [s.host for s in plan.listeners] == ["a.example"]
-    (collision,) = plan.collisions
-    assert str(collision) == (
-        "collision: 10.0.0.1 port 80 is claimed by a.example (ServiceEntry default/one) "
-        "and by b.example (ServiceEntry default/one), which gets no listener"
-    )
 
 
-def test_is_tcp() -> None:
-    assert all(is_tcp(p) for p in ("TCP", "HTTP", "HTTP2", "HTTPS", "TLS", "GRPC", "MONGO"))
-    assert not is_tcp("UDP") and not is_tcp("udp")
 
 
 # --- the service, on fakes -----------------------------------------------------
@@ -394,7 +223,7 @@ def test_unrouted_address_is_reported(rig) -> None:
 def test_follows_a_prepared_load(tmp_path: Path) -> None:
     """The TableLoader observer hook: the listeners of a load, VIPs included."""
     (tmp_path / "e.yaml").write_text(
-        entry("a", "hosts: [a.example]\nresolution: DNS\nports: [{number: 80}]")
+        service_entry("a", "hosts: [a.example]\nresolution: DNS\nports: [{number: 80}]")
     )
     (tmp_path / "m.yaml").write_text(
         "entries: [e.yaml]\nmesh: {search: []}\nvip_listeners: {enabled: true}\n"
@@ -563,189 +392,28 @@ def test_connect_failure_closes_and_counts(rig) -> None:
 # --- sockets -------------------------------------------------------------------
 
 
-def test_bind_socket_listens() -> None:
-    with bind_socket(LOOPBACK, 0) as sock:
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
-        assert not sock.getblocking()
-        port = sock.getsockname()[1]
-        with pytest.raises(OSError) as caught:
-            bind_socket(LOOPBACK, port)
-        assert caught.value.errno == errno.EADDRINUSE
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_FREEBIND is Linux's")
-def test_bind_socket_binds_an_address_not_yet_local() -> None:
-    """A VIP binds before its route exists (nothing is sent: it only listens)."""
-    with bind_socket("192.0.2.1", 0) as sock:
-        assert sock.getsockname()[0] == "192.0.2.1"
 
 
-def test_routed_here() -> None:
-    assert routed_here("127.0.0.1")
-    assert routed_here("127.0.0.42")
-    assert not routed_here("192.0.2.1")
 
 
 # --- the real thing: twistd meshdns on loopback --------------------------------
 
 
-def start_echo(prefix: str, address: str = LOOPBACK) -> tuple[subprocess.Popen[str], int]:
-    """A L{TCP_ECHO} server on a free port of C{address}; the process and port."""
-    process = subprocess.Popen(
-        [sys.executable, str(TCP_ECHO), address, "0", prefix],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.startswith("ready "), line
-    return process, int(line.split()[1])
 
 
-def start_upstream_with(log_path: Path, *records: str) -> UpstreamProcess:
-    """The fake upstream with C{--record NAME=IP} for each of C{records}."""
-    args = [sys.executable, str(FAKE_UPSTREAM), "--port", "0", "--address", LOOPBACK]
-    for record in records:
-        args += ["--record", record]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and process.poll() is None:
-        for line in log_path.read_text().splitlines():
-            if line.startswith("READY "):
-                return UpstreamProcess(LOOPBACK, int(line.split()[1].split("=")[1]), process)
-        time.sleep(0.05)
-    stop_process(process)
-    pytest.fail(f"fake upstream did not start:\n{log_path.read_text()}")
 
 
-def exchange(address: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send C{data}, shut down the writing side, read until EOF."""
-    with socket.create_connection((address, port), timeout=timeout) as conn:
-        conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := conn.recv(4096):
-            received += chunk
-        return received
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
-def refused(address: str, port: int) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
-@pytest.fixture
-def echoes() -> Iterator[dict[str, int]]:
-    """Two TCP echo servers on loopback: prefix -> port."""
-    started = [start_echo("one"), start_echo("two")]
-    yield {"one": started[0][1], "two": started[1][1]}
-    for process, _ in started:
-        stop_process(process)
-        assert process.stdout is not None
-        process.stdout.close()
 
 
-def test_forwarding_and_reload_with_twistd(
-    tmp_path: Path, start_meshdns: Callable[..., MeshdnsProcess], echoes: dict[str, int]
-) -> None:
-    """
-    Listeners on loopback addresses (no VIP routes needed): resolution DNS
-    through the fake upstream, STATIC endpoints with their port; then a reload
-    that removes one listener and adds another while a connection is open.
-    """
-    upstream = start_upstream_with(tmp_path / "upstream.log", "echo-one.example=127.0.0.1")
-    try:
-        dns_port, static_port, new_port = (free_port(f"127.0.0.{n}") for n in (41, 42, 43))
-        dns_entry = entry(
-            "dns",
-            f"hosts: [echo-one.example]\naddresses: [127.0.0.41]\nresolution: DNS\n"
-            f"ports: [{{number: {dns_port}, name: tcp, targetPort: {echoes['one']}}}]",
-        )
-        static_entry = entry(
-            "static",
-            f"hosts: [echo-two.example]\naddresses: [127.0.0.42]\nresolution: STATIC\n"
-            f"ports: [{{number: {static_port}, name: tcp}}]\n"
-            f"endpoints: [{{address: 127.0.0.1, ports: {{tcp: {echoes['two']}}}}}]",
-        )
-        meshdns = start_meshdns(
-            {
-                "upstream": {"servers": [upstream.server]},
-                "admin": {"port": 0},
-                "mesh": {"search": []},
-                "reload": {"poll_interval": 0.2, "debounce": 0.05},
-                "vip_listeners": {"enabled": True},
-            },
-            {"entries/se.yaml": dns_entry + "---\n" + static_entry},
-        )
-        assert exchange("127.0.0.41", dns_port, b"hello") == b"one hello"
-        assert exchange("127.0.0.42", static_port, b"hello") == b"two hello"
-
-        # A connection that stays open across the reload.
-        kept = socket.create_connection(("127.0.0.41", dns_port), timeout=5)
-        kept.sendall(b"before")
-        assert kept.recv(100) == b"one before"
-
-        new_entry = entry(
-            "new",
-            f"hosts: [echo-new.example]\naddresses: [127.0.0.43]\nresolution: STATIC\n"
-            f"ports: [{{number: {new_port}, targetPort: {echoes['one']}}}]\n"
-            f"endpoints: [{{address: 127.0.0.1}}]",
-        )
-        (tmp_path / "entries" / "se.yaml").write_text(dns_entry + "---\n" + new_entry)
-        wait_for(lambda: "Reloaded:" in meshdns.log(), "the reload")
-        assert exchange("127.0.0.43", new_port, b"hi") == b"one hi"
-        assert refused("127.0.0.42", static_port)
-        kept.sendall(b"after")
-        assert kept.recv(100) == b"one after"
-        kept.close()
-        assert exchange("127.0.0.41", dns_port, b"again") == b"one again"
-    finally:
-        upstream.stop()
 
 
-def test_unreachable_backend_closes_the_client(
-    tmp_path: Path, start_meshdns: Callable[..., MeshdnsProcess], upstream: UpstreamProcess
-) -> None:
-    """nxname.upstream.test does not exist: the client is closed, the failure logged."""
-    port = free_port("127.0.0.44")
-    meshdns = start_meshdns(
-        {
-            "upstream": {"servers": [upstream.server]},
-            "admin": {"port": 0},
-            "mesh": {"search": []},
-            "vip_listeners": {"enabled": True},
-        },
-        {
-            "se.yaml": entry(
-                "gone",
-                f"hosts: [nxname.upstream.test]\naddresses: [127.0.0.44]\nresolution: DNS\n"
-                f"ports: [{{number: {port}}}]",
-            )
-        },
-    )
-    assert exchange("127.0.0.44", port, b"anyone?") == b""
-    wait_for(lambda: "cannot forward: nxname.upstream.test: no such name" in meshdns.log(),
-             "the failure line")
 
 
-def test_the_cli_lists_no_listener_when_the_server_opens_none(capsys, tmp_path: Path) -> None:
-    config = guide_config(tmp_path)
-    Path(config).write_text(Path(config).read_text().replace("enabled: true", "enabled: false"))
-    assert main(["listeners", "-c", config]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.split() == ["ADDRESSES", "PORT", "MATCH", "DESTINATION"]
-    assert "vip_listeners.enabled is off" in captured.err
-    assert "from the files of" in captured.err
