@@ -21,7 +21,7 @@ from meshdns_plugin.ops.capturerules import (
     parse_nat_state,
 )
 from tests.support.netns import Netns, network_namespace
-from tests.support.paths import REPO_ROOT
+from tests.support.processes import child_env, outside_the_source_tree
 
 #: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it;
 #: its first argument replaces L{capture.RECORD_PATH}, so that no test writes
@@ -104,7 +104,7 @@ def record_of(ns: Netns) -> Path:
 def meshdns(ns: Netns, *argv: str) -> subprocess.CompletedProcess[str]:
     """Run C{meshdns capture ARGV} inside C{ns}, with the record of C{ns}."""
     argv = [sys.executable, "-c", CLI, str(record_of(ns)), "capture", *argv]
-    return ns.run(argv, check=False, cwd=REPO_ROOT)
+    return ns.run(argv, check=False, env=child_env(), cwd=outside_the_source_tree())
 
 
 def ok(ns: Netns, *argv: str) -> str:

@@ -26,7 +26,7 @@ from tests.support.pods import (
     uid_of,
     wait_for_meshdns,
 )
-from tests.support.processes import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
+from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env
 
 #: Runs the rest of its command line as uid and gid 1338, which no rule
 #: excludes (and which needs no passwd entry), from the start: no root to
@@ -74,7 +74,7 @@ class Pod:
         """C{meshdns capture ACTION}, with this pod's record; it must succeed quietly."""
         result = self.ns.run(
             [*MESHDNS, "capture", action, "--record", str(self.record), *argv],
-            env=child_env(), cwd=REPO_ROOT,
+            env=child_env(), cwd=self.home,
         )
         assert result.stderr == ""
 
@@ -85,7 +85,7 @@ class Pod:
 
     def refused(self, argv: list[str]) -> str:
         """Run C{argv} to its end; it must fail with one line, which is returned."""
-        result = self.ns.run(argv, check=False, env=child_env(), cwd=REPO_ROOT)
+        result = self.ns.run(argv, check=False, env=child_env(), cwd=self.home)
         assert result.returncode == 1, result
         assert "Traceback" not in result.stdout + result.stderr
         assert "serving on" not in result.stdout
@@ -128,7 +128,7 @@ def test_root_is_refused_and_the_proxy_uid_serves(pod: Pod) -> None:
     log = pod.home / "meshdns.log"
     meshdns = pod.ns.popen(
         pod.twistd("--uid", str(PROXY_ID), "--gid", str(PROXY_ID), "--logfile", str(log)),
-        env=child_env(), cwd=REPO_ROOT,
+        env=child_env(), cwd=pod.home,
     )
     wait_for_meshdns(meshdns, log)
     assert uid_of(meshdns.pid) == PROXY_ID
@@ -156,7 +156,7 @@ def test_without_root_the_record_decides(pod: Pod) -> None:
     log = logs / "meshdns.log"
     meshdns = pod.ns.popen(
         pod.twistd("--logfile", str(log), before=AS_1338),
-        env=child_env(), cwd=REPO_ROOT,
+        env=child_env(), cwd=pod.home,
     )
     wait_for_meshdns(meshdns, log)
     assert uid_of(meshdns.pid) == 1338
@@ -165,7 +165,7 @@ def test_without_root_the_record_decides(pod: Pod) -> None:
 def test_no_capture_no_check(pod: Pod) -> None:
     """Without capture, root forwards to port 53 as before, and nothing is said."""
     log = pod.home / "meshdns.log"
-    meshdns = pod.ns.popen(pod.twistd("--logfile", str(log)), env=child_env(), cwd=REPO_ROOT)
+    meshdns = pod.ns.popen(pod.twistd("--logfile", str(log)), env=child_env(), cwd=pod.home)
     wait_for_meshdns(meshdns, log)
     asked = pod.ns.run([sys.executable, "-c", ASK, "127.0.0.1", str(DNS_PORT), "www.upstream.test"])
     assert asked.stdout == "NOERROR 127.0.0.10\n"
@@ -199,7 +199,7 @@ def test_a_captured_query_from_the_pods_own_address_is_answered(pod: Pod) -> Non
     log = pod.home / "meshdns.log"
     meshdns = pod.ns.popen(
         pod.twistd("--uid", str(PROXY_ID), "--gid", str(PROXY_ID), "--logfile", str(log)),
-        env=child_env(), cwd=REPO_ROOT,
+        env=child_env(), cwd=pod.home,
     )
     wait_for_meshdns(meshdns, log)
     asked = pod.ns.run(

@@ -25,9 +25,9 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.support.paths import REPO_ROOT
 from tests.support.processes import (
     LOOPBACK,
-    REPO_ROOT,
     TWISTD,
     MeshdnsProcess,
     UpstreamProcess,

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 
-from tests.support.processes import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 
 def test_rss_is_flat_across_reloads_under_load() -> None:

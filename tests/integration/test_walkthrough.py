@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.support.paths import REPO_ROOT
 from tests.support.pods import (
     MESHDNS,
     PROXY_ID,
@@ -37,7 +38,13 @@ from tests.support.pods import (
     uid_of,
     wait_for_meshdns,
 )
-from tests.support.processes import FAKE_UPSTREAM, REPO_ROOT, TCP_ECHO, TWISTD, child_env
+from tests.support.processes import (
+    FAKE_UPSTREAM,
+    TCP_ECHO,
+    TWISTD,
+    child_env,
+    outside_the_source_tree,
+)
 
 NAMESERVER = "127.0.0.53"
 DNS_PORT = 15053
@@ -91,7 +98,7 @@ def ns() -> Iterator[Netns]:
 
 
 def test_the_guide_in_a_namespace(ns: Netns) -> None:
-    run_env = {"env": child_env(), "cwd": REPO_ROOT}
+    run_env = {"env": child_env(), "cwd": outside_the_source_tree()}
     resolv_conf_text = f"nameserver {NAMESERVER}\noptions timeout:1 attempts:1\n"
     with netns_resolv_conf(ns, resolv_conf_text) as resolv_conf, proxy_directory() as home:
         # The cluster DNS, and the two tcp-echo services of the guide.

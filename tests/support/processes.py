@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ import pytest
 import yaml
 
 from tests.support.fakeupstream import Counts, read_counts, reset_counts
-from tests.support.paths import REPO_ROOT
 
 FAKE_UPSTREAM = Path(__file__).with_name("fakeupstream.py")
 #: A TCP server that answers each connection with a prefix and what it was sent.
@@ -94,15 +94,26 @@ def ipv6_loopback_missing() -> str:
 
 def child_env() -> dict[str, str]:
     """
-    The environment for child processes: the repository first on the path, so
-    that C{meshdns_plugin} and the C{twisted/plugins} drop-in are found
-    whether or not the project is installed; unbuffered output, so that a log
-    read after a failure is complete.
+    The environment for child processes: nothing added to the module path, so
+    that C{meshdns_plugin} and the C{twisted/plugins} drop-in come from the
+    installed wheel, as in production (run children outside the repository:
+    L{outside_the_source_tree}); unbuffered output, so that a log read after
+    a failure is complete.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONPATH", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def outside_the_source_tree() -> Path:
+    """
+    A folder for a child's C{cwd} that is not the repository: C{python -c}
+    and C{twistd} put their working folder first on the module path, which
+    in the checkout would import C{meshdns_plugin} from the source tree
+    instead of the installed wheel.
+    """
+    return Path(tempfile.gettempdir())
 
 
 def stop_process(process: subprocess.Popen) -> int:
@@ -128,7 +139,7 @@ def run_twistd(
     """
     result = subprocess.run(
         [*TWISTD, "meshdns", *args],
-        cwd=cwd,
+        cwd=cwd or outside_the_source_tree(),
         env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -183,7 +194,13 @@ def start_upstream(
     if fail_mode is not None:
         args += ["--fail-mode", fail_mode]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            cwd=outside_the_source_tree(),
+        )
     deadline = time.monotonic() + UPSTREAM_READY_TIMEOUT
     while time.monotonic() < deadline:
         for line in log_path.read_text(errors="replace").splitlines():

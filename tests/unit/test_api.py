@@ -35,7 +35,7 @@ from meshdns_plugin import (
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.service import BurstUDPServer
-from tests.support.processes import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 from tests.support.samples import external_name
 from tests.support.servers import FakeDatagramSockets, UDPReactor
 

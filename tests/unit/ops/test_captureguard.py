@@ -21,8 +21,8 @@ from meshdns_plugin.ops.captureguard import (
     parse_capture,
 )
 from meshdns_plugin.ops.capturerules import CHAIN, CaptureError
+from tests.support.paths import REPO_ROOT
 from tests.support.pods import NAMESERVER, REFUSAL
-from tests.support.processes import REPO_ROOT
 
 #: What C{iptables -t nat -S MESHDNS_OUTPUT} prints after a default install.
 LISTED = [
