@@ -6,7 +6,6 @@ DNS traffic redirected there.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from meshdns_plugin.ops.capturerules import (
 )
 from tests.support.netns import Netns, network_namespace
 from tests.support.processes import child_env, outside_the_source_tree
+from tests.support.required import require_command
 
 #: The C{meshdns} command line reduced to C{capture}, as C{cli.py} wires it;
 #: its first argument replaces L{capture.RECORD_PATH}, so that no test writes
@@ -87,8 +87,7 @@ ECHO_PORT = 25353
 @pytest.fixture
 def ns() -> Iterator[Netns]:
     """A fresh network namespace with iptables usable inside it."""
-    if shutil.which("iptables") is None:
-        pytest.skip("iptables is not installed (apt-get install iptables)")
+    require_command("iptables", "iptables")
     with network_namespace() as ns:
         try:
             yield ns
@@ -233,7 +232,6 @@ def test_vip_routes(ns: Netns, resolv_conf: Path) -> None:
 def test_config_gives_port_resolv_conf_and_ranges(
     ns: Netns, resolv_conf: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("meshdns_plugin.config")
     config = tmp_path / "meshdns.yaml"
     config.write_text(
         f"listen: {{address: [127.0.0.1, '::1'], port: 25354}}\n"

@@ -6,7 +6,6 @@ would loop its queries back, the proxy uid serves, and without root the record d
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.support.netns import Netns, network_namespace, require_netns
 from tests.support.pods import (
     MESHDNS,
     NAMESERVER,
@@ -27,6 +26,7 @@ from tests.support.pods import (
     wait_for_meshdns,
 )
 from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env
+from tests.support.required import require_command
 
 #: Runs the rest of its command line as uid and gid 1338, which no rule
 #: excludes (and which needs no passwd entry), from the start: no root to
@@ -96,9 +96,8 @@ class Pod:
 
 @pytest.fixture
 def pod() -> Iterator[Pod]:
-    skip_unless_netns_possible()
-    if shutil.which("iptables") is None:
-        pytest.skip("iptables is not installed (apt-get install iptables)")
+    require_netns()
+    require_command("iptables", "iptables")
     with proxy_user(), network_namespace() as ns, proxy_directory() as home:
         upstream = ns.popen([sys.executable, str(FAKE_UPSTREAM), "--address", NAMESERVER[0],
                              "--port", "53"], env=child_env())
@@ -143,8 +142,7 @@ def test_without_root_the_record_decides(pod: Pod) -> None:
     record, and refuses; once capture is removed (and the record with it),
     it starts.
     """
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    require_command("setpriv", "util-linux")
     pod.capture("install", "--resolv-conf", str(pod.home / "resolv.conf"))
     line = pod.refused(pod.twistd(before=AS_1338))
     assert line == "meshdns: " + REFUSAL.format(uid=1338, gid=1338)

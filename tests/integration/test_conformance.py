@@ -28,7 +28,6 @@ the lab itself (unbound alone), so that a pass elsewhere means something.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import time
@@ -48,6 +47,7 @@ import pytest
 
 from tests.support import dnslab
 from tests.support.processes import MeshdnsProcess, launch_meshdns
+from tests.support.required import unavailable
 
 #: How many seconds meshdns's TTLs may lag unbound's: the time between the two
 #: questions, plus rounding.
@@ -167,15 +167,12 @@ class Server:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dnslab.Lab]:
     """
     The lab, for the whole module. Missing Debian packages fail the module
-    when we are root (C{test.sh} installs them, so their absence is a bug of
-    the set-up) and skip it otherwise, saying what to install.
+    when we are root or on CI (C{test.sh} installs them, so their absence is a
+    bug of the set-up) and skip it otherwise, saying what to install.
     """
     missing = dnslab.missing_packages()
     if missing:
-        message = f"the DNSSEC lab needs the Debian packages {' '.join(missing)}"
-        if os.geteuid() == 0:
-            pytest.fail(f"{message}; test.sh installs them")
-        pytest.skip(f"{message} (test.sh installs them when run as root)")
+        unavailable(f"the DNSSEC lab needs the Debian packages {' '.join(missing)}")
     try:
         with dnslab.running_lab(tmp_path_factory.mktemp("dnslab")) as running:
             yield running

@@ -12,7 +12,7 @@ Python's C{socket}) ask from inside, and C{capture remove} must leave no rule.
 
 Only loopback addresses inside the namespace are used: it has nothing but
 C{lo}, so nothing can leave it. The test skips, saying why, where namespaces
-or iptables are unavailable.
+or iptables are unavailable (and fails instead as root or on CI).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import Netns, network_namespace, skip_unless_netns_possible
+from tests.support.netns import Netns, network_namespace, require_netns
 from tests.support.paths import REPO_ROOT
 from tests.support.pods import (
     MESHDNS,
@@ -45,6 +45,7 @@ from tests.support.processes import (
     child_env,
     outside_the_source_tree,
 )
+from tests.support.required import require_command
 
 NAMESERVER = "127.0.0.53"
 DNS_PORT = 15053
@@ -90,9 +91,8 @@ def netns_resolv_conf(ns: Netns, text: str) -> Iterator[Path]:
 
 @pytest.fixture
 def ns() -> Iterator[Netns]:
-    skip_unless_netns_possible()
-    if shutil.which("iptables") is None:
-        pytest.skip("iptables is not installed (apt-get install iptables)")
+    require_netns()
+    require_command("iptables", "iptables")
     with proxy_user(), network_namespace() as ns:
         yield ns
 

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import pytest
-
 from tests.support.processes import stop_process
+from tests.support.required import require_command, unavailable
 
 #: Every namespace made here is named with this prefix, so a leftover one
 #: (from a killed test run) is easy to spot in C{ip netns list}.
@@ -92,12 +90,14 @@ class Netns:
         self._processes.clear()
 
 
-def skip_unless_netns_possible() -> None:
-    """Skip the calling test, saying why, when namespaces cannot be made here."""
+def require_netns() -> None:
+    """
+    Skip the calling test, saying why, when namespaces cannot be made here;
+    fail it instead as root or on CI (L{tests.support.required}).
+    """
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    if shutil.which("ip") is None:
-        pytest.skip("the ip command (iproute2) is not installed")
+        unavailable("network namespaces need root")
+    require_command("ip", "iproute2")
 
 
 @contextmanager
@@ -105,11 +105,11 @@ def network_namespace() -> Iterator[Netns]:
     """
     A fresh namespace, with C{lo} up, deleted on exit whatever happened.
     """
-    skip_unless_netns_possible()
+    require_netns()
     name = PREFIX + secrets.token_hex(4)
     added = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if added.returncode != 0:
-        pytest.skip(f"ip netns add failed: {added.stderr.strip()}")
+        unavailable(f"ip netns add failed: {added.stderr.strip()}")
     ns = Netns(name)
     try:
         ns.run(["ip", "link", "set", "lo", "up"])

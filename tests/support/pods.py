@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.required import unavailable
+
 #: Istio's proxy uid and gid, and capture's default exclusion.
 PROXY_ID = 1337
 #: The user made for uid 1337 when the machine has none (twistd --uid needs one).
@@ -49,14 +51,14 @@ def proxy_user() -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    pytest.skip(f"{USER_LOCK} stayed locked for 60 s")
+                    unavailable(f"{USER_LOCK} stayed locked for 60 s")
                 time.sleep(0.1)
         try:
             pwd.getpwuid(PROXY_ID)
             created = False
         except KeyError:
             if shutil.which("useradd") is None:
-                pytest.skip(f"no user has uid {PROXY_ID}, and there is no useradd to add one")
+                unavailable(f"no user has uid {PROXY_ID}, and there is no useradd to add one")
             subprocess.run(
                 ["useradd", "--no-create-home", "--no-user-group", "--shell", "/usr/sbin/nologin",
                  "--uid", str(PROXY_ID), TEST_USER],
