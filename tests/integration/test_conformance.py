@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ import pytest
 from tests.support import dnslab
 from tests.support.processes import MeshdnsProcess, launch_meshdns
 from tests.support.required import unavailable
+from tests.support.waiting import wait_until
 
 #: How many seconds meshdns's TTLs may lag unbound's: the time between the two
 #: questions, plus rounding.
@@ -647,12 +647,26 @@ COUNTDOWN_CASES = {
 
 @pytest.fixture(scope="module")
 def first_answers(meshdns: Server) -> dict[str, dns.message.Message]:
-    """Each countdown case asked once, then L{AGE} seconds of waiting (once for all cases)."""
+    """
+    Each countdown case asked once, then a wait (once for all cases) until the
+    case asked last, the youngest in the cache, has aged by L{AGE} seconds:
+    asked again, its TTLs have dropped by C{int(AGE)}. The wait is bounded
+    by L{AGE}, so the cases asked earlier have aged at least as long.
+    """
     answers = {
         case: meshdns.ask(make_query(name, "A", COMBOS[combo]))
         for case, (name, combo) in COUNTDOWN_CASES.items()
     }
-    time.sleep(AGE)
+    last = list(COUNTDOWN_CASES)[-1]
+    name, combo = COUNTDOWN_CASES[last]
+    before = [r.ttl for s in answers[last].sections[1:] for r in s]
+
+    def aged() -> bool:
+        again = meshdns.ask(make_query(name, "A", COMBOS[combo]))
+        after = [r.ttl for s in again.sections[1:] for r in s]
+        return bool(after) and all(t <= b - int(AGE) for t, b in zip(after, before, strict=False))
+
+    wait_until(aged, f"{name} to age by {AGE} s in meshdns's cache", timeout=AGE)
     return answers
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.processes import free_port, run_twistd
 from tests.support.samples import CONF_ENTRIES, HOSTILE
+from tests.support.waiting import wait_until
 
 
 def test_refuses_open_resolver(tmp_path) -> None:
@@ -86,8 +87,14 @@ def test_serve_stale(start_meshdns, upstream) -> None:
     )
     assert meshdns.query("ttl5.upstream.test").answer[0].ttl == 5
     upstream.stop()
-    time.sleep(5.2)
-    reply = meshdns.query("ttl5.upstream.test", timeout=5)
+    # Once its 5 s are over the cached answer is stale, and served as such.
+    reply = wait_until(
+        lambda: (r := meshdns.query("ttl5.upstream.test", timeout=5)).answer
+        and r.answer[0].ttl == 30
+        and r,
+        "the cached answer of ttl5.upstream.test to be served stale",
+        timeout=5.2,
+    )
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.answer[0].ttl == 30
     assert meshdns.query("never-seen.upstream.test", timeout=5).rcode() == dns.rcode.SERVFAIL
@@ -145,7 +152,8 @@ def test_tcp_limits(start_meshdns) -> None:
         _tcp_query(sock, "address.internal")
     # Concurrent connections: the fifth is closed at once; UDP still answers.
     held = [_tcp_connect(meshdns.port) for _ in range(4)]
-    time.sleep(0.2)
+    for connection in held:  # each one answered: all four are meshdns's now
+        assert _tcp_query(connection, "address.internal").answer
     extra = _tcp_connect(meshdns.port)
     assert _closed_within(extra, 0.8)
     assert meshdns.query("address.internal").answer
