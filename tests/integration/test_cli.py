@@ -1,6 +1,6 @@
 """
-The C{meshdns} command against a running C{twistd -n meshdns}, and as the installed
-console script.
+The C{meshdns} command over real sockets: against a running C{twistd -n
+meshdns}, against a silent loopback port, and as the installed console script.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from meshdns_plugin.cli import main
 from tests.support.cli import run
 from tests.support.paths import SHIPPED_CONFIG
 from tests.support.processes import free_port
@@ -68,3 +71,18 @@ def test_console_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK ")
+
+
+def test_query_errors_are_one_line(capsys) -> None:
+    port = free_port()
+    silent = f"127.0.0.1:{port}"
+    code, _, err = run(capsys, "query", "a.example", "--server", silent, "--timeout", "0.2")
+    assert (code, err) == (1, f"meshdns: no answer from 127.0.0.1#{port} within 0.2 s\n")
+    code, _, err = run(capsys, "query", "a.example", "BOGUS", "--server", silent)
+    assert (code, err) == (1, "meshdns: 'BOGUS' is not a DNS query type\n")
+    code, _, err = run(capsys, "query", "a..example", "--server", silent)
+    assert code == 1 and err.startswith("meshdns: 'a..example' is not a domain name")
+    with pytest.raises(SystemExit) as exited:
+        main(["query", "a.example", "--server", "localhost"])
+    assert exited.value.code == 2
+    assert "is not IP, IP:PORT or [IPv6]:PORT" in capsys.readouterr().err
