@@ -6,7 +6,10 @@
 # the DNSSEC conformance lab) are installed with apt-get when missing and we
 # are root. Without them those tests skip with a reason, except the conformance
 # tests, which fail when we are root (this script should have installed them).
-# Python packages go into .venv beside this file. Extra arguments go to pytest.
+# Python packages go into .venv beside this file. meshdns itself is installed
+# from its wheel (not editable), so that the integration tests run it as it
+# ships; the unit tests import the source tree. Extra arguments go to pytest:
+# ./test.sh tests/unit runs the fast tests only.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,5 +27,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
 exec .venv/bin/python -m pytest "$@"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 #: The zone the local names live in.
 LOCAL_ZONE = "bench.internal"
-#: The fake upstream's zone (tests/fakeupstream.py): every name below it
+#: The fake upstream's zone (tests/support/fakeupstream.py): every name below it
 #: answers A and AAAA; a label starting with "nx" makes it NXDOMAIN.
 UPSTREAM_ZONE = "upstream.test"
 #: TTL of the local answers everywhere (meshdns's default mesh TTL).

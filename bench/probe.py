@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen_entries  # noqa: E402
 
-#: What the fake upstream answers for any name of its zone (tests/fakeupstream.py).
+#: What the fake upstream answers for any name of its zone (tests/support/fakeupstream.py).
 UPSTREAM_ANSWER = {"A": "127.0.0.10", "AAAA": "::10"}
 #: Queries per workload checked.
 SAMPLE = 20

@@ -21,7 +21,7 @@
 # created and filled like test.sh does).
 #
 # Everything listens on 127.0.0.x only; the upstreams are the fake one
-# (tests/fakeupstream.py) on 127.0.0.153:53 for the cached workloads, and NSD
+# (tests/support/fakeupstream.py) on 127.0.0.153:53 for the cached workloads, and NSD
 # on 127.0.0.163:53 for the forward workload. Every process this script starts
 # is stopped by its PID when it exits, however it exits.
 set -euo pipefail
@@ -227,7 +227,7 @@ if [ "$SMOKE" = 1 ]; then
     ADDRESS[meshdns]=127.0.0.1
     PORT=$(free_port 127.0.0.1)
 elif has_workload upstream || has_workload nxdomain; then
-    start upstream "${CLIENT_CPU[@]}" "$PYTHON" tests/fakeupstream.py \
+    start upstream "${CLIENT_CPU[@]}" "$PYTHON" tests/support/fakeupstream.py \
         --address "$UPSTREAM_ADDRESS" --port "$UPSTREAM_PORT"
     for _ in $(seq 100); do grep -q '^READY' "$WORK/upstream.log" && break; alive upstream; sleep 0.1; done
     grep -q '^READY' "$WORK/upstream.log" || { log "fake upstream not ready"; exit 1; }

@@ -5,7 +5,7 @@
 # own loopback interface, so nothing is sent anywhere else and the host's
 # iptables, routes and resolv.conf are never touched:
 #
-#   - a stand-in for the cluster DNS (tests/fakeupstream.py) at 127.0.0.53,
+#   - a stand-in for the cluster DNS (tests/support/fakeupstream.py) at 127.0.0.53,
 #     the nameserver of the namespace's resolv.conf; it knows the two tcp-echo
 #     services' real addresses, and nothing of the ServiceEntries;
 #   - the two tcp-echo services of the guide, both on port 9000, at
@@ -107,13 +107,13 @@ cp "$HERE/conf/entries/istio-dns-proxying.yaml" "$WORK/entries/"
 
 # Background processes start with `ip netns exec` itself, not through in_ns:
 # $! is then the process's own PID (ip execs it), which cleanup can kill.
-ip netns exec "$NS" "$PYTHON" "$HERE/tests/fakeupstream.py" --port 53 --address "$NAMESERVER" \
+ip netns exec "$NS" "$PYTHON" "$HERE/tests/support/fakeupstream.py" --port 53 --address "$NAMESERVER" \
     "${UPSTREAM_RECORDS[@]}" >"$WORK/upstream.log" 2>&1 &
 PIDS+=($!)
 wait_for_line "$WORK/upstream.log" '^READY '
 
 for n in 1 2; do
-    ip netns exec "$NS" "$PYTHON" "$HERE/tests/tcpecho.py" "127.0.0.2$n" 9000 "external-$n says:" \
+    ip netns exec "$NS" "$PYTHON" "$HERE/tests/support/tcpecho.py" "127.0.0.2$n" 9000 "external-$n says:" \
         >"$WORK/echo-$n.log" 2>&1 &
     PIDS+=($!)
     wait_for_line "$WORK/echo-$n.log" '^ready'

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.unit.test_api -*-
 """
 meshdns: a mesh-aware DNS proxy built as a plugin for Twisted Names.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.unit.test_api -*-
 """
 meshdns's public API (re-exported by the package: C{meshdns_plugin.meshService}).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli,tests.integration.test_cli -*-
 """
 The C{meshdns} command: look at what a meshdns server would serve, without
 starting one.

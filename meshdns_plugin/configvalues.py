@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 The value types of C{meshdns.yaml}: each checker turns one YAML value into
 the typed value a L{meshdns_plugin.config.Config} field holds, or raises

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_api -*-
+# -*- test-case-name: tests.unit.test_api -*-
 """
 TCP endpoints for an address of either family: Twisted has one endpoint
 class per family, and every listener and connection of meshdns (the DNS

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resolvconf -*-
+# -*- test-case-name: tests.unit.test_resolvconf -*-
 """
 Reading C{resolv.conf(5)}: the upstream nameservers and the search list.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.unit.test_api,tests.unit.ops.test_admin -*-
 """
 The meshdns service tree: the resolvers, the DNS server factory, and the UDP
 and TCP listeners under one L{MultiService}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 twistd glue: C{twistd meshdns} options -> the meshdns service tree, through
 the public API (L{meshdns_plugin.loadConfig}, L{meshdns_plugin.meshService}),

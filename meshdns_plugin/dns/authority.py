@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_authority,tests.test_wire,tests.test_api -*-
+# -*- test-case-name: tests.unit.dns.test_authority,tests.unit.dns.test_fastpath -*-
 """
 MeshAuthority: a Twisted Names resolver that answers from the current
 L{NameTable}.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dns_cache -*-
+# -*- test-case-name: tests.unit.dns.test_forwarder,tests.unit.dns.test_server -*-
 """
 The forwarder's cache: upstream replies kept as bytes, served with their
 TTLs counted down.

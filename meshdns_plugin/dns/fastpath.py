@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire,tests.test_reply_memo -*-
+# -*- test-case-name: tests.unit.dns.test_fastpath,tests.unit.dns.test_replymemo -*-
 """
 The fast path: mesh answers and cache hits assembled from bytes, with no
 Twisted Names message, no Deferred and no record object per query.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dns_forwarder -*-
+# -*- test-case-name: tests.unit.dns.test_forwarder -*-
 """
 CachingForwarder: what the mesh does not answer, forwarded as the client
 asked it, and the upstream's reply cached and passed back as it came.

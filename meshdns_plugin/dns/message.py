@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_message -*-
+# -*- test-case-name: tests.unit.dns.test_message -*-
 """
 DNS messages read and written at the byte level (RFC 1035 section 4, RFC 6891).
 

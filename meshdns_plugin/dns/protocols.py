@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_burst_port,tests.test_reliability -*-
+# -*- test-case-name: tests.integration.test_burst_port,tests.unit.dns.test_server -*-
 """
 The DNS server's protocols: UDP (and the burst UDP port that reads every
 waiting datagram before it answers), and TCP with its idle, connection and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reply_memo -*-
+# -*- test-case-name: tests.unit.dns.test_replymemo -*-
 """
 The reply memo: the replies the fast path gave to UDP query packets, kept
 under the packet less its ID, so that the same packet again (a client asking

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire,tests.test_reliability -*-
+# -*- test-case-name: tests.unit.dns.test_fastpath,tests.unit.dns.test_server -*-
 """
 The DNS server: a L{DNSServerFactory} subclass that answers what its UDP and
 TCP protocols (L{meshdns_plugin.dns.protocols}) hand it.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.ops.test_metrics -*-
 """
 Counters of what meshdns does, kept as plain integers.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dns_upstream -*-
+# -*- test-case-name: tests.unit.dns.test_forwarder,tests.integration.test_forwarding_faults -*-
 """
 Asking the upstream servers: one question, in order with failover, within
 one deadline, as bytes.

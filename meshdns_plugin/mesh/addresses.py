@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_table -*-
+# -*- test-case-name: tests.unit.mesh.test_table -*-
 """
 IP addresses in the forms DNS uses: packed for A/AAAA rdata, reversed for
 PTR owners. Shared by the name table and the fast path.

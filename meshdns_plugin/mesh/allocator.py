@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_allocator -*-
+# -*- test-case-name: tests.unit.mesh.test_allocator -*-
 """
 Virtual IP allocation for ServiceEntries without addresses.
 

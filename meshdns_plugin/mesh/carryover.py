@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_carryover -*-
+# -*- test-case-name: tests.unit.mesh.test_carryover -*-
 """
 Last valid versions: what keeps serving while someone's file is broken.
 

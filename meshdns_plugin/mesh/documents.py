@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_entries -*-
+# -*- test-case-name: tests.unit.mesh.test_entries -*-
 """
 Reading the fields of one YAML document, as the API server and Istio's
 validation read them: typed access that names the field path of whatever is

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_entries -*-
+# -*- test-case-name: tests.unit.mesh.test_entries -*-
 """
 YAML documents -> the frozen objects of L{meshdns_plugin.mesh.model}: Istio
 C{ServiceEntry} and C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice}.

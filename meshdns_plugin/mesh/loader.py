@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.unit.ops.test_watcher -*-
 """
 Building name tables from the configured files.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_entries -*-
+# -*- test-case-name: tests.unit.mesh.test_entries -*-
 """
 The mesh model: what the entry files said, as frozen objects. Istio
 C{ServiceEntry} and C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice},

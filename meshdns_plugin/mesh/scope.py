@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_scope -*-
+# -*- test-case-name: tests.unit.mesh.test_entries,tests.unit.mesh.test_view -*-
 """
 What one proxy sees of the mesh, as Istio's sidecar scope computes it.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_table -*-
+# -*- test-case-name: tests.unit.mesh.test_table -*-
 """
 The name table: an immutable snapshot of every name the mesh answers.
 

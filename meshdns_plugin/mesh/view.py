@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_view -*-
+# -*- test-case-name: tests.unit.mesh.test_view -*-
 """
 The mesh view: one proxy's mesh, computed once per load.
 

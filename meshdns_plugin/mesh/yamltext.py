@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_yamltext -*-
+# -*- test-case-name: tests.unit.mesh.test_yamltext -*-
 """
 Reading YAML files for people: every failure becomes one line that says
 where, and no file can cost more time or memory than its size.

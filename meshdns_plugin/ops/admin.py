@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.unit.ops.test_admin -*-
 """
 The admin HTTP endpoint (twisted.web): what Kubernetes probes, Prometheus
 scrapes and an operator curls.

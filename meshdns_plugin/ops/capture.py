@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_capture -*-
+# -*- test-case-name: tests.unit.ops.test_capture -*-
 """
 C{meshdns capture install|remove|show}: send the host's DNS traffic to meshdns
 with iptables, as Istio's C{istio-iptables} does for a sidecar.

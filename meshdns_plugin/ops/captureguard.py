@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_captureguard -*-
+# -*- test-case-name: tests.unit.ops.test_captureguard -*-
 """
 Refuse to start a meshdns whose own upstream queries DNS capture would send
 back to it.

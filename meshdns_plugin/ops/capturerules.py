@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_capture -*-
+# -*- test-case-name: tests.unit.ops.test_capture -*-
 """
 The iptables rules of DNS capture, as pure functions of the parameters and
 of the current state of the tables, so that they can be tested without root.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.ops.test_metrics -*-
 """
 Prometheus metrics, made from the plain counters of L{meshdns_plugin.dns.stats}
 at scrape time.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_querylog -*-
+# -*- test-case-name: tests.unit.ops.test_querylog -*-
 """
 Query logging (C{log.queries: true}): one line per answered query, with the
 client, the question, the rcode, the answers and the time taken.

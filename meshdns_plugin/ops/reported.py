@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin,tests.test_metrics -*-
+# -*- test-case-name: tests.unit.ops.test_admin,tests.unit.ops.test_metrics -*-
 """
 What the admin endpoint and its metrics report on, handed to them by the
 service that owns it (L{meshdns_plugin.service.MeshService.reported}): the

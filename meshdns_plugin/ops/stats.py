@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.unit.ops.test_metrics -*-
 """
 Counters of the operations around the DNS path (reloads, VIP listeners),
 kept as plain integers and read by C{/metrics} when it is scraped.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.unit.ops.test_watcher -*-
 """
 Reloading name tables live: when (L{TableWatcher}: inotify events on the
 directories that hold the entries, a fingerprint poll as the fallback, and

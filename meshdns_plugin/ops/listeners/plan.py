@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_listeners -*-
+# -*- test-case-name: tests.unit.ops.listeners.test_plan -*-
 """
 The VIP listener plan: a pure function of the mesh view, one
 L{ListenerSpec} per (address, port) with its backends, and a note for every

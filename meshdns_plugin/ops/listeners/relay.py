@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_listeners -*-
+# -*- test-case-name: tests.unit.ops.listeners.test_service -*-
 """
 Relaying one VIP listener's connections: per connection, the next backend in
 turn, its host name resolved through the upstream servers (never through

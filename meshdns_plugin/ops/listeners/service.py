@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_listeners -*-
+# -*- test-case-name: tests.unit.ops.listeners.test_service -*-
 """
 Per-VIP TCP listeners: what makes an auto-allocated VIP reach the real service.
 
