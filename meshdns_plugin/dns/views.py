@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_views_server -*-
+# -*- test-case-name: tests.unit.dns.test_views -*-
 """
 Serving per-client views: which view answers a client, and each view's own
 authority, fast path and reply memo.

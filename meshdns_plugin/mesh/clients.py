@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_views -*-
+# -*- test-case-name: tests.unit.mesh.test_views -*-
 """
 Whose query is it: the client address -> Kubernetes namespace map that
 per-client views (node-local mode) pick a view with.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_views -*-
+# -*- test-case-name: tests.unit.mesh.test_views -*-
 """
 Per-client views (node-local mode): one name table per namespace that has
 clients, each answering as a proxy in that namespace would, all built from

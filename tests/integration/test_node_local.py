@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAKE_UPSTREAM, REPO_ROOT, TWISTD, child_env
-from tests.netns import Netns, network_namespace, skip_unless_netns_possible
-from tests.test_views import pods_slice, service, service_entry
+from tests.support.cluster import pods_slice, service, service_entry
+from tests.support.netns import Netns, network_namespace, require_netns
+from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env, outside_the_source_tree
 
 NODE = "10.99.0.1"
 #: Pod addresses and the Kubernetes namespace of each; the last is in no
@@ -86,7 +86,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    skip_unless_netns_possible()
+    require_netns()
     if shutil.which("getent") is None:
         pytest.skip("getent is not installed")
     with ExitStack() as stack:
@@ -118,6 +118,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         upstream = node.popen(
             [sys.executable, str(FAKE_UPSTREAM), "--address", UPSTREAM, "--port", "53"],
             env=child_env(),
+            cwd=outside_the_source_tree(),
         )
         assert upstream.stdout is not None and upstream.stdout.readline().startswith("READY ")
         entry_file = tmp_path / "entries.yaml"
@@ -136,7 +137,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         node.popen(
             [*TWISTD, "--logfile", str(log), "meshdns", "--config", str(config)],
             env=child_env(),
-            cwd=REPO_ROOT,
+            cwd=outside_the_source_tree(),
         )
         found = Cluster(node, pods, entry_file)
         try:

@@ -16,8 +16,8 @@ import dns.rdatatype
 import pytest
 
 from meshdns_plugin.service import MeshService
-from tests.servers import RecordingProtocol, memory_mesh_service
-from tests.test_views import pods_slice, service
+from tests.support.cluster import pods_slice, service
+from tests.support.servers import RecordingProtocol, memory_mesh_service
 
 ENTRIES = "".join(
     [
