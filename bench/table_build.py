@@ -56,9 +56,14 @@ def measure(config_path: str) -> dict[str, float]:
     Build a table from C{config_path} the way C{twistd meshdns} does at
     start-up; return the seconds it took and the peak RSS before and after.
     """
+    import gc
+
     from meshdns_plugin.config import load_config
     from meshdns_plugin.mesh.loader import TableLoader
+    from meshdns_plugin.tap import GC_THRESHOLDS
 
+    # The collector thresholds twistd meshdns runs with.
+    gc.set_threshold(*GC_THRESHOLDS)
     baseline = _max_rss_mb()
     started = time.perf_counter()
     config = load_config(config_path)
