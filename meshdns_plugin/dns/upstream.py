@@ -236,6 +236,10 @@ class _StreamAttempt(Int16StringReceiver):
         self._done: AttemptDone | None = done
 
     def connectionMade(self) -> None:
+        if self._done is None:
+            # Connected after its deadline: nobody waits for the reply.
+            self.transport.abortConnection()
+            return
         self.sendString(self._packet)
 
     def stringReceived(self, data: bytes) -> None:

@@ -311,3 +311,21 @@ def test_tcp_upstream_that_closes_fails_over_at_once(reactor) -> None:
     second.dataReceived(len(wire_reply).to_bytes(2) + wire_reply)
     assert len(replies) == 1 and replies[0] is not None
     assert reactor.getDelayedCalls() == []
+
+
+def test_tcp_connection_made_after_its_deadline_is_closed_unused(reactor) -> None:
+    """A connect that succeeds only after the attempt timed out sends nothing and closes."""
+    from twisted.internet.testing import StringTransport
+
+    forwarder = CachingForwarder([FIRST], timeout=1, reactor=reactor)
+    query = read_query(dns.message.make_query("late.upstream.test", "A").to_wire())
+    assert query is not None
+    replies: list = []
+    forwarder.resolve(query, True, lambda reply, age, fixed: replies.append(reply))
+    ((_, _, factory, _, _),) = reactor.tcpClients
+    reactor.advance(1.1)
+    assert replies == [None]  # SERVFAIL for the client, at the deadline
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert transport.value() == b"" and transport.disconnecting
