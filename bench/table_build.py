@@ -37,7 +37,7 @@ vip_listeners: {enabled: false}
 """
 
 
-def _max_rss_mb() -> float:
+def max_rss_mb() -> float:
     """
     This process's peak resident set size (C{VmHWM}), in MB.
 
@@ -64,7 +64,7 @@ def measure(config_path: str) -> dict[str, float]:
 
     # The collector thresholds twistd meshdns runs with.
     gc.set_threshold(*GC_THRESHOLDS)
-    baseline = _max_rss_mb()
+    baseline = max_rss_mb()
     started = time.perf_counter()
     config = load_config(config_path)
     table = TableLoader(config).load()
@@ -73,7 +73,7 @@ def measure(config_path: str) -> dict[str, float]:
         "names": len(table),
         "seconds": seconds,
         "rss_baseline_mb": baseline,
-        "rss_peak_mb": _max_rss_mb(),
+        "rss_peak_mb": max_rss_mb(),
     }
 
 

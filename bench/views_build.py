@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from table_build import max_rss_mb  # noqa: E402
+
 CONFIG = """\
 listen: {{address: 127.0.0.1, port: 15053}}
 upstream: {{servers: ["127.0.0.1:53"], resolv_conf: /dev/null}}
@@ -57,20 +61,11 @@ def entries(namespaces: int, services: int, pods: int) -> str:
     return "---\n".join(docs)
 
 
-def _max_rss_mb() -> float:
-    """Peak resident set size (C{VmHWM}) of this process, in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def measure(config_path: str) -> dict[str, float]:
     from meshdns_plugin.config import load_config
     from meshdns_plugin.mesh.loader import TableLoader
 
-    baseline = _max_rss_mb()
+    baseline = max_rss_mb()
     started = time.perf_counter()
     loader = TableLoader(load_config(config_path))
     table = loader.load()
@@ -82,7 +77,7 @@ def measure(config_path: str) -> dict[str, float]:
         "whole": len(views.whole) if views else 0,
         "seconds": seconds,
         "rss_baseline_mb": baseline,
-        "rss_peak_mb": _max_rss_mb(),
+        "rss_peak_mb": max_rss_mb(),
     }
 
 

@@ -371,15 +371,21 @@ def test_events_are_debounced_into_one_reload(tmp_path: Path) -> None:
     assert answers(rig.authority, "a.example") == ("192.0.2.2",)
 
 
+class HeldThreads(list):
+    """
+    An C{inThread} whose work waits: each call is kept as C{(Deferred,
+    function)}, for the test to run and fire when it wants.
+    """
+
+    def __call__(self, function):
+        self.append((defer.Deferred(), function))
+        return self[-1][0]
+
+
 def test_change_during_reload_is_checked_after_it(tmp_path: Path) -> None:
     path = write_entries(tmp_path, entry("a.example", "192.0.2.1"))
-    pending: list[tuple[defer.Deferred, object]] = []
-
-    def inThread(function):
-        pending.append((defer.Deferred(), function))
-        return pending[-1][0]
-
-    rig = Rig(tmp_path, inThread=inThread)
+    pending = HeldThreads()
+    rig = Rig(tmp_path, inThread=pending)
     clock = MemoryReactorClock()
     watcher = make_watcher(rig, clock)
     path.write_text(entry("a.example", "192.0.2.2"))
@@ -434,13 +440,8 @@ def test_stop_waits_for_reload_in_progress_and_stops_polling(tmp_path: Path) -> 
 def test_reload_now_during_a_threaded_reload_follows_it(tmp_path: Path) -> None:
     """One owner: a direct reload never races the watcher's; the newest read wins."""
     path = write_entries(tmp_path, entry("a.example", "192.0.2.1"))
-    pending: list[tuple[defer.Deferred, object]] = []
-
-    def inThread(function):
-        pending.append((defer.Deferred(), function))
-        return pending[-1][0]
-
-    rig = Rig(tmp_path, inThread=inThread)
+    pending = HeldThreads()
+    rig = Rig(tmp_path, inThread=pending)
     watcher = make_watcher(rig, MemoryReactorClock())
     path.write_text(entry("a.example", "192.0.2.2"))
     watcher.check()
