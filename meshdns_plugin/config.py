@@ -208,6 +208,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """
+    The Kubernetes API source (L{meshdns_plugin.sources.kubernetes}): list
+    and watch Services, EndpointSlices, ServiceEntries, Sidecars (and Pods,
+    for per-client views) beside the entry files.
+
+    @ivar kubeconfig: a kubeconfig file; L{None}: the pod's service account
+        (C{KUBERNETES_SERVICE_HOST}, its token and CA).
+    @ivar context: the kubeconfig context to use; L{None}: its current one.
+    @ivar namespaces: the namespaces to watch; empty: all of them.
+    @ivar page_size: objects per page of a list (C{limit}).
+    """
+
+    enabled: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespaces: tuple[str, ...] = ()
+    page_size: int = 500
+
+
+@dataclass(frozen=True)
 class Config:
     """
     The whole, validated configuration.
@@ -226,6 +247,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     vip_listeners: VipListenersConfig = field(default_factory=VipListenersConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     source: str = "<defaults>"
 
 
@@ -277,6 +299,13 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     },
     LimitsConfig: {
         "max_file_size": integer(1, 2**40),
+    },
+    KubernetesConfig: {
+        "enabled": boolean,
+        "kubeconfig": optional(string),
+        "context": optional(string),
+        "namespaces": list_of(namespace),
+        "page_size": integer(1, 10_000),
     },
 }
 
@@ -331,6 +360,7 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
         "log": LogConfig,
         "vip_listeners": VipListenersConfig,
         "limits": LimitsConfig,
+        "kubernetes": KubernetesConfig,
     }
     unknown = sorted(set(raw) - set(sections) - {"entries"}, key=str)
     if unknown:
@@ -348,6 +378,11 @@ def parse_config(raw: Any, source: str, base_dir: str) -> Config:
     built["upstream"] = replace(upstream, resolv_conf=_path_from(base_dir, upstream.resolv_conf))
     if mesh.state_file is not None:
         built["mesh"] = replace(mesh, state_file=_path_from(base_dir, mesh.state_file))
+    kubernetes = built["kubernetes"]
+    if kubernetes.kubeconfig is not None:
+        built["kubernetes"] = replace(
+            kubernetes, kubeconfig=_path_from(base_dir, kubernetes.kubeconfig)
+        )
     absolute = tuple(_path_from(base_dir, p) for p in entries)
     config = Config(entries=absolute, source=source, **built)
     check_listen(config)

@@ -141,6 +141,7 @@ class NameTable:
         ttl: int,
         vips: Mapping[str, tuple[str | None, str | None]],
         aliases: Mapping[bytes, Alias] | None = None,
+        entry_names: Mapping[bytes, HostRecords] | None = None,
     ) -> None:
         """
         @param names: exact names -> records.
@@ -162,6 +163,7 @@ class NameTable:
         self.ttl = ttl
         self.vips = vips
         self.aliases = aliases if aliases is not None else {}
+        self.entry_names = entry_names if entry_names is not None else {}
 
     def __len__(self) -> int:
         return len(self.names) + len(self.wildcards) + len(self.aliases)
@@ -346,6 +348,7 @@ def build_table(
     exact: dict[bytes, HostRecords] = {}
     wildcards: dict[bytes, HostRecords] = {}
     # A Kubernetes Service wins over a ServiceEntry for the same name.
+    entry_names: dict[bytes, HostRecords] = {}
     for builder in (names, services):
         for records in builder.records():
             if not records.ipv4 and not records.ipv6:
@@ -354,6 +357,8 @@ def build_table(
                 wildcards[records.name[2:]] = records
             else:
                 exact[records.name] = records
+        if builder is names:
+            entry_names = dict(exact)
     # An ExternalName Service wins over a ServiceEntry too; a Service with
     # addresses of the same name (the same Service given twice) wins over it.
     aliases: dict[bytes, Alias] = {}
@@ -366,10 +371,14 @@ def build_table(
 
     pointers: dict[bytes, set[bytes]] = {}
     for records in exact.values():
-        host = canonical.get(records.name.decode(), records.name.decode()).encode()
+        # A Service's names point at its canonical name; a ServiceEntry
+        # host (even one named like a Service without addresses) at itself.
+        name = records.name.decode()
+        host = name if entry_names.get(records.name) is records else canonical.get(name, name)
+        host_bytes = host.encode()
         for address in records.ipv4 + records.ipv6:
             reverse = reverse_name(address)
-            pointers.setdefault(reverse, set()).add(host)
+            pointers.setdefault(reverse, set()).add(host_bytes)
 
     return NameTable(
         exact,
@@ -379,6 +388,7 @@ def build_table(
         ttl,
         {h: (v.ipv4, v.ipv6) for h, v in view.allocation.vips.items()},
         aliases,
+        entry_names,
     )
 
 
@@ -404,6 +414,7 @@ def overlay_table(
         base.ttl,
         base.vips,
         Layered(aliases, base.aliases, {*hidden, *names}),
+        base.entry_names,
     )
 
 

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.unit.mesh.test_livetable -*-
+"""
+Changes to Services and EndpointSlices applied to a serving table, at a
+cost that grows with what changed, not with the cluster.
+
+At 20,000 Services a whole build takes seconds, and the Kubernetes API sends
+changes many times a second, nearly all of them Services and EndpointSlices.
+Those are also the easy ones to apply alone: every name a Service answers
+(its four names, its pods' names, the aliases of an ExternalName Service) is
+that Service's own, since Service names are DNS labels and namespaces
+cannot contain dots; what it shares with the rest of the table is a
+ServiceEntry host of the same name, which it shadows, and the PTR names of
+its addresses. So a change rebuilds one Service's names with the same
+L{build_table} that builds the whole table (from that Service and its
+slices alone), takes its old names out and puts the new ones in, restoring a
+ServiceEntry host it had shadowed and keeping the PTR names right. A test
+checks against whole builds that the result is the same table.
+
+Everything else (ServiceEntries, Sidecars, Pods, per-client views) changes
+what many names mean, and goes through a whole build, off the reactor
+thread, instead.
+
+The patch changes the table's mappings in place and returns a new
+L{NameTable} over them: the caller applies it in the reactor thread, between
+two queries, so no query sees half a change, and the fast path, which keeps
+what it encoded per table object, drops it for the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from meshdns_plugin.mesh.addresses import reverse_name
+from meshdns_plugin.mesh.allocator import Allocation
+from meshdns_plugin.mesh.model import EndpointSlice, Entries, Service, Sidecar
+from meshdns_plugin.mesh.scope import ROOT_NAMESPACE, scoped
+from meshdns_plugin.mesh.table import HostRecords, NameTable, build_table
+from meshdns_plugin.mesh.view import MeshView
+
+#: A Service's identity: namespace and name.
+ServiceKey = tuple[str, str]
+#: An EndpointSlice's identity: namespace and name.
+SliceKey = tuple[str, str]
+
+_NO_ALLOCATION = Allocation({})
+
+
+class TablePatcher:
+    """
+    Applies Service and EndpointSlice changes to the table of one load.
+
+    @ivar table: the table as patched so far.
+    """
+
+    def __init__(
+        self,
+        table: NameTable,
+        entries: Entries,
+        *,
+        namespace: str,
+        cluster_domain: str,
+        root_namespace: str = ROOT_NAMESPACE,
+    ) -> None:
+        """
+        @param table: the table built whole from C{entries}; its mappings
+            are changed in place from now on.
+        @param entries: what the table was built from (every source's
+            documents, before the proxy's scope is applied).
+        """
+        self.table = table
+        self._namespace = namespace
+        self._cluster_domain = cluster_domain
+        self._root_namespace = root_namespace
+        self._sidecars: tuple[Sidecar, ...] = entries.sidecars
+        self._services: dict[ServiceKey, Service] = {
+            (s.namespace, s.name): s for s in entries.services
+        }
+        self._slices: dict[SliceKey, EndpointSlice] = {}
+        self._by_service: dict[ServiceKey, dict[SliceKey, EndpointSlice]] = {}
+        for endpoint_slice in entries.endpoint_slices:
+            self._index_slice(endpoint_slice)
+        # The mappings are the table's own (build_table made them): writable.
+        self._names: dict[bytes, HostRecords] = table.names  # type: ignore[assignment]
+        self._aliases: dict[bytes, Any] = table.aliases  # type: ignore[assignment]
+        self._pointers: dict[bytes, tuple[bytes, ...]] = table.pointers  # type: ignore[assignment]
+
+    def _index_slice(self, endpoint_slice: EndpointSlice) -> None:
+        key = (endpoint_slice.origin.namespace, endpoint_slice.origin.name)
+        self._slices[key] = endpoint_slice
+        service = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
+        self._by_service.setdefault(service, {})[key] = endpoint_slice
+
+    def _unindex_slice(self, key: SliceKey) -> None:
+        old = self._slices.pop(key, None)
+        if old is None:
+            return
+        service = (old.origin.namespace, old.service_name)
+        group = self._by_service.get(service)
+        if group is not None:
+            group.pop(key, None)
+            if not group:
+                del self._by_service[service]
+
+    def apply(
+        self,
+        services: Mapping[ServiceKey, Service | None],
+        slices: Mapping[SliceKey, EndpointSlice | None],
+    ) -> NameTable:
+        """
+        Apply new versions (L{None}: deleted) of some Services and slices.
+
+        @return: the patched table, a new object over the same mappings.
+        """
+        touched: set[ServiceKey] = set(services)
+        for key, endpoint_slice in slices.items():
+            old = self._slices.get(key)
+            if old is not None:
+                touched.add((old.origin.namespace, old.service_name))
+            if endpoint_slice is not None:
+                touched.add((endpoint_slice.origin.namespace, endpoint_slice.service_name))
+        before = {key: self._own_table(key) for key in touched}
+        for key, service in services.items():
+            if service is None:
+                self._services.pop(key, None)
+            else:
+                self._services[key] = service
+        for key, endpoint_slice in slices.items():
+            self._unindex_slice(key)
+            if endpoint_slice is not None:
+                self._index_slice(endpoint_slice)
+        for key in touched:
+            self._replace(before[key], self._own_table(key))
+        table = self.table
+        self.table = NameTable(
+            self._names,
+            table.wildcards,
+            self._pointers,
+            table.search_suffix,
+            table.ttl,
+            table.vips,
+            self._aliases,
+            table.entry_names,
+        )
+        return self.table
+
+    def _own_table(self, key: ServiceKey) -> NameTable | None:
+        """The names of one Service alone, as the whole build gives them."""
+        service = self._services.get(key)
+        if service is None:
+            return None
+        own = Entries(
+            services=(service,),
+            endpoint_slices=tuple(self._by_service.get(key, {}).values()),
+            sidecars=self._sidecars,
+        )
+        visible = scoped(own, self._namespace, self._cluster_domain, self._root_namespace)
+        if not visible.services:
+            return None
+        return build_table(
+            MeshView(self._namespace, visible, _NO_ALLOCATION, {}),
+            cluster_domain=self._cluster_domain,
+            search=(),
+            ttl=self.table.ttl,
+        )
+
+    def _replace(self, old: NameTable | None, new: NameTable | None) -> None:
+        """Take one Service's C{old} names out of the table, and put C{new} in."""
+        entry_names = self.table.entry_names
+        if old is not None:
+            self._unpoint(old.pointers)
+            kept = set() if new is None else {*new.names, *new.aliases}
+            for name in (*old.names, *old.aliases):
+                self._names.pop(name, None)
+                self._aliases.pop(name, None)
+                if name not in kept and name in entry_names:
+                    # The ServiceEntry host the Service shadowed answers again.
+                    self._set_entry_name(name, entry_names[name])
+        if new is None:
+            return
+        for name, records in new.names.items():
+            self._drop_entry_name(name)
+            self._names[name] = records
+        for name, alias in new.aliases.items():
+            self._drop_entry_name(name)
+            self._aliases[name] = alias
+        self._point(new.pointers)
+
+    def _set_entry_name(self, name: bytes, records: HostRecords) -> None:
+        self._names[name] = records
+        self._point(_pointers_of(name, records))
+
+    def _drop_entry_name(self, name: bytes) -> None:
+        """Take out a ServiceEntry host that a Service's name shadows now."""
+        current = self._names.get(name)
+        if current is not None and current is self.table.entry_names.get(name):
+            del self._names[name]
+            self._unpoint(_pointers_of(name, current))
+
+    def _point(self, pointers: Mapping[bytes, Iterable[bytes]]) -> None:
+        for reverse, hosts in pointers.items():
+            current = self._pointers.get(reverse, ())
+            self._pointers[reverse] = tuple(sorted({*current, *hosts}))
+
+    def _unpoint(self, pointers: Mapping[bytes, Iterable[bytes]]) -> None:
+        for reverse, hosts in pointers.items():
+            remaining = set(self._pointers.get(reverse, ())) - set(hosts)
+            if remaining:
+                self._pointers[reverse] = tuple(sorted(remaining))
+            else:
+                self._pointers.pop(reverse, None)
+
+
+def _pointers_of(name: bytes, records: HostRecords) -> dict[bytes, tuple[bytes, ...]]:
+    """The PTR names of a ServiceEntry host's addresses, as L{build_table} makes them."""
+    return {reverse_name(a): (name,) for a in (*records.ipv4, *records.ipv6)}

@@ -1,0 +1,3 @@
+"""
+Where documents come from: the Kubernetes API (list and watch).
+"""
