@@ -26,6 +26,7 @@ from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.endpoints import tcp_server
 from meshdns_plugin.mesh.loader import TableLoader
+from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
 from meshdns_plugin.ops.listeners.service import VipListeners
@@ -33,6 +34,7 @@ from meshdns_plugin.ops.querylog import QueryLoggingFactory
 from meshdns_plugin.ops.reported import Reported
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint
+from meshdns_plugin.sources.kubernetes import ApiSource, api_problems, api_status
 
 _log = Logger()
 
@@ -126,6 +128,9 @@ class MeshService(service.MultiService):
             self.vipListeners = VipListeners.forConfig(config, self.forwarder, reactor)
             self.vipListeners.setServiceParent(self)
             self.loader.observers.append(self.vipListeners.follow)
+        self.api: ApiSource | None = None
+        if config.kubernetes.enabled:
+            self.api = self._api_source(reactor)
         # The forwarder also looks up the targets of ExternalName Services.
         self.authority = MeshAuthority(self.loader.load(), chase=self.forwarder)
         self.resolver = ResolverChain([self.authority, *authorities, self.forwarder])
@@ -151,25 +156,59 @@ class MeshService(service.MultiService):
         self.reloader = Reloader(self.loader, self.authority, self.reloads, reactor)
         self.watcher = TableWatcher.forConfig(config, self.reloader, reactor, initial=before)
         self.watcher.setServiceParent(self)
+        if self.api is not None:
+            self.api.rebuild = lambda: self.watcher.check(force=True)
+            self.api.serve = self._serve
+            self.api.setServiceParent(self)
         if config.admin.port:
             AdminService(self.reported(), config.admin, reactor).setServiceParent(self)
+
+    def _api_source(self, reactor) -> ApiSource:
+        """
+        The Kubernetes API source, fed to every load: its documents go into
+        each whole build, and it patches Service and EndpointSlice changes
+        into the serving table in between (not with per-client views, whose
+        tables share their mappings: there every change is a whole build).
+        """
+        config = self.config
+        api = ApiSource(
+            config.kubernetes,
+            namespace=config.mesh.namespace,
+            cluster_domain=config.mesh.cluster_domain,
+            pods=config.mesh.per_client_views,
+            incremental=not config.mesh.per_client_views,
+            reactor=reactor,
+        )
+        self.loader.api = api.snapshot
+        self.loader.observers.append(
+            lambda prepared: api.table_loaded(prepared.table, prepared.entries)
+        )
+        return api
+
+    def _serve(self, table: NameTable) -> None:
+        """A patched table serves (one assignment, as a reload's)."""
+        self.authority.table = table
 
     def reported(self) -> Reported:
         """What the admin endpoint and the metrics report on (they get nothing else)."""
         loader = self.loader
         listeners = self.vipListeners
+        api = self.api
         return Reported(
             server=self.factory.stats,
             upstream=self.forwarder.stats,
             cache=self.forwarder.cache,
             reloads=self.reloads,
             table=lambda: self.authority.table,
-            ready=lambda: self.listening and self.authority.table is not None,
-            problems=lambda: loader.problems,
+            ready=lambda: (
+                self.listening and self.authority.table is not None and (api is None or api.ready)
+            ),
+            problems=lambda: loader.problems + (api_problems(api) if api is not None else ()),
             collisions=lambda: collisions(loader.view) if loader.view is not None else (),
             listener_plan=(lambda: listeners.plan) if listeners is not None else ListenerPlan,
             listener_stats=listeners.stats if listeners is not None else None,
             config_source=self.config.source,
+            kubernetes=(lambda: api_status(api)) if api is not None else None,
         )
 
     def reload(self) -> bool:

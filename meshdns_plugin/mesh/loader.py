@@ -15,8 +15,10 @@ VIPs and writes the state file.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from twisted.logger import Logger
 
@@ -38,6 +40,8 @@ from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip
 from meshdns_plugin.mesh.views import MeshViews, build_views, view_vip_hosts, views_built_whole
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class TableLoader:
     @ivar view: the mesh view serving now (L{None} before the first load).
     @ivar views: the per-client views serving now (L{None}: not configured,
         or before the first load).
+    @ivar api: where the documents of the Kubernetes API come from (a
+        snapshot, taken in the reactor thread by L{snapshot}), or L{None}.
     """
 
     def __init__(self, config: Config) -> None:
@@ -89,6 +95,7 @@ class TableLoader:
         self.problems: tuple[Problem, ...] = ()
         self.view: MeshView | None = None
         self.views: MeshViews | None = None
+        self.api: Callable[[], Entries] | None = None
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -106,17 +113,24 @@ class TableLoader:
         except StateError as e:
             return {}, f"{e}; allocating afresh"
 
-    def prepare(self) -> PreparedTable:
+    def snapshot(self) -> Entries | None:
+        """The API's documents now, for L{prepare} (reactor thread), or L{None}."""
+        return self.api() if self.api is not None else None
+
+    def prepare(self, api: Entries | None = None) -> PreparedTable:
         """
         Read every entry file and build a table, changing nothing: safe in a
         thread, and what C{meshdns check} runs. Invalid documents are left
         out (listed in C{entries.problems}); where one was valid in the load
         serving now, its last valid version is kept.
+
+        @param api: the Kubernetes API's documents (L{snapshot}); one that
+            an entry file also holds (the same kind, namespace and name) is
+            the file's: a local file overrides the cluster.
         """
         mesh = self.config.mesh
-        entries = carry_over(
-            load_entries(self.config.entries, self.config.limits.max_file_size), self._entries
-        )
+        files = load_entries(self.config.entries, self.config.limits.max_file_size)
+        entries = carry_over(files if api is None else _beside(files, api), self._entries)
         errors = []
         clients = whole = None
         placed = vip_hosts(entries, mesh.namespace, mesh.cluster_domain)
@@ -209,4 +223,26 @@ class TableLoader:
         """
         Read every entry file and build a table (L{prepare} then L{commit}).
         """
-        return self.commit(self.prepare())
+        return self.commit(self.prepare(self.snapshot()))
+
+
+def _beside(files: Entries, api: Entries) -> Entries:
+    """The API's documents beside the files', leaving out those a file holds."""
+    held = {
+        o.origin.key
+        for group in (files.service_entries, files.services, files.endpoint_slices, files.sidecars)
+        for o in group
+    }
+    held |= {p.key for p in files.problems if p.key is not None}
+
+    def more(own: tuple[_T, ...], extra: tuple[_T, ...]) -> tuple[_T, ...]:
+        return own + tuple(o for o in extra if o.origin.key not in held)  # type: ignore[attr-defined]
+
+    return dataclasses.replace(
+        files,
+        service_entries=more(files.service_entries, api.service_entries),
+        services=more(files.services, api.services),
+        endpoint_slices=more(files.endpoint_slices, api.endpoint_slices),
+        sidecars=more(files.sidecars, api.sidecars),
+        pods=files.pods + api.pods,
+    )

@@ -4,8 +4,9 @@ The admin HTTP endpoint (twisted.web): what Kubernetes probes, Prometheus
 scrapes and an operator curls.
 
   - C{/healthz}: 200 while the process runs (liveness);
-  - C{/readyz}: 200 once the table is loaded and DNS is being served, 503
-    before and while shutting down (readiness). A failed reload does not
+  - C{/readyz}: 200 once the table is loaded and DNS is being served (and,
+    with the Kubernetes API source, once a table built from every kind's
+    first list serves), 503 before and while shutting down (readiness). A failed reload does not
     make it unready: the previous table is still served;
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.ops.metrics});
@@ -13,7 +14,10 @@ scrapes and an operator curls.
   - C{/debug/listeners}: the VIP listeners being served, as JSON
     (L{listeners_document});
   - C{/debug/problems}: the invalid documents the serving load left out,
-    and the collisions of its view, as JSON (L{problems_document}).
+    and the collisions of its view, as JSON (L{problems_document});
+  - C{/debug/kubernetes}: with the Kubernetes API source, each watched
+    collection: objects held, state, resourceVersion, lists, relists,
+    events, errors.
 
 It listens on loopback by default (C{admin.address}); C{admin.port: 0}
 disables it. Failing to listen is logged and leaves DNS serving: the endpoint
@@ -201,6 +205,18 @@ class ProblemsDump(_Leaf):
         return json.dumps(document, indent=1).encode() + b"\n"
 
 
+class KubernetesDump(_Leaf):
+    """C{/debug/kubernetes}: each watched collection of the Kubernetes API source."""
+
+    def __init__(self, status: Callable[[], list[dict[str, Any]]]) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"collections": self._status()}, indent=1).encode() + b"\n"
+
+
 def admin_resource(reported: Reported, registry: CollectorRegistry) -> Resource:
     """The resource tree of the endpoint."""
     root = Index()
@@ -213,6 +229,8 @@ def admin_resource(reported: Reported, registry: CollectorRegistry) -> Resource:
     debug.putChild(b"table", TableDump(reported))
     debug.putChild(b"problems", ProblemsDump(reported))
     debug.putChild(b"listeners", ListenersDump(reported))
+    if reported.kubernetes is not None:
+        debug.putChild(b"kubernetes", KubernetesDump(reported.kubernetes))
     root.putChild(b"debug", debug)
     return root
 

@@ -100,8 +100,19 @@ def capture_rules(
         match = [] if destination is None else ["-d", destination]
         for protocol in ("udp", "tcp"):
             rules.append(
-                ["-A", CHAIN, *match, "-p", protocol, "--dport", str(DNS_PORT),
-                 "-j", "REDIRECT", "--to-ports", str(port)]
+                [
+                    "-A",
+                    CHAIN,
+                    *match,
+                    "-p",
+                    protocol,
+                    "--dport",
+                    str(DNS_PORT),
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    str(port),
+                ]
             )
     return rules
 
@@ -170,5 +181,3 @@ def split_nameservers(nameservers: Sequence[tuple[str, int]]) -> dict[int, list[
         if str(ip) not in by_version[ip.version]:
             by_version[ip.version].append(str(ip))
     return by_version
-
-

@@ -15,6 +15,7 @@ L{registry_for}), not the global one, so that several services in one process
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -44,13 +45,13 @@ class MeshCollector(Collector):
         yield from self._table()
         yield from self._reloads()
         yield from self._vip_listeners()
+        yield from self._kubernetes()
 
     def _queries(self) -> Iterator[Metric]:
         server = self._reported.server
         queries = CounterMetricFamily(
             "meshdns_queries",
-            "DNS queries answered, by query type and outcome "
-            "(mesh, cache_hit, forwarded, error).",
+            "DNS queries answered, by query type and outcome (mesh, cache_hit, forwarded, error).",
             labels=("type", "outcome"),
         )
         for (qtype, outcome), count in sorted(server.queries.items()):
@@ -193,6 +194,62 @@ class MeshCollector(Collector):
             "VIP connections closed because the backend could not be resolved or reached.",
             value=stats.connect_failures,
         )
+
+    def _kubernetes(self) -> Iterator[Metric]:
+        """The Kubernetes API source's collections, when it is on."""
+        if self._reported.kubernetes is None:
+            return
+        collections = self._reported.kubernetes()
+        events = CounterMetricFamily(
+            "meshdns_kubernetes_events",
+            "Watch events received, by kind and type (ADDED, MODIFIED, DELETED).",
+            labels=("kind", "type"),
+        )
+        relists = CounterMetricFamily(
+            "meshdns_kubernetes_relists",
+            "Lists made again because the watch's resourceVersion had expired (410 Gone).",
+            labels=("kind",),
+        )
+        errors = CounterMetricFamily(
+            "meshdns_kubernetes_errors",
+            "Failed API requests and broken watches, by kind and reason.",
+            labels=("kind", "reason"),
+        )
+        objects = GaugeMetricFamily(
+            "meshdns_kubernetes_objects", "Valid objects held, by kind.", labels=("kind",)
+        )
+        synced = GaugeMetricFamily(
+            "meshdns_kubernetes_synced",
+            "1 once the kind has been listed (or Istio's CRDs are absent).",
+            labels=("kind", "resource"),
+        )
+        age = GaugeMetricFamily(
+            "meshdns_kubernetes_newest_event_age_seconds",
+            "Seconds since the newest watch event of the kind (absent before the first).",
+            labels=("kind",),
+        )
+        now = time.time()
+        newest: dict[str, float] = {}
+        held: dict[str, int] = {}
+        counted: dict[tuple[str, str], int] = {}
+        for collection in collections:
+            kind = collection["kind"]
+            held[kind] = collection["objects"]
+            for event, count in collection["events"].items():
+                counted[(kind, event)] = counted.get((kind, event), 0) + count
+            relists.add_metric((kind,), collection["relists"])
+            for reason, count in collection["errors"].items():
+                errors.add_metric((kind, reason), count)
+            synced.add_metric((kind, collection["resource"]), int(collection["synced"]))
+            if collection["last_event"]:
+                newest[kind] = max(newest.get(kind, 0.0), collection["last_event"])
+        for (kind, event), count in sorted(counted.items()):
+            events.add_metric((kind, event), count)
+        for kind, count in sorted(held.items()):
+            objects.add_metric((kind,), count)
+        for kind, last in sorted(newest.items()):
+            age.add_metric((kind,), max(0.0, now - last))
+        yield from (events, relists, errors, objects, synced, age)
 
 
 def registry_for(reported: Reported) -> CollectorRegistry:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from meshdns_plugin.dns.cache import ResponseCache
 from meshdns_plugin.dns.stats import ServerStats, UpstreamStats
@@ -32,6 +33,9 @@ class Reported:
     @ivar listener_stats: their counters, or L{None} when they are off.
     @ivar config_source: the config file the server runs, so that
         C{meshdns table} asks only the server of its own config.
+    @ivar kubernetes: the Kubernetes API source's collections, one mapping
+        each (L{meshdns_plugin.sources.kubernetes.api_status}), or L{None}
+        when the source is off.
     """
 
     server: ServerStats
@@ -45,3 +49,4 @@ class Reported:
     listener_plan: Callable[[], ListenerPlan]
     listener_stats: ListenerStats | None
     config_source: str
+    kubernetes: Callable[[], list[dict[str, Any]]] | None = None

@@ -100,7 +100,7 @@ class Reloader:
         """
         started = time.monotonic()
         try:
-            prepared = self.loader.prepare()
+            prepared = self.loader.prepare(self.loader.snapshot())
         except Exception:
             return self._rejected(Failure())
         return self._accepted(prepared, started)
@@ -113,7 +113,10 @@ class Reloader:
             it never fails.
         """
         started = time.monotonic()
-        d = self._inThread(self.loader.prepare)
+        # The API's documents are taken here, in the reactor thread that
+        # changes them; the files are read in the thread.
+        api = self.loader.snapshot()
+        d = self._inThread(lambda: self.loader.prepare(api))
         d.addCallbacks(self._accepted, self._rejected, callbackArgs=(started,))
         return d
 

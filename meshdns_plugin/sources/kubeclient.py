@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.sources.test_kubeclient -*-
+# -*- test-case-name: tests.integration.test_kubernetes_source -*-
 """
 Talking to the Kubernetes API server: one GET of a list page, one watch
 stream read line by line, and errors that say what went wrong.
@@ -43,7 +43,10 @@ class KubeError(Exception):
     @ivar reason: the C{Status} object's C{reason} (C{Expired}, C{Forbidden}),
         or a short word for a network failure.
     @ivar retry_after: seconds the server asked us to wait (429), or L{None}.
+    @ivar verb: C{list} or C{watch}, once the reflector knows which failed.
     """
+
+    verb = "list"
 
     def __init__(
         self,

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from meshdns_plugin.sources.kubeclient import KubeError, WatchStream
+
+_T = TypeVar("_T")
 
 #: The bounds of the watch's C{timeoutSeconds}: client-go's minimum watch
 #: timeout and twice it.
@@ -201,7 +203,7 @@ class Reflector:
         objects: list[Any] = []
         query: dict[str, Any] = {"limit": self.page_size}
         while True:
-            page = self.client.list_page(resource.path, query)
+            page = _as("list", self.client.list_page, resource.path, query)
             for item in page.get("items") or ():
                 if isinstance(item, dict):
                     item["kind"], item["apiVersion"] = resource.kind, resource.api_version
@@ -229,11 +231,11 @@ class Reflector:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": self._rng.randint(*WATCH_TIMEOUT_RANGE),
         }
-        self._stream = stream = self.client.watch(resource.path, query, self.stopped)
+        self._stream = stream = _as("watch", self.client.watch, resource.path, query, self.stopped)
         self.hand_over(self.sink.bookmarked, resource, version)
         self._backoff.reset()
         try:
-            for event in stream.events():
+            for event in _events(stream):
                 kind, obj = event.get("type"), event["object"]
                 if kind == "ERROR":
                     raise _status_event(resource, obj)
@@ -255,6 +257,23 @@ class Reflector:
         return version
 
 
+def _as(verb: str, request: Callable[..., _T], *args: Any) -> _T:
+    """Make a request; a failure says which verb failed (for RBAC's messages)."""
+    try:
+        return request(*args)
+    except KubeError as error:
+        error.verb = verb
+        raise
+
+
+def _events(stream: WatchStream) -> Iterator[dict[str, Any]]:
+    try:
+        yield from stream.events()
+    except KubeError as error:
+        error.verb = "watch"
+        raise
+
+
 def _status_event(resource: Resource, status: dict[str, Any]) -> KubeError:
     """The error an C{ERROR} event's C{Status} object stands for."""
     code = status.get("code")
@@ -263,4 +282,6 @@ def _status_event(resource: Resource, status: dict[str, Any]) -> KubeError:
     text = f"{resource.path}: watch error {code} {reason}".rstrip()
     if message:
         text += f": {message[0][:300]}"
-    return KubeError(text, code if isinstance(code, int) else None, reason)
+    error = KubeError(text, code if isinstance(code, int) else None, reason)
+    error.verb = "watch"
+    return error

@@ -263,5 +263,3 @@ class ForwardingFactory(protocol.ServerFactory):
         if self.failing:
             self.failing = False
             _log.info("VIP listener {listener}: forwarding again", listener=str(self.spec))
-
-

@@ -1,0 +1,509 @@
+# -*- test-case-name: tests.integration.test_kubernetes_source -*-
+"""
+The Kubernetes API source: the cluster's Services, EndpointSlices,
+ServiceEntries, Sidecars (and Pods, for per-client views), live.
+
+One L{Reflector} thread per kind (per namespace, when C{kubernetes.namespaces}
+names some) lists and watches; what it reads comes to the reactor thread,
+where L{ApiSource} keeps the last valid version of every object and turns
+changes into answers:
+  - a Service or EndpointSlice change patches the serving table at once
+    (L{TablePatcher}): what one Service answers is rebuilt, nothing else;
+  - any other change (a ServiceEntry, a Sidecar, a Pod), and every change in
+    per-client views, asks for a whole build, which the table watcher runs
+    off the reactor thread, one at a time, the newest state winning.
+A whole build reads a snapshot of what is held here; the patches made while
+it runs are made again on its table before it serves.
+
+C{/readyz} stays 503 until every kind has been listed and a table built from
+those lists serves, as Istio's agent waits for its first name table.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+from twisted.logger import Logger
+
+from meshdns_plugin.config import KubernetesConfig
+from meshdns_plugin.mesh.livetable import TablePatcher
+from meshdns_plugin.mesh.model import DocumentKey, EndpointSlice, Entries, Problem, Service
+from meshdns_plugin.mesh.table import NameTable
+from meshdns_plugin.sources.apiobjects import API_SOURCE, ApiObject, read_api_object
+from meshdns_plugin.sources.kubeclient import ApiClient, KubeError, MissingClientError
+from meshdns_plugin.sources.reflector import Backoff, Reflector, Resource
+
+_log = Logger()
+
+ISTIO_GROUP = "networking.istio.io"
+#: Seconds between checks for Istio's CRDs while they are absent.
+ISTIO_RECHECK = 60.0
+#: The kinds, in the order their objects are handed to a build.
+_CORE = (("Service", "v1", "services"), ("EndpointSlice", "discovery.k8s.io/v1", "endpointslices"))
+_ISTIO = (("ServiceEntry", "serviceentries"), ("Sidecar", "sidecars"))
+_PATCHED_KINDS = ("Service", "EndpointSlice")
+
+
+@dataclass
+class KindStatus:
+    """
+    What one watched collection is doing, for C{/debug/kubernetes} and the
+    metrics.
+
+    @ivar state: C{starting}, C{listing}, C{watching}, C{backoff},
+        C{absent} (Istio's CRDs are not installed) or C{stopped}.
+    @ivar version: the last C{resourceVersion} seen.
+    @ivar last_event: wall-clock time of the last change, or 0.
+    @ivar events: change type (C{ADDED}, ...) -> count.
+    @ivar errors: failure reason (C{network}, C{Forbidden}, C{Expired}, ...)
+        -> count.
+    """
+
+    resource: Resource
+    state: str = "starting"
+    synced: bool = False
+    version: str = ""
+    last_event: float = 0.0
+    lists: int = 0
+    relists: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str = ""
+
+
+class ApiSource(service.Service):
+    """
+    Lists and watches the cluster; holds what it read.
+
+    @ivar statuses: one L{KindStatus} per watched collection.
+    @ivar problems: the invalid objects (kind, namespace, name -> one line);
+        each one's last valid version, if it had one, keeps serving.
+    @ivar ready: a table built from every kind's first list serves.
+    @ivar rebuild: asks for a whole build (set by the service tree).
+    @ivar serve: puts a patched table in service (set by the service tree).
+    """
+
+    def __init__(
+        self,
+        config: KubernetesConfig,
+        *,
+        namespace: str,
+        cluster_domain: str,
+        pods: bool,
+        incremental: bool,
+        reactor: Any = None,
+        client_factory: Callable[[KubernetesConfig], Any] | None = None,
+    ) -> None:
+        """
+        @param namespace: the proxy's namespace (C{mesh.namespace}).
+        @param pods: watch Pods too (per-client views need them).
+        @param incremental: patch Service and EndpointSlice changes into the
+            serving table; off with per-client views, whose tables share
+            their mappings.
+        @param client_factory: makes the API client (tests pass their own).
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self._reactor = reactor
+        self._namespace = namespace
+        self._cluster_domain = cluster_domain
+        self._pods = pods
+        self._incremental = incremental
+        self._client_factory = client_factory or _default_client
+        self.rebuild: Callable[[], None] = lambda: None
+        self.serve: Callable[[NameTable], None] = lambda table: None
+        self.objects: dict[DocumentKey, Any] = {}
+        self.counts: Counter[str] = Counter()
+        self.problems: dict[DocumentKey, str] = {}
+        self.statuses: dict[Resource, KindStatus] = {}
+        self.ready = False
+        self.server = ""
+        self._reflectors: list[Reflector] = []
+        self._stopped = threading.Event()
+        self._patcher: TablePatcher | None = None
+        self._file_keys: frozenset[DocumentKey] = frozenset()
+        self._since_snapshot: set[DocumentKey] = set()
+        self._snapshot_complete = False
+        self._pending: set[DocumentKey] = set()
+        self._flush_call: Any = None
+        self._unreachable = False
+        self._reported: dict[Resource, str] = {}
+        for kind, api_version, plural in self._core_kinds():
+            for resource in self._resources(kind, api_version, plural):
+                self.statuses[resource] = KindStatus(resource)
+        for kind, plural in _ISTIO:
+            for resource in self._resources(kind, f"{ISTIO_GROUP}/v1", plural):
+                self.statuses[resource] = KindStatus(resource)
+
+    def _core_kinds(self) -> tuple[tuple[str, str, str], ...]:
+        return (*_CORE, ("Pod", "v1", "pods")) if self._pods else _CORE
+
+    def _resources(self, kind: str, api_version: str, plural: str) -> list[Resource]:
+        namespaces = self.config.namespaces or (None,)
+        return [Resource(kind, api_version, plural, n) for n in namespaces]
+
+    @property
+    def synced(self) -> bool:
+        """Every collection has been listed (or is absent) at least once."""
+        return all(s.synced for s in self.statuses.values())
+
+    # -- the threads ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopped.clear()
+        threading.Thread(target=self._start, name="meshdns-kubernetes", daemon=True).start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._stopped.set()
+        for reflector in self._reflectors:
+            reflector.stop()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+
+    def _start(self) -> None:
+        """The starter thread: connect, find Istio's version, start every reflector."""
+        hand_over = self._reactor.callFromThread
+        backoff = Backoff(random.Random())
+        client = None
+        while client is None and not self._stopped.is_set():
+            try:
+                client = self._client_factory(self.config)
+            except MissingClientError as e:
+                hand_over(_log.error, "Kubernetes API source off: {error}", error=str(e))
+                return
+            except KubeError as e:
+                hand_over(self._source_failed, e)
+                self._stopped.wait(backoff.delay())
+        if client is None:
+            return
+        self.server = client.server
+        core = [r for r in self.statuses if r.group != ISTIO_GROUP]
+        self._run(client, core)
+        istio = [r for r in self.statuses if r.group == ISTIO_GROUP]
+        warned = False
+        while not self._stopped.is_set():
+            try:
+                version = _istio_version(client)
+            except KubeError as e:
+                hand_over(self._source_failed, e)
+                self._stopped.wait(backoff.delay(e.retry_after))
+                continue
+            if version is not None:
+                self._run(client, [_at_version(r, version) for r in istio], istio)
+                return
+            if not warned:
+                warned = True
+                hand_over(self._istio_absent, istio)
+            self._stopped.wait(ISTIO_RECHECK)
+
+    def _run(
+        self, client: Any, resources: list[Resource], replacing: list[Resource] | None = None
+    ) -> None:
+        hand_over = self._reactor.callFromThread
+        if replacing is not None:
+            hand_over(self._rename, replacing, resources)
+        for resource in resources:
+            reflector = Reflector(
+                client, resource, read_api_object, self, hand_over, self.config.page_size
+            )
+            self._reflectors.append(reflector)
+            if self._stopped.is_set():
+                return
+            threading.Thread(
+                target=reflector.run, name=f"meshdns-watch-{resource.plural}", daemon=True
+            ).start()
+
+    # -- news from the threads (reactor thread) ------------------------------
+
+    def _rename(self, old: list[Resource], new: list[Resource]) -> None:
+        """Istio's kinds, once their served version is known."""
+        for before, after in zip(old, new, strict=True):
+            status = self.statuses.pop(before)
+            status.resource = after
+            status.synced = False
+            status.state = "starting"
+            self.statuses[after] = status
+
+    def _istio_absent(self, resources: list[Resource]) -> None:
+        _log.warn(
+            "Kubernetes API: {group} is not served (Istio's CRDs are absent): ServiceEntries "
+            "and Sidecars come from the entry files alone; checking again every {every:.0f} s",
+            group=ISTIO_GROUP,
+            every=ISTIO_RECHECK,
+        )
+        for resource in resources:
+            status = self.statuses[resource]
+            status.state, status.synced = "absent", True
+        self._maybe_synced()
+
+    def listed(self, resource: Resource, objects: list[ApiObject], version: str) -> None:
+        status = self.statuses.get(resource)
+        if status is None:
+            return
+        self._reachable()
+        kind = resource.kind
+        old = {
+            key
+            for key in self.objects.keys() | self.problems.keys()
+            if key[0] == kind and (resource.namespace is None or key[1] == resource.namespace)
+        }
+        seen = set()
+        for read in objects:
+            seen.add(read.key)
+            self._take(read)
+        for key in old - seen:
+            self._forget(key)
+        status.lists += 1
+        status.version = version
+        status.state = "watching"
+        first = not status.synced
+        status.synced = True
+        self._reported.pop(resource, None)
+        if first:
+            self._maybe_synced()
+        self._schedule()
+
+    def changed(self, resource: Resource, kind: str, read: ApiObject, version: str) -> None:
+        status = self.statuses.get(resource)
+        if status is None:
+            return
+        status.events[kind] += 1
+        status.last_event = time.time()
+        status.version = version
+        if kind == "DELETED":
+            self._forget(read.key)
+        else:
+            self._take(read)
+        self._schedule()
+
+    def bookmarked(self, resource: Resource, version: str) -> None:
+        status = self.statuses.get(resource)
+        if status is None:
+            return
+        self._reachable()
+        status.version = version
+        status.state = "watching"
+        self._reported.pop(resource, None)
+
+    def failed(self, resource: Resource, error: KubeError, retry_in: float) -> None:
+        status = self.statuses.get(resource)
+        if status is None:
+            return
+        status.errors[error.reason or str(error.status)] += 1
+        status.last_error = str(error)
+        if error.gone:
+            status.relists += 1
+            status.state = "listing"
+            _log.info("Kubernetes API: {error}; listing {what} again", error=error, what=resource)
+            return
+        status.state = "backoff"
+        if error.status is None:
+            self._source_failed(error)
+            return
+        line = _fault_line(resource, error)
+        if self._reported.get(resource) != line:
+            self._reported[resource] = line
+            _log.error("{line}; serving the last state, retrying", line=line)
+
+    def _source_failed(self, error: KubeError) -> None:
+        """The API server unreachable: one line when it goes (and one when it returns)."""
+        if error.reason == "config":
+            _log.error("Kubernetes API: {error}", error=error)
+            return
+        if not self._unreachable:
+            self._unreachable = True
+            _log.error(
+                "Kubernetes API {error}; serving the last state, retrying with backoff",
+                error=error,
+            )
+
+    def _reachable(self) -> None:
+        if self._unreachable:
+            self._unreachable = False
+            _log.info("Kubernetes API {server} is reachable again", server=self.server)
+
+    def _take(self, read: ApiObject) -> None:
+        """Hold a read object; an invalid one keeps its last valid version."""
+        key = read.key
+        for note in read.notes:
+            _log.info("Kubernetes API: {note}", note=note)
+        if read.problem is not None:
+            if self.problems.get(key) != read.problem:
+                kept = "; its last valid version keeps serving" if key in self.objects else ""
+                _log.error("Invalid, left out: {problem}{kept}", problem=read.problem, kept=kept)
+            self.problems[key] = read.problem
+            return
+        self.problems.pop(key, None)
+        if read.model is None:
+            self._forget(key)
+            return
+        old = self.objects.get(key)
+        if old != read.model:
+            if old is None:
+                self.counts[key[0]] += 1
+            self.objects[key] = read.model
+            self._pending.add(key)
+
+    def _forget(self, key: DocumentKey) -> None:
+        self.problems.pop(key, None)
+        if self.objects.pop(key, None) is not None:
+            self.counts[key[0]] -= 1
+            self._pending.add(key)
+
+    def _maybe_synced(self) -> None:
+        if self.synced:
+            _log.info(
+                "Kubernetes API: every kind listed ({count} objects); building the table",
+                count=len(self.objects),
+            )
+            self.rebuild()
+
+    # -- turning changes into answers ------------------------------------------
+
+    def _schedule(self) -> None:
+        """Apply what came in once this reactor turn's events are all in."""
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, set()
+        if not pending or not self.synced:
+            # Before every kind is listed, the first whole build takes it all.
+            return
+        self._since_snapshot |= pending
+        if self._patcher is None or any(key[0] not in _PATCHED_KINDS for key in pending):
+            self.rebuild()
+            return
+        self.serve(self._patch(pending))
+
+    def _patch(self, keys: set[DocumentKey]) -> NameTable:
+        assert self._patcher is not None
+        services: dict[tuple[str, str], Service | None] = {}
+        slices: dict[tuple[str, str], EndpointSlice | None] = {}
+        for key in keys:
+            if key in self._file_keys:
+                continue  # an entry file's document of the same identity wins
+            kind, namespace, name = key
+            (services if kind == "Service" else slices)[(namespace, name)] = self.objects.get(key)
+        return self._patcher.apply(services, slices)
+
+    def snapshot(self) -> Entries:
+        """
+        Every valid object held, for a whole build (reactor thread; the
+        build runs in another). Changes after this are patched again into
+        the table it builds.
+        """
+        self._since_snapshot = set()
+        self._snapshot_complete = self.synced
+        groups: dict[str, list[Any]] = {}
+        for (kind, _, _), model in self.objects.items():
+            groups.setdefault(kind, []).append(model)
+        return Entries(
+            service_entries=tuple(groups.get("ServiceEntry", ())),
+            services=tuple(groups.get("Service", ())),
+            endpoint_slices=tuple(groups.get("EndpointSlice", ())),
+            sidecars=tuple(groups.get("Sidecar", ())),
+            pods=tuple(groups.get("Pod", ())),
+        )
+
+    def table_loaded(self, table: NameTable, entries: Entries) -> None:
+        """
+        A whole build is about to serve (a loader observer, reactor thread):
+        patch from it on, after making again the changes it missed.
+        """
+        if self._snapshot_complete and not self.ready:
+            self.ready = True
+            _log.info("Kubernetes API: synced; the table serves the cluster's state")
+        self._file_keys = frozenset(
+            o.origin.key
+            for group in (entries.services, entries.endpoint_slices)
+            for o in group
+            if o.origin.file != API_SOURCE
+        )
+        if not self._incremental:
+            return
+        self._patcher = TablePatcher(
+            table, entries, namespace=self._namespace, cluster_domain=self._cluster_domain
+        )
+        missed = {k for k in self._since_snapshot if k[0] in _PATCHED_KINDS}
+        if missed:
+            self._patch(missed)
+
+
+def api_problems(api: ApiSource) -> tuple[Problem, ...]:
+    """The invalid objects the source holds, as the loader's problems read."""
+    return tuple(
+        Problem(API_SOURCE, None, None, line, key) for key, line in sorted(api.problems.items())
+    )
+
+
+def api_status(api: ApiSource) -> list[dict[str, Any]]:
+    """
+    Each watched collection's state, JSON-able: what C{/debug/kubernetes}
+    shows and the metrics count.
+    """
+    return [
+        {
+            "kind": status.resource.kind,
+            "resource": str(status.resource),
+            "path": status.resource.path,
+            "state": status.state,
+            "synced": status.synced,
+            "objects": api.counts[status.resource.kind],
+            "resourceVersion": status.version,
+            "last_event": status.last_event or None,
+            "lists": status.lists,
+            "relists": status.relists,
+            "events": dict(status.events),
+            "errors": dict(status.errors),
+            "last_error": status.last_error or None,
+        }
+        for status in sorted(api.statuses.values(), key=lambda s: str(s.resource))
+    ]
+
+
+def _default_client(config: KubernetesConfig) -> ApiClient:
+    return ApiClient(config.kubeconfig, config.context)
+
+
+def _istio_version(client: Any) -> str | None:
+    """The version of Istio's API group to watch (v1, else v1beta1), or L{None}."""
+    try:
+        group = client.list_page(f"/apis/{ISTIO_GROUP}", {})
+    except KubeError as e:
+        if e.status == 404:
+            return None
+        raise
+    served = {v.get("version") for v in group.get("versions") or () if isinstance(v, dict)}
+    for version in ("v1", "v1beta1"):
+        if version in served:
+            return version
+    return None
+
+
+def _at_version(resource: Resource, version: str) -> Resource:
+    return Resource(resource.kind, f"{ISTIO_GROUP}/{version}", resource.plural, resource.namespace)
+
+
+def _fault_line(resource: Resource, error: KubeError) -> str:
+    """One line for a failure the server answered, saying what to do about it."""
+    verb = getattr(error, "verb", "list")
+    group = resource.group or '"" (core)'
+    if error.status in (401, 403):
+        need = (
+            f"RBAC must allow get, list and watch of {resource.plural} in API group {group}"
+            if error.status == 403
+            else "the credentials are not accepted"
+        )
+        return f"Kubernetes API: cannot {verb} {resource}: {error} ({need})"
+    return f"Kubernetes API: {verb} {resource} failed: {error}"
