@@ -168,7 +168,7 @@ class ApiClient:
                 reason="tls",
             ) from None
         except urllib3.exceptions.HTTPError as e:
-            raise KubeError(f"{self.server} unreachable: {_cause(e)}", reason="network") from None
+            raise KubeError(_cause(e), reason="network") from None
         except ssl.SSLError as e:
             raise KubeError(f"TLS with {self.server} failed: {e}", reason="tls") from None
         if response.status != 200:
@@ -246,14 +246,16 @@ class WatchStream:
             if self._stopped.is_set():
                 return
             raise KubeError(
-                f"{self._path}: the watch stream broke: {_cause(e)}", reason="network"
+                f"{self._path}: the watch stream broke: {_cause(e)}", reason="stream"
             ) from None
         finally:
             self.close()
         if pending.strip():
             if self._stopped.is_set():
                 return
-            raise KubeError(f"{self._path}: the watch stream ended inside an event", "network")
+            raise KubeError(
+                f"{self._path}: the watch stream ended inside an event", reason="stream"
+            )
 
     def _event(self, line: bytes) -> dict[str, Any]:
         try:

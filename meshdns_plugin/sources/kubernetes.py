@@ -59,6 +59,8 @@ class KindStatus:
 
     @ivar state: C{starting}, C{listing}, C{watching}, C{backoff},
         C{absent} (Istio's CRDs are not installed) or C{stopped}.
+    @ivar refused: the first list was refused (401, 403): tables are built
+        without the kind meanwhile, but the source is not ready.
     @ivar version: the last C{resourceVersion} seen.
     @ivar last_event: wall-clock time of the last change, or 0.
     @ivar events: change type (C{ADDED}, ...) -> count.
@@ -69,6 +71,7 @@ class KindStatus:
     resource: Resource
     state: str = "starting"
     synced: bool = False
+    refused: bool = False
     version: str = ""
     last_event: float = 0.0
     lists: int = 0
@@ -154,6 +157,15 @@ class ApiSource(service.Service):
     def synced(self) -> bool:
         """Every collection has been listed (or is absent) at least once."""
         return all(s.synced for s in self.statuses.values())
+
+    @property
+    def settled(self) -> bool:
+        """
+        Every collection has been listed, or refused to us: what a table
+        can be built from (a kind RBAC forbids must not keep the others
+        from serving).
+        """
+        return all(s.synced or s.refused for s in self.statuses.values())
 
     # -- the threads ---------------------------------------------------------
 
@@ -244,7 +256,7 @@ class ApiSource(service.Service):
         for resource in resources:
             status = self.statuses[resource]
             status.state, status.synced = "absent", True
-        self._maybe_synced()
+        self._settle()
 
     def listed(self, resource: Resource, objects: list[ApiObject], version: str) -> None:
         status = self.statuses.get(resource)
@@ -267,10 +279,10 @@ class ApiSource(service.Service):
         status.version = version
         status.state = "watching"
         first = not status.synced
-        status.synced = True
+        status.synced, status.refused = True, False
         self._reported.pop(resource, None)
         if first:
-            self._maybe_synced()
+            self._settle()
         self._schedule()
 
     def changed(self, resource: Resource, kind: str, read: ApiObject, version: str) -> None:
@@ -307,6 +319,10 @@ class ApiSource(service.Service):
             _log.info("Kubernetes API: {error}; listing {what} again", error=error, what=resource)
             return
         status.state = "backoff"
+        if error.reason == "stream":
+            # A watch that breaks is watched again from where it was: counted,
+            # not logged (an API server that is gone shows at the reconnect).
+            return
         if error.status is None:
             self._source_failed(error)
             return
@@ -314,6 +330,9 @@ class ApiSource(service.Service):
         if self._reported.get(resource) != line:
             self._reported[resource] = line
             _log.error("{line}; serving the last state, retrying", line=line)
+        if error.status in (401, 403) and not status.synced and not status.refused:
+            status.refused = True
+            self._settle()
 
     def _source_failed(self, error: KubeError) -> None:
         """The API server unreachable: one line when it goes (and one when it returns)."""
@@ -323,7 +342,9 @@ class ApiSource(service.Service):
         if not self._unreachable:
             self._unreachable = True
             _log.error(
-                "Kubernetes API {error}; serving the last state, retrying with backoff",
+                "Kubernetes API {server} unreachable ({error}); serving the last state, "
+                "retrying with backoff",
+                server=self.server,
                 error=error,
             )
 
@@ -360,10 +381,12 @@ class ApiSource(service.Service):
             self.counts[key[0]] -= 1
             self._pending.add(key)
 
-    def _maybe_synced(self) -> None:
-        if self.synced:
+    def _settle(self) -> None:
+        """A kind was listed (or refused): build once every kind is."""
+        if self.settled:
             _log.info(
-                "Kubernetes API: every kind listed ({count} objects); building the table",
+                "Kubernetes API: {what} ({count} objects); building the table",
+                what="every kind listed" if self.synced else "every kind listed or refused",
                 count=len(self.objects),
             )
             self.rebuild()
@@ -377,7 +400,7 @@ class ApiSource(service.Service):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, set()
-        if not pending or not self.synced:
+        if not pending or not self.settled:
             # Before every kind is listed, the first whole build takes it all.
             return
         self._since_snapshot |= pending
