@@ -4,7 +4,9 @@
 # Debian packages (iptables, iproute2 for the capture and network-namespace
 # tests, dnsperf for the benchmark smoke test; nsd, unbound and ldnsutils for
 # the DNSSEC conformance lab) are installed with apt-get when missing and we
-# are root. Without them those tests skip with a reason, except the conformance
+# are root. Debian's kubectl (package kubernetes-client), which checks the test
+# Kubernetes API server, is downloaded and unpacked into .cache/kubectl/ instead
+# of installed, so that it cannot clash with another kubectl on the machine. Without them those tests skip with a reason, except the conformance
 # tests, which fail when we are root (this script should have installed them).
 # Python packages go into .venv beside this file. meshdns itself is installed
 # from its wheel (not editable), so that the integration tests run it as it
@@ -23,6 +25,15 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing ${missing[*]}"
         apt-get update -qq >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ! -x .cache/kubectl/root/usr/bin/kubectl ]; then
+        echo "test.sh: unpacking Debian's kubernetes-client into .cache/kubectl"
+        mkdir -p .cache/kubectl
+        (cd .cache/kubectl && rm -f kubernetes-client_*.deb \
+            && { apt-get download kubernetes-client >/dev/null 2>&1 \
+                 || { apt-get update -qq >/dev/null \
+                      && apt-get download kubernetes-client >/dev/null; }; } \
+            && dpkg-deb -x kubernetes-client_*.deb root)
     fi
 fi
 

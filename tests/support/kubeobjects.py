@@ -90,7 +90,11 @@ def human_age(seconds: float) -> str:
         return f"{minutes}m"
     if hours < 8:
         return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    return f"{hours}h" if hours < 48 else f"{hours // 24}d"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 8 * 24 and hours % 24:
+        return f"{hours // 24}d{hours % 24}h"
+    return f"{hours // 24}d"
 
 
 def _age(obj: dict[str, Any]) -> str:

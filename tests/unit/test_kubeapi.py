@@ -114,6 +114,23 @@ def test_continue_expires_after_compaction(api: FakeKubeAPI) -> None:
     assert body["message"].startswith("The provided continue parameter is too old")
 
 
+def test_exact_list_serves_an_older_revision_until_compacted(api: FakeKubeAPI) -> None:
+    services(api, 2)
+    revision = get(api, "/api/v1/services")[2]["metadata"]["resourceVersion"]
+    api.create(kubeobjects.service("ns1", "s9", ("10.96.0.9",)))
+    path = f"/api/v1/services?resourceVersion={revision}&resourceVersionMatch=Exact"
+    status, _, old = get(api, path)
+    assert (status, names(old["items"]), old["metadata"]["resourceVersion"]) == (
+        200, ["s0", "s1"], revision)
+    ahead = int(revision) + 5
+    status, _, body = get(api, f"/api/v1/services?resourceVersion={ahead}")
+    assert (status, body["reason"]) == (504, "Timeout")
+    api.compact()
+    status, _, body = get(api, path)
+    assert (status, body["reason"], body["message"]) == (
+        410, "Expired", f"too old resource version: {revision} ({api.resource_version})")
+
+
 def test_namespaced_list_and_get(api: FakeKubeAPI) -> None:
     services(api, 2, "ns1")
     services(api, 1, "ns1-b")
@@ -293,9 +310,16 @@ def test_stop_cuts_watches_and_start_serves_the_same_store(api: FakeKubeAPI) -> 
     services(api, 2)
     port = api.port
     response = open_watch(api, f"/api/v1/services?watch=1&resourceVersion={api.resource_version}")
+    idle = connect(api)
+    idle.request("GET", "/version", headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
+    idle.getresponse().read()
     assert api.wait_for(lambda: api.open_watches == 1, 5)
     api.stop()
     assert read_stream(response)[2] is False
+    assert api.wait_for(lambda: api.open_watches == 0, 5)
+    with pytest.raises((http.client.HTTPException, OSError)):
+        idle.request("GET", "/version", headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
+        idle.getresponse()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((api.host, port), timeout=2)
     api.start()
@@ -331,7 +355,8 @@ def test_table_for_kubectl(api: FakeKubeAPI) -> None:
 
 @pytest.mark.parametrize("seconds, age", [(5, "5s"), (150, "2m30s"), (900, "15m"),
                                           (3 * 3600 + 60, "3h1m"), (20 * 3600, "20h"),
-                                          (5 * 86400, "5d")])
+                                          (5 * 86400, "5d"), (5 * 86400 + 7200, "5d2h"),
+                                          (30 * 86400 + 7200, "30d")])
 def test_human_age(seconds: int, age: str) -> None:
     assert kubeobjects.human_age(seconds) == age
 
