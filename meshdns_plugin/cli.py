@@ -146,7 +146,9 @@ def _endpoint(host: str, port: int) -> str:
 
 def _from_files(config: Config) -> PreparedTable:
     """The files read as a reload would read them, saying so."""
-    print(f"meshdns: from the files of {config.source} (no meshdns of it answers)", file=sys.stderr)
+    print(
+        f"meshdns: from the files of {config.source} (no meshdns of it answers)", file=sys.stderr
+    )
     return TableLoader(config).prepare()
 
 

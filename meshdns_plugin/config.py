@@ -54,6 +54,7 @@ def default_config_path() -> str:
     return os.path.normpath(os.path.join(here, os.pardir, "conf", "meshdns.yaml"))
 
 
+
 class ConfigError(Exception):
     """
     The configuration cannot be used; C{str()} is one line naming file and key.

@@ -50,12 +50,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "meshdns.yaml to read (default: the embedded conf/meshdns.yaml)"],
         ["port", "p", None, "DNS port for UDP and TCP (overrides listen.port)"],
-        [
-            "capture-record",
-            None,
-            RECORD_PATH,
-            "what meshdns capture install recorded, read when the rules cannot be listed",
-        ],
+        ["capture-record", None, RECORD_PATH,
+         "what meshdns capture install recorded, read when the rules cannot be listed"],
     ]
 
     def __init__(self) -> None:

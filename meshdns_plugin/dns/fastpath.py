@@ -59,18 +59,8 @@ def type_name(qtype: int) -> str:
 
 
 _COUNTED_TYPES = {
-    1: "A",
-    28: "AAAA",
-    5: "CNAME",
-    15: "MX",
-    2: "NS",
-    12: "PTR",
-    6: "SOA",
-    33: "SRV",
-    16: "TXT",
-    255: "ANY",
-    65: "HTTPS",
-    64: "SVCB",
+    1: "A", 28: "AAAA", 5: "CNAME", 15: "MX", 2: "NS", 12: "PTR", 6: "SOA", 33: "SRV", 16: "TXT",
+    255: "ANY", 65: "HTTPS", 64: "SVCB",
 }
 
 

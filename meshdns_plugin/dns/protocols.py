@@ -103,7 +103,8 @@ class MeshDNSDatagramProtocol(protocol.DatagramProtocol):
         send(self.transport, late, self.controller.stats)
 
 
-def send(port: udp.Port, replies: list[tuple[bytes, tuple[str, int]]], stats_: ServerStats) -> None:
+def send(port: udp.Port, replies: list[tuple[bytes, tuple[str, int]]], stats_: ServerStats
+         ) -> None:
     """
     Send C{replies} straight to the socket, without the five address checks
     of L{udp.Port.write} (the addresses come from C{recvfrom}). A reply the

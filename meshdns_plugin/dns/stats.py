@@ -31,7 +31,9 @@ class ServerStats:
     @ivar dropped: packets dropped unanswered (responses, unreadable junk).
     """
 
-    queries: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    queries: defaultdict[tuple[str, str], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
     dropped: int = 0
 
 

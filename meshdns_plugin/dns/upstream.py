@@ -67,14 +67,7 @@ class _DatagramAttempt:
     """
 
     __slots__ = (
-        "_socket",
-        "_fileno",
-        "_reactor",
-        "_readers",
-        "_done",
-        "_timer",
-        "_ident",
-        "_question",
+        "_socket", "_fileno", "_reactor", "_readers", "_done", "_timer", "_ident", "_question",
         "_stats",
     )
 
@@ -274,11 +267,7 @@ class _StreamAttemptFactory(protocol.ClientFactory):
     noisy = False
 
     def __init__(
-        self,
-        reactor: IReactorTime,
-        packet: bytes,
-        question: bytes,
-        seconds: float,
+        self, reactor: IReactorTime, packet: bytes, question: bytes, seconds: float,
         done: AttemptDone,
     ) -> None:
         self._attempt = _StreamAttempt(packet, question, self._finished)
@@ -368,16 +357,8 @@ class Exchange:
             )
         else:
             _DatagramAttempt(
-                client.reactor,
-                server,
-                packet,
-                self._question,
-                seconds,
-                client.stats,
-                client.datagram_socket,
-                client.readers,
-                client.held,
-                self._udpReplied,
+                client.reactor, server, packet, self._question, seconds, client.stats,
+                client.datagram_socket, client.readers, client.held, self._udpReplied,
             )
 
     def _udpReplied(self, data: bytes | None, why: str) -> None:

@@ -67,8 +67,6 @@ SIDECAR_APIS = frozenset(
 )
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 DNS_RESOLUTIONS = frozenset({"DNS", "DNS_ROUND_ROBIN"})
-
-
 # A host label: ASCII only, so a name is the same bytes in the table and on the wire.
 def _ports(doc: Document) -> tuple[Port, ...]:
     ports = []
@@ -204,7 +202,9 @@ def _service_entry(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[st
             addresses.append(read_ip(path, raw))
     resolution = spec.text("resolution", "NONE").upper() or "NONE"
     if resolution not in RESOLUTIONS:
-        raise Invalid("spec.resolution", f"{quote(resolution)} is not one of {sorted(RESOLUTIONS)}")
+        raise Invalid(
+            "spec.resolution", f"{quote(resolution)} is not one of {sorted(RESOLUTIONS)}"
+        )
     endpoints = []
     for path, raw in spec.items("endpoints"):
         if not isinstance(raw, dict):
@@ -322,7 +322,9 @@ def _endpoint_slice(doc: Document, origin: Origin) -> EndpointSlice | None:
     """The slice, or L{None} for one of C{addressType: FQDN} (skipped)."""
     address_type = doc.text("addressType", "IPv4") or "IPv4"
     if address_type not in ADDRESS_TYPES:
-        raise Invalid("addressType", f"{quote(address_type)} is not one of {sorted(ADDRESS_TYPES)}")
+        raise Invalid(
+            "addressType", f"{quote(address_type)} is not one of {sorted(ADDRESS_TYPES)}"
+        )
     if address_type == "FQDN":
         return None
     labels = doc.mapping("metadata").string_map("labels")

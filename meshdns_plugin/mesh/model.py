@@ -18,7 +18,6 @@ AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 #: What identifies a document across loads: kind, namespace and name.
 DocumentKey = tuple[str, str, str]
 
-
 @dataclass(frozen=True)
 class Origin:
     """

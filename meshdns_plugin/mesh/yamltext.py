@@ -81,7 +81,9 @@ def _kubernetes_resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]
     """PyYAML's implicit resolvers, with L{_REPLACED} and without L{_DROPPED}."""
     resolvers: dict[str | None, list[tuple[str, re.Pattern[str]]]] = {}
     for first, pairs in yaml.resolver.Resolver.yaml_implicit_resolvers.items():
-        kept = [(tag, _REPLACED.get(tag, regexp)) for tag, regexp in pairs if tag not in _DROPPED]
+        kept = [
+            (tag, _REPLACED.get(tag, regexp)) for tag, regexp in pairs if tag not in _DROPPED
+        ]
         if kept:
             resolvers[first] = kept
     return resolvers
@@ -440,4 +442,7 @@ def _too_deep() -> str:
 
 
 def _too_large(size: int, max_size: int) -> str:
-    return f"{size} bytes, over the limit of {max_size} bytes (limits.max_file_size); not read"
+    return (
+        f"{size} bytes, over the limit of {max_size} bytes "
+        "(limits.max_file_size); not read"
+    )

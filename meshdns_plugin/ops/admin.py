@@ -6,8 +6,9 @@ scrapes and an operator curls.
   - C{/healthz}: 200 while the process runs (liveness);
   - C{/readyz}: 200 once the table is loaded and DNS is being served (and,
     with the Kubernetes API source, once a table built from every kind's
-    first list serves), 503 before and while shutting down (readiness). A failed reload does not
-    make it unready: the previous table is still served;
+    first list serves), 503 before and while shutting down (readiness). A
+    failed reload does not make it unready: the previous table is still
+    served;
   - C{/metrics}: Prometheus text from the service's own registry
     (L{meshdns_plugin.ops.metrics});
   - C{/debug/table}: the name table as JSON (L{table_document});

@@ -59,7 +59,6 @@ IPTABLES_CANDIDATES = {
     6: ("ip6tables", "ip6tables-legacy"),
 }
 
-
 def _run(argv: Command) -> str:
     """
     Run one command and return its standard output; a failure becomes a
@@ -155,9 +154,8 @@ def _present_routes(ranges: Sequence[str]) -> list[str]:
     present = []
     for network in ranges:
         family = ["-6"] if ipaddress.ip_network(network).version == 6 else []
-        listing = _run(
-            ["ip", *family, "route", "show", "table", "all", "type", "local", "exact", network]
-        )
+        listing = _run(["ip", *family, "route", "show", "table", "all", "type", "local",
+                        "exact", network])
         if listing.strip():
             present.append(network)
     return present
@@ -195,12 +193,8 @@ def write_record(path: str, rules: dict[int, list[Command]]) -> None:
     starting meanwhile reads the old record or the new one, never half.
     """
     text = json.dumps(
-        {
-            "rules": {
-                str(version): [shlex.join(rule) for rule in lines]
-                for version, lines in rules.items()
-            }
-        },
+        {"rules": {str(version): [shlex.join(rule) for rule in lines]
+                   for version, lines in rules.items()}},
         indent=2,
     )
     temporary = f"{path}.tmp"
@@ -237,10 +231,8 @@ def read_record(path: str) -> dict[int, tuple[str, ...]]:
     if not (
         isinstance(rules, dict)
         and set(rules) <= {"4", "6"}
-        and all(
-            isinstance(lines, list) and all(isinstance(line, str) for line in lines)
-            for lines in rules.values()
-        )
+        and all(isinstance(lines, list) and all(isinstance(line, str) for line in lines)
+                for lines in rules.values())
     ):
         raise CaptureError(f"{path} is not a record of meshdns capture install")
     return {int(version): tuple(lines) for version, lines in rules.items()}
@@ -279,29 +271,24 @@ def _install(args: argparse.Namespace) -> None:
         wanted = destinations[version]
         if found is None:
             if wanted != []:
-                print(
-                    f"meshdns capture: warning: IPv6 DNS is not captured: {ipv6_problem}",
-                    file=sys.stderr,
-                )
+                print(f"meshdns capture: warning: IPv6 DNS is not captured: {ipv6_problem}",
+                      file=sys.stderr)
             continue
         iptables, state = found
-        rules = [] if wanted == [] else capture_rules(port, args.proxy_uid, args.proxy_gid, wanted)
+        rules = [] if wanted == [] else capture_rules(
+            port, args.proxy_uid, args.proxy_gid, wanted
+        )
         for command in install_commands(iptables, rules, state):
             _run(command)
         if rules:
             installed[version] = rules
-        if (
-            rules
-            and config is not None
-            and not listens_for_redirect(config.listen.addresses, version)
+        if rules and config is not None and not listens_for_redirect(
+            config.listen.addresses, version
         ):
             target = REDIRECT_ADDRESSES[version]
-            print(
-                f"meshdns capture: warning: captured IPv{version} DNS goes to {target} "
-                f"port {port}, but listen.address in {config.source} does not include "
-                f"{target}",
-                file=sys.stderr,
-            )
+            print(f"meshdns capture: warning: captured IPv{version} DNS goes to {target} "
+                  f"port {port}, but listen.address in {config.source} does not include "
+                  f"{target}", file=sys.stderr)
     write_record(args.record, installed)
     if args.vip_routes:
         for command in route_commands(_vip_ranges(config), (), install=True):
@@ -391,8 +378,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sets C{func}, which returns the exit code.
     """
     capture = subparsers.add_parser(
-        "capture",
-        help="redirect DNS (port 53) to meshdns with iptables",
+        "capture", help="redirect DNS (port 53) to meshdns with iptables",
         description="Redirect this host's DNS queries to meshdns with iptables (nat OUTPUT).",
     )
     actions = capture.add_subparsers(dest="capture_action", required=True)
@@ -402,8 +388,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=summary, description=summary)
         parser.add_argument(
-            "--config",
-            metavar="PATH",
+            "--config", metavar="PATH",
             help="meshdns config: port, resolv.conf and VIP ranges (options override it)",
         )
         parser.set_defaults(func=_command(action))
@@ -411,9 +396,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def add_record(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--record",
-            metavar="PATH",
-            default=RECORD_PATH,
+            "--record", metavar="PATH", default=RECORD_PATH,
             help=f"where install records the rules for meshdns's start-up check ({RECORD_PATH})",
         )
 
@@ -421,41 +404,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_record(install)
     install.add_argument("--port", type=_port, help=f"meshdns's DNS port ({DEFAULT_PORT})")
     install.add_argument(
-        "--resolv-conf",
-        metavar="PATH",
+        "--resolv-conf", metavar="PATH",
         help=f"where --dns-servers reads the nameservers ({DEFAULT_RESOLV_CONF})",
     )
     targets = install.add_mutually_exclusive_group()
     targets.add_argument(
-        "--dns-servers",
-        dest="capture_all",
-        action="store_false",
+        "--dns-servers", dest="capture_all", action="store_false",
         help="capture DNS to resolv.conf's nameservers only (default)",
     )
     targets.add_argument(
-        "--all",
-        dest="capture_all",
-        action="store_true",
+        "--all", dest="capture_all", action="store_true",
         help="capture DNS to every destination",
     )
     # Both flags share one destination: set its default once, or argparse
     # would take store_false's implicit True.
     install.set_defaults(capture_all=False)
     install.add_argument(
-        "--proxy-uid",
-        type=_id,
-        default=DEFAULT_PROXY_ID,
+        "--proxy-uid", type=_id, default=DEFAULT_PROXY_ID,
         help=f"uid whose traffic is not captured: meshdns's own ({DEFAULT_PROXY_ID})",
     )
     install.add_argument(
-        "--proxy-gid",
-        type=_id,
-        default=DEFAULT_PROXY_ID,
+        "--proxy-gid", type=_id, default=DEFAULT_PROXY_ID,
         help=f"gid whose traffic is not captured: meshdns's own ({DEFAULT_PROXY_ID})",
     )
     install.add_argument(
-        "--vip-routes",
-        action="store_true",
+        "--vip-routes", action="store_true",
         help="also route the VIP ranges to this host (ip route add local ... dev lo)",
     )
     add_record(add("remove", _remove, "remove the capture rules and VIP routes (idempotent)"))

@@ -192,7 +192,9 @@ class CaptureGuard(service.Service):
     upstream server is on port 53, which no rule captures.
     """
 
-    def __init__(self, servers: Sequence[tuple[str, int]], listen_port: int, record: str) -> None:
+    def __init__(
+        self, servers: Sequence[tuple[str, int]], listen_port: int, record: str
+    ) -> None:
         """
         @param servers: the forwarder's upstream C{(ip, port)} pairs.
         @param listen_port: meshdns's DNS port.
@@ -229,8 +231,7 @@ class CaptureGuard(service.Service):
         try:
             rules = installed_rules(self.record)
         except CaptureError as e:
-            _log.warn(
-                "Cannot tell whether DNS capture loops meshdns's upstream queries: {e}", e=str(e)
-            )
+            _log.warn("Cannot tell whether DNS capture loops meshdns's upstream queries: {e}",
+                      e=str(e))
             return {}
         return {version: parse_capture(lines) for version, lines in rules.items()}

@@ -100,19 +100,8 @@ def capture_rules(
         match = [] if destination is None else ["-d", destination]
         for protocol in ("udp", "tcp"):
             rules.append(
-                [
-                    "-A",
-                    CHAIN,
-                    *match,
-                    "-p",
-                    protocol,
-                    "--dport",
-                    str(DNS_PORT),
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    str(port),
-                ]
+                ["-A", CHAIN, *match, "-p", protocol, "--dport", str(DNS_PORT),
+                 "-j", "REDIRECT", "--to-ports", str(port)]
             )
     return rules
 
@@ -181,3 +170,5 @@ def split_nameservers(nameservers: Sequence[tuple[str, int]]) -> dict[int, list[
         if str(ip) not in by_version[ip.version]:
             by_version[ip.version].append(str(ip))
     return by_version
+
+

@@ -51,7 +51,8 @@ class MeshCollector(Collector):
         server = self._reported.server
         queries = CounterMetricFamily(
             "meshdns_queries",
-            "DNS queries answered, by query type and outcome (mesh, cache_hit, forwarded, error).",
+            "DNS queries answered, by query type and outcome "
+            "(mesh, cache_hit, forwarded, error).",
             labels=("type", "outcome"),
         )
         for (qtype, outcome), count in sorted(server.queries.items()):

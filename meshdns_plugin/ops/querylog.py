@@ -35,9 +35,9 @@ def describe_reply(data: bytes) -> tuple[str, str]:
         message = dns.message.from_wire(data, ignore_trailing=True)
     except dns.exception.DNSException as e:
         return "?", f"unreadable reply ({e})"
-    question = (
-        " ".join(f"{q.name} {dns.rdatatype.to_text(q.rdtype)}" for q in message.question) or "?"
-    )
+    question = " ".join(
+        f"{q.name} {dns.rdatatype.to_text(q.rdtype)}" for q in message.question
+    ) or "?"
     outcome = [dns.rcode.to_text(message.rcode())]
     if message.flags & dns.flags.TC:
         outcome.append("truncated")

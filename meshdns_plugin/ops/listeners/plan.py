@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     pass
 
 
+
 def endpoint_text(address: str, port: int) -> str:
     """C{address:port}, with an IPv6 address in brackets."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -263,3 +263,5 @@ class ForwardingFactory(protocol.ServerFactory):
         if self.failing:
             self.failing = False
             _log.info("VIP listener {listener}: forwarding again", listener=str(self.spec))
+
+
