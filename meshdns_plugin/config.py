@@ -91,12 +91,16 @@ class UpstreamConfig:
     @ivar timeout: seconds that bound a whole forward, failover included.
     @ivar max_concurrent: distinct questions forwarded at once; beyond it,
         SERVFAIL at once instead of queueing without bound.
+    @ivar probe_max_interval: the most seconds between two health probes of
+        a server that is down (the probes back off from 0.25 s to this).
     """
 
     resolv_conf: str = "/etc/resolv.conf"
     servers: tuple[tuple[str, int], ...] = ()
     timeout: float = 5.0
     max_concurrent: int = 1000
+    # Upstream health.
+    probe_max_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "servers": list_of(server),
         "timeout": seconds,
         "max_concurrent": integer(1, 1_000_000),
+        # Upstream health.
+        "probe_max_interval": seconds,
     },
     MeshConfig: {
         "namespace": namespace,

@@ -33,6 +33,7 @@ from twisted.names import common, dns
 
 from meshdns_plugin.config import Config, upstream_servers
 from meshdns_plugin.dns.cache import STALE_TTL, CacheKey, ResponseCache, cache_key, render
+from meshdns_plugin.dns.health import PROBE_MAX_INTERVAL
 from meshdns_plugin.dns.message import (
     AD,
     CD,
@@ -113,15 +114,18 @@ class CachingForwarder(common.ResolverBase):
         *,
         serve_stale: int = 0,
         max_concurrent: int = 1000,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
     ) -> None:
         """
         @param servers: C{(ip, port)} pairs, tried in this order.
-        @param timeout: seconds that bound a whole forward; each server gets
-            an equal share of it before the next one is tried.
+        @param timeout: seconds that bound a whole forward, failover
+            included (see L{meshdns_plugin.dns.exchange}).
         @param max_entries: the cache bound.
         @param serve_stale: seconds past expiry an answer may be served when
             every upstream fails; 0 = never.
         @param max_concurrent: distinct questions forwarded at once.
+        @param probe_max_interval: the most seconds between two probes of
+            an upstream server that is down.
         """
         common.ResolverBase.__init__(self)
         if reactor is None:
@@ -134,7 +138,9 @@ class CachingForwarder(common.ResolverBase):
         self.max_concurrent = max_concurrent
         self.stats = UpstreamStats()
         self.cache = ResponseCache(max_entries, clock=reactor.seconds, serve_stale=serve_stale)
-        self.upstream = UpstreamClient(self.servers, timeout, reactor, self.stats)
+        self.upstream = UpstreamClient(
+            self.servers, timeout, reactor, self.stats, probe_max_interval
+        )
         self._inflight: dict[CacheKey, list[tuple[Query, Done]]] = {}
         self._lastFailureLog = float("-inf")
         self._unreportedFailures = 0
@@ -159,6 +165,7 @@ class CachingForwarder(common.ResolverBase):
             reactor=reactor,
             serve_stale=config.cache.serve_stale,
             max_concurrent=config.upstream.max_concurrent,
+            probe_max_interval=config.upstream.probe_max_interval,
         )
 
     def resolve(self, query: Query, tcp: bool, done: Done) -> None:
@@ -242,7 +249,8 @@ class CachingForwarder(common.ResolverBase):
         self._unreportedFailures = 0
 
     def close(self) -> None:
-        """Nothing to release: each query's socket closes with it."""
+        """Stop probing the upstream servers; each query's socket closes with it."""
+        self.upstream.stop()
 
     # Twisted Names' resolver interface.
 
