@@ -134,11 +134,15 @@ class CacheConfig:
 
     @ivar max_entries: the LRU bound, in cached questions.
     @ivar serve_stale: seconds past expiry an answer may still be served
-        (with TTL 30, RFC 8767) when every upstream fails; 0 = never.
+        (with TTL 30, RFC 8767) when no upstream answered within 1.8 s or
+        every upstream failed; 0 = never.
+    @ivar prefetch: refresh an entry asked in the last tenth of its TTL.
     """
 
     max_entries: int = 100000
     serve_stale: int = 0
+    # Prefetch.
+    prefetch: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,8 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     CacheConfig: {
         "max_entries": integer(1, 100_000_000),
         "serve_stale": integer(0, 7 * 86400),
+        # Prefetch.
+        "prefetch": boolean,
     },
     AdminConfig: {
         "address": ip,

@@ -66,7 +66,9 @@ class UpstreamStats:
         errors (an NXDOMAIN is an answer, not a failure).
     @ivar rejected: questions answered SERVFAIL at once because
         C{max_concurrent} questions were already in flight.
-    @ivar stale_served: expired answers served because every upstream failed.
+    @ivar stale_served: expired answers served because the upstream was late
+        (RFC 8767's client response timer) or every upstream failed.
+    @ivar prefetches: refreshes of entries asked close to their expiry.
     @ivar sent: queries sent to upstream servers (each attempt of each
         server, TCP retries included).
     @ivar ignored_replies: datagrams from an upstream server that were not a
@@ -81,6 +83,7 @@ class UpstreamStats:
     failures: int = 0
     rejected: int = 0
     stale_served: int = 0
+    prefetches: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)

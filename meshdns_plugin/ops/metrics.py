@@ -152,6 +152,11 @@ class MeshCollector(Collector):
                 buckets.append((bound, cumulative))
             rtt.add_metric(label, buckets, server.rtt.total)
         yield from (queries, probes, failures, up, timeout, rtt)
+        yield CounterMetricFamily(
+            "meshdns_cache_prefetches",
+            "Cache entries asked in the last tenth of their TTL and refreshed before expiry.",
+            value=self._reported.upstream.prefetches,
+        )
 
     def _cache(self) -> Iterator[Metric]:
         cache, upstream = self._reported.cache, self._reported.upstream
@@ -170,7 +175,8 @@ class MeshCollector(Collector):
         )
         yield CounterMetricFamily(
             "meshdns_cache_stale_served",
-            "Expired answers served because every upstream failed (cache.serve_stale).",
+            "Expired answers served because no upstream answered within 1.8 s or every "
+            "upstream failed (cache.serve_stale).",
             value=upstream.stale_served,
         )
         yield CounterMetricFamily(

@@ -114,3 +114,49 @@ def test_a_blackholed_first_server_is_skipped_then_used_again(
         assert _metric(admin_port, "meshdns_upstream_server_up", server=server) == 1
     finally:
         back.stop()
+
+
+@pytest.mark.parametrize("mode", ["drop-all", "servfail-all", "refused-all"])
+def test_stale_answer_on_time(
+    start_meshdns: Callable[..., MeshdnsProcess],
+    upstream_factory: Callable[..., UpstreamProcess],
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    """
+    RFC 8767: once its 5 s TTL is over, the answer is served stale, with TTL
+    30, after the client response timer (1.8 s) when the upstream is silent,
+    or as soon as it answers SERVFAIL or REFUSED; never after the whole
+    upstream.timeout (5 s, when glibc has given up).
+    """
+    upstream = upstream_factory()
+    admin_port = free_port()
+    meshdns = start_meshdns(
+        {
+            "upstream": {"servers": [upstream.server], "timeout": 5},
+            "cache": {"serve_stale": 60},
+            "admin": {"port": admin_port},
+        }
+    )
+    assert meshdns.query("ttl5.upstream.test.").answer[0].ttl == 5
+    port = upstream.port
+    upstream.stop()
+    failing = start_upstream(tmp_path / "failing.log", mode, port)
+    try:
+        wait_until(
+            lambda: meshdns.query("ttl5.upstream.test.").answer[0].ttl <= 1,
+            "the cached answer close to expiry", 6.0,
+        )
+        time.sleep(1.1)  # past the TTL: nothing to wait on but the clock
+        started = time.monotonic()
+        reply = meshdns.query("ttl5.upstream.test.", timeout=6)
+        elapsed = time.monotonic() - started
+        assert reply.answer[0].ttl == 30
+        assert failing.count("ttl5.upstream.test.") >= 1
+        if mode == "drop-all":
+            assert 1.7 <= elapsed <= 2.5, elapsed
+        else:
+            assert elapsed < 1.0, elapsed
+        assert _metric(admin_port, "meshdns_cache_stale_served_total") >= 1
+    finally:
+        failing.stop()
