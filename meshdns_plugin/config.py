@@ -91,12 +91,16 @@ class UpstreamConfig:
     @ivar timeout: seconds that bound a whole forward, failover included.
     @ivar max_concurrent: distinct questions forwarded at once; beyond it,
         SERVFAIL at once instead of queueing without bound.
+    @ivar probe_max_interval: the most seconds between two health probes of
+        a server that is down (the probes back off from 0.25 s to this).
     """
 
     resolv_conf: str = "/etc/resolv.conf"
     servers: tuple[tuple[str, int], ...] = ()
     timeout: float = 5.0
     max_concurrent: int = 1000
+    # Upstream health.
+    probe_max_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,11 +134,15 @@ class CacheConfig:
 
     @ivar max_entries: the LRU bound, in cached questions.
     @ivar serve_stale: seconds past expiry an answer may still be served
-        (with TTL 30, RFC 8767) when every upstream fails; 0 = never.
+        (with TTL 30, RFC 8767) when no upstream answered within 1.8 s or
+        every upstream failed; 0 = never.
+    @ivar prefetch: refresh an entry asked in the last tenth of its TTL.
     """
 
     max_entries: int = 100000
     serve_stale: int = 0
+    # Prefetch.
+    prefetch: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +273,8 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "servers": list_of(server),
         "timeout": seconds,
         "max_concurrent": integer(1, 1_000_000),
+        # Upstream health.
+        "probe_max_interval": seconds,
     },
     MeshConfig: {
         "namespace": namespace,
@@ -281,6 +291,8 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     CacheConfig: {
         "max_entries": integer(1, 100_000_000),
         "serve_stale": integer(0, 7 * 86400),
+        # Prefetch.
+        "prefetch": boolean,
     },
     AdminConfig: {
         "address": ip,

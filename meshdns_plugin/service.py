@@ -21,6 +21,7 @@ from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.descriptors import raise_open_files_limit, tcp_connection_cap
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
@@ -141,7 +142,10 @@ class MeshService(service.MultiService):
             clients=[self.forwarder],
             allow=listen.allow,
             tcp_idle_timeout=listen.tcp_idle_timeout,
-            tcp_max_connections=listen.tcp_max_connections,
+            tcp_max_connections=tcp_connection_cap(
+                listen.tcp_max_connections, raise_open_files_limit(),
+                config.upstream.max_concurrent,
+            ),
             tcp_max_queries=listen.tcp_max_queries,
             per_client_views=config.mesh.per_client_views,
         )

@@ -11,7 +11,9 @@ It fixes what L{twisted.names.cache.CacheResolver} gets wrong for a proxy:
   - NXDOMAIN and NODATA are cached per RFC 2308 (the SOA's TTL capped by
     its MINIMUM field), their CNAME or DNAME chain included (RFC 6604);
   - with C{serve_stale}, an expired answer is kept that much longer, to be
-    served with TTL 30 when every upstream fails (RFC 8767).
+    served with TTL 30 when the upstream is late or fails (RFC 8767);
+  - an entry asked in the last tenth of its TTL is reported to
+    C{near_expiry}, for a refresh before it expires.
 
 The key holds what changes the answer besides the question: the RD, CD and
 DO bits and the end-to-end EDNS options of the query. So a client that did
@@ -47,6 +49,10 @@ CacheKey = tuple[bytes, int, int, int, bytes]
 
 #: TTL of an answer served stale (RFC 8767 section 4).
 STALE_TTL = 30
+
+#: An entry asked in this last part of its TTL is refreshed before it expires
+#: (as unbound's C{prefetch} does).
+PREFETCH_FRACTION = 0.1
 
 _TTL = struct.Struct("!I")
 
@@ -152,6 +158,9 @@ class ResponseCache:
         self.clock = clock
         self.serve_stale = serve_stale
         self.evictions = 0
+        #: Called with the key of a fresh entry asked in its last
+        #: L{PREFETCH_FRACTION} of TTL (the forwarder's prefetch), or L{None}.
+        self.near_expiry: Callable[[CacheKey], None] | None = None
         self._entries: OrderedDict[CacheKey, CachedAnswer] = OrderedDict()
 
     def __len__(self) -> int:
@@ -171,6 +180,9 @@ class ResponseCache:
                 del self._entries[key]
             return None
         self._entries.move_to_end(key)
+        near_expiry = self.near_expiry
+        if near_expiry is not None and age >= entry.ttl * (1 - PREFETCH_FRACTION):
+            near_expiry(key)
         return entry
 
     def stale(self, key: CacheKey) -> CachedAnswer | None:

@@ -27,12 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.names import common, dns
 
 from meshdns_plugin.config import Config, upstream_servers
 from meshdns_plugin.dns.cache import STALE_TTL, CacheKey, ResponseCache, cache_key, render
+from meshdns_plugin.dns.health import PROBE_MAX_INTERVAL
 from meshdns_plugin.dns.message import (
     AD,
     CD,
@@ -58,6 +59,11 @@ FAILURE_LOG_INTERVAL = 10.0
 #: The EDNS UDP payload size offered upstream (DNS Flag Day 2020).
 UPSTREAM_PAYLOAD = 1232
 
+#: Seconds a client with a stale answer in the cache waits for the upstream
+#: before it gets the stale answer (RFC 8767 section 5's client response
+#: timer, 1.8 s: an answer before the stub resolver's own retry).
+CLIENT_RESPONSE_TIMEOUT = 1.8
+
 #: What a resolved query is handed: the reply (L{None}: none came, answer
 #: SERVFAIL), seconds to take off its TTLs, and a TTL to put on every record
 #: instead (L{None}, or L{STALE_TTL} for an answer served stale).
@@ -75,6 +81,19 @@ def upstream_query(query: Query) -> bytes:
     flags = (query.flags & (RD | CD)) | AD
     opt = opt_record(UPSTREAM_PAYLOAD, query.do, 0, query.options)
     return HEADER.pack(0, flags, 1, 0, 0, 1)[2:] + query.question + opt
+
+
+def query_of(key: CacheKey) -> Query:
+    """
+    A query that asks what C{key} holds (for a refresh nobody asked): the
+    name lowercased, the RD, CD and DO bits and the options of the key.
+    """
+    name, qtype, qclass, bits, options = key
+    question = name + qtype.to_bytes(2) + qclass.to_bytes(2)
+    do = bool(bits & 1)
+    return Query(
+        0, bits & (RD | CD), name, qtype, qclass, question, True, UPSTREAM_PAYLOAD, do, options
+    )
 
 
 def plain_query(name: bytes, qtype: int, qclass: int) -> Query:
@@ -113,15 +132,21 @@ class CachingForwarder(common.ResolverBase):
         *,
         serve_stale: int = 0,
         max_concurrent: int = 1000,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
+        prefetch: bool = True,
     ) -> None:
         """
         @param servers: C{(ip, port)} pairs, tried in this order.
-        @param timeout: seconds that bound a whole forward; each server gets
-            an equal share of it before the next one is tried.
+        @param timeout: seconds that bound a whole forward, failover
+            included (see L{meshdns_plugin.dns.exchange}).
         @param max_entries: the cache bound.
         @param serve_stale: seconds past expiry an answer may be served when
-            every upstream fails; 0 = never.
+            no upstream answered within L{CLIENT_RESPONSE_TIMEOUT} or every
+            upstream failed; 0 = never.
         @param max_concurrent: distinct questions forwarded at once.
+        @param probe_max_interval: the most seconds between two probes of
+            an upstream server that is down.
+        @param prefetch: refresh an entry asked in the last tenth of its TTL.
         """
         common.ResolverBase.__init__(self)
         if reactor is None:
@@ -134,8 +159,16 @@ class CachingForwarder(common.ResolverBase):
         self.max_concurrent = max_concurrent
         self.stats = UpstreamStats()
         self.cache = ResponseCache(max_entries, clock=reactor.seconds, serve_stale=serve_stale)
-        self.upstream = UpstreamClient(self.servers, timeout, reactor, self.stats)
+        self.upstream = UpstreamClient(
+            self.servers, timeout, reactor, self.stats, probe_max_interval
+        )
         self._inflight: dict[CacheKey, list[tuple[Query, Done]]] = {}
+        #: Questions whose clients got the stale answer while the refresh goes on.
+        self._servedStale: set[CacheKey] = set()
+        #: The client response timers running (see L{_startClientTimer}).
+        self._clientTimers: dict[CacheKey, IDelayedCall] = {}
+        if prefetch:
+            self.cache.near_expiry = self._prefetch
         self._lastFailureLog = float("-inf")
         self._unreportedFailures = 0
 
@@ -159,6 +192,8 @@ class CachingForwarder(common.ResolverBase):
             reactor=reactor,
             serve_stale=config.cache.serve_stale,
             max_concurrent=config.upstream.max_concurrent,
+            probe_max_interval=config.upstream.probe_max_interval,
+            prefetch=config.cache.prefetch,
         )
 
     def resolve(self, query: Query, tcp: bool, done: Done) -> None:
@@ -175,7 +210,10 @@ class CachingForwarder(common.ResolverBase):
         self.stats.cache_misses += 1
         waiting = self._inflight.get(key)
         if waiting is not None:
+            if key in self._servedStale and self._serveStale(key, [(query, done)]):
+                return
             waiting.append((query, done))
+            self._startClientTimer(key)  # the first client to wait on a prefetch
             return
         if not self.servers:
             self._failed(key, [(query, done)], ["no upstream servers configured"])
@@ -184,14 +222,28 @@ class CachingForwarder(common.ResolverBase):
             self.stats.rejected += 1
             done(None, 0, None)
             return
-        waiters = [(query, done)]
+        self._forward(key, query, tcp, [(query, done)])
+
+    def _forward(
+        self, key: CacheKey, query: Query, tcp: bool, waiters: list[tuple[Query, Done]]
+    ) -> None:
+        """
+        Ask upstream for C{key}; C{waiters} (empty for a prefetch) get the
+        reply, or the stale answer if it is late (see L{_clientResponseTimeout}).
+        """
         self._inflight[key] = waiters
         self.stats.requests += 1
         started = self._reactor.seconds()
+        if waiters:
+            self._startClientTimer(key)
 
         def replied(reply: UpstreamReply | None, failures: list[str]) -> None:
             self.stats.latency.observe(self._reactor.seconds() - started)
             del self._inflight[key]
+            self._servedStale.discard(key)
+            timer = self._clientTimers.pop(key, None)
+            if timer is not None and timer.active():
+                timer.cancel()
             if reply is None or reply.rcode in (SERVFAIL, REFUSED):
                 self._failed(key, waiters, failures, reply)
                 return
@@ -200,6 +252,54 @@ class CachingForwarder(common.ResolverBase):
                 waiter(reply, 0, None)
 
         self.upstream.ask(upstream_query(query), query.question.lower(), tcp, replied)
+
+    def _startClientTimer(self, key: CacheKey) -> None:
+        """
+        Start the client response timer of C{key} if a client waits on it,
+        none runs yet, and a stale answer could be served when it fires.
+        """
+        if key in self._clientTimers or self.cache.stale(key) is None:
+            return
+        self._clientTimers[key] = self._reactor.callLater(
+            CLIENT_RESPONSE_TIMEOUT, self._clientResponseTimeout, key
+        )
+
+    def _clientResponseTimeout(self, key: CacheKey) -> None:
+        """
+        No upstream answer within L{CLIENT_RESPONSE_TIMEOUT}: the clients
+        waiting get the stale answer now (RFC 8767 section 5), and so does
+        every client that asks while the refresh goes on.
+        """
+        self._clientTimers.pop(key, None)
+        waiters = self._inflight.get(key)
+        if waiters is None:
+            return
+        self._servedStale.add(key)
+        served = list(waiters)
+        if self._serveStale(key, served):
+            del waiters[:]
+
+    def _serveStale(self, key: CacheKey, waiters: list[tuple[Query, Done]]) -> bool:
+        """Give C{waiters} the stale answer of C{key}, if it is still within C{serve_stale}."""
+        stale = self.cache.stale(key)
+        if stale is None:
+            return False
+        self.stats.stale_served += len(waiters)
+        for _, waiter in waiters:
+            waiter(stale.reply, 0, STALE_TTL)
+        return True
+
+    def _prefetch(self, key: CacheKey) -> None:
+        """
+        Refresh C{key}, asked in the last tenth of its TTL, in the
+        background: the next client finds it fresh instead of waiting on the
+        upstream. A refresh counts against C{max_concurrent}, and is skipped
+        rather than queued when the bound is reached.
+        """
+        if key in self._inflight or len(self._inflight) >= self.max_concurrent:
+            return
+        self.stats.prefetches += 1
+        self._forward(key, query_of(key), False, [])
 
     def _failed(
         self,
@@ -211,11 +311,7 @@ class CachingForwarder(common.ResolverBase):
         """Every server failed: an answer served stale if allowed, else the last reply or none."""
         self.stats.failures += 1
         self._reportFailure(key, failures)
-        stale = self.cache.stale(key)
-        if stale is not None:
-            self.stats.stale_served += len(waiters)
-            for _, waiter in waiters:
-                waiter(stale.reply, 0, STALE_TTL)
+        if self._serveStale(key, waiters):
             return
         for _, waiter in waiters:
             waiter(last, 0, None)
@@ -242,7 +338,8 @@ class CachingForwarder(common.ResolverBase):
         self._unreportedFailures = 0
 
     def close(self) -> None:
-        """Nothing to release: each query's socket closes with it."""
+        """Stop probing the upstream servers; each query's socket closes with it."""
+        self.upstream.stop()
 
     # Twisted Names' resolver interface.
 

@@ -166,6 +166,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_max_connections = tcp_max_connections
         self.tcp_max_queries = tcp_max_queries
+        self._capReached = False
         self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
         self._others = local[1:] if self.mesh is not None else local
@@ -220,7 +221,17 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         """A TCP protocol, or L{None} (close at once) past C{tcp_max_connections}."""
         if len(self.connections) >= self.tcp_max_connections:
             self.stats.dropped += 1
+            if not self._capReached:
+                # One line per episode, not one per connection refused.
+                self._capReached = True
+                _log.warn(
+                    "{count} TCP connections open, the most allowed: new ones are closed "
+                    "until some end (listen.tcp_max_connections, the open files limit)",
+                    count=len(self.connections),
+                )
             return None
+        if self._capReached and len(self.connections) < self.tcp_max_connections * 0.9:
+            self._capReached = False
         return super().buildProtocol(addr)
 
     def memoized(self, data: bytes, host: str, local_only: bool = False) -> bytes | None:

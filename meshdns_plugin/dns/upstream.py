@@ -21,7 +21,8 @@ treats SERVFAIL and REFUSED as final. Here:
   - SERVFAIL and REFUSED fail over to the next server, like a timeout; the
     last server's reply is kept, so the client gets it (with its extended
     error) if every server fails;
-  - each server gets an equal share of the deadline.
+  - which server is asked when, and for how long, follows each server's
+    health (L{meshdns_plugin.dns.exchange}, L{meshdns_plugin.dns.health}).
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
+from meshdns_plugin.dns.exchange import TIMED_OUT, AttemptDone, Exchange
+from meshdns_plugin.dns.health import PROBE_MAX_INTERVAL, ServerHealth
 from meshdns_plugin.dns.message import (
+    HEADER,
+    RD,
     REFUSED,
     SERVFAIL,
-    TC,
     MalformedMessage,
     UpstreamReply,
     is_reply_to,
@@ -56,8 +60,9 @@ MAX_DATAGRAM = 65535
 
 _log = Logger()
 
-#: What a finished attempt gives: the reply bytes, or L{None} and why not.
-AttemptDone = Callable[[bytes | None, str], None]
+#: The question of a health probe: the root's NS, which any recursive
+#: server answers (from its priming) without asking anyone.
+PROBE_QUESTION = b"\x00" + (2).to_bytes(2) + (1).to_bytes(2)
 
 
 class _DatagramAttempt:
@@ -88,8 +93,6 @@ class _DatagramAttempt:
         @param held: where to leave the query to be sent later (see
             L{UpstreamClient.hold}), or L{None} to send it now.
         """
-        sock = new_socket(family(server[0]), socket.SOCK_DGRAM)
-        self._socket = sock
         self._reactor = reactor
         self._readers = readers
         self._done: AttemptDone | None = done
@@ -97,6 +100,15 @@ class _DatagramAttempt:
         self._question = question
         self._stats = stats
         self._timer = None
+        try:
+            # Out of descriptors (EMFILE) fails this attempt like any
+            # network error: the client gets the next server, or SERVFAIL.
+            sock = new_socket(family(server[0]), socket.SOCK_DGRAM)
+        except OSError as e:
+            self._done = None
+            reactor.callLater(0, done, None, f"no socket for {server[0]}:{server[1]}: {e}")
+            return
+        self._socket = sock
         try:
             sock.setblocking(False)
             sock.connect(server)
@@ -107,7 +119,7 @@ class _DatagramAttempt:
             return
         self._fileno = sock.fileno()
         readers.add(self)
-        self._timer = reactor.callLater(seconds, self._finish, None, "timeout")
+        self._timer = reactor.callLater(seconds, self._finish, None, TIMED_OUT)
         if held is None:
             self.send(packet)
         else:
@@ -147,17 +159,26 @@ class _DatagramAttempt:
     def connectionLost(self, reason: Failure) -> None:
         self._finish(None, "socket lost")
 
+    def cancel(self) -> None:
+        """Close the socket, calling nobody back (another server answered)."""
+        if self._done is not None:
+            self._done = None
+            self._close()
+
     def _finish(self, data: bytes | None, why: str) -> None:
         done = self._done
         if done is None:
             return
         self._done = None
+        self._close()
+        done(data, why)
+
+    def _close(self) -> None:
         self._readers.remove(self)
         self._socket.close()
         timer = self._timer
         if timer is not None and timer.active():
             timer.cancel()
-        done(data, why)
 
 
 class Readers(Protocol):
@@ -272,7 +293,7 @@ class _StreamAttemptFactory(protocol.ClientFactory):
     ) -> None:
         self._attempt = _StreamAttempt(packet, question, self._finished)
         self._done: AttemptDone | None = done
-        self._timer = reactor.callLater(seconds, self._attempt.finish, None, "timeout")
+        self._timer = reactor.callLater(seconds, self._attempt.finish, None, TIMED_OUT)
 
     def buildProtocol(self, addr: object) -> _StreamAttempt:
         self._attempt.factory = self
@@ -280,6 +301,11 @@ class _StreamAttemptFactory(protocol.ClientFactory):
 
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self._attempt.finish(None, f"cannot connect: {reason.getErrorMessage()}")
+
+    def cancel(self) -> None:
+        """Close the connection, calling nobody back (another server answered)."""
+        self._done = None
+        self._attempt.finish(None, "cancelled")
 
     def _finished(self, data: bytes | None, why: str) -> None:
         if self._timer.active():
@@ -289,117 +315,13 @@ class _StreamAttemptFactory(protocol.ClientFactory):
             done(data, why)
 
 
-class Exchange:
-    """
-    One question asked of the servers in turn until one gives a reply that
-    is not SERVFAIL or REFUSED, or the deadline passes.
-
-    @ivar failures: why each server failed, for the log.
-    """
-
-    def __init__(
-        self,
-        client: UpstreamClient,
-        packet_tail: bytes,
-        question: bytes,
-        tcp: bool,
-        done: Callable[[UpstreamReply | None, list[str]], None],
-    ) -> None:
-        """
-        @param packet_tail: the query without its ID.
-        @param question: the question section, lowercased.
-        @param tcp: ask over TCP from the start.
-        @param done: called once with the reply (or the last SERVFAIL or
-            REFUSED one; L{None} if no server replied) and the failures.
-        """
-        self._client = client
-        self._tail = packet_tail
-        self._question = question
-        self._question_end = 12 + len(question)
-        self._tcp = tcp
-        self._done = done
-        self._next_server = 0
-        self._server: tuple[str, int] | None = None
-        self._last: UpstreamReply | None = None
-        self.failures: list[str] = []
-        reactor = client.reactor
-        self._deadline = reactor.seconds() + client.timeout
-        self._next()
-
-    def _next(self) -> None:
-        client = self._client
-        servers = client.servers
-        if self._next_server >= len(servers):
-            self._done(self._last, self.failures)
-            return
-        self._server = servers[self._next_server]
-        self._next_server += 1
-        self._send(self._tcp)
-
-    def _send(self, tcp: bool) -> None:
-        client = self._client
-        remaining = self._deadline - client.reactor.seconds()
-        if remaining <= 0:
-            self.failures.append("deadline passed")
-            self._done(self._last, self.failures)
-            return
-        seconds = min(client.attempt_timeout, remaining)
-        packet = os.urandom(2) + self._tail
-        server = self._server
-        assert server is not None
-        client.stats.sent += 1
-        if tcp:
-            factory = _StreamAttemptFactory(
-                client.reactor, packet, self._question, seconds, self._tcpReplied
-            )
-            client.reactor.connectTCP(  # type: ignore[attr-defined]
-                server[0], server[1], factory, timeout=seconds
-            )
-        else:
-            _DatagramAttempt(
-                client.reactor, server, packet, self._question, seconds, client.stats,
-                client.datagram_socket, client.readers, client.held, self._udpReplied,
-            )
-
-    def _udpReplied(self, data: bytes | None, why: str) -> None:
-        self._replied(data, why, tcp=False)
-
-    def _tcpReplied(self, data: bytes | None, why: str) -> None:
-        self._replied(data, why, tcp=True)
-
-    def _replied(self, data: bytes | None, why: str, tcp: bool) -> None:
-        server = self._server
-        where = f"{server[0]}:{server[1]}" if server else "?"
-        transport = "TCP" if tcp else "UDP"
-        if data is None:
-            self.failures.append(f"{where} ({transport}): {why}")
-            self._next()
-            return
-        if data[2] << 8 & TC and not tcp:
-            self._send(tcp=True)
-            return
-        try:
-            reply = read_reply(data, self._question_end)
-        except MalformedMessage as e:
-            self.failures.append(f"{where} ({transport}): malformed reply: {e}")
-            self._next()
-            return
-        if reply.rcode in (SERVFAIL, REFUSED):
-            name = "SERVFAIL" if reply.rcode == SERVFAIL else "REFUSED"
-            self.failures.append(f"{where} ({transport}): {name}")
-            self._last = reply
-            self._next()
-            return
-        self._done(reply, self.failures)
-
-
 class UpstreamClient:
     """
     Sends questions to the upstream servers (see the module docstring).
 
-    @ivar servers: C{(ip, port)} pairs, tried in order.
+    @ivar servers: C{(ip, port)} pairs, in the configured order.
     @ivar timeout: seconds that bound one question, failover included.
-    @ivar attempt_timeout: each server's share of it.
+    @ivar health: each server's L{ServerHealth}, in the same order.
     @ivar datagram_socket: makes the UDP sockets (C{socket.socket}; tests
         give a fake).
     @ivar readers: watches the UDP sockets for replies.
@@ -411,12 +333,21 @@ class UpstreamClient:
         timeout: float,
         reactor: IReactorTime,
         stats: UpstreamStats,
+        probe_max_interval: float = PROBE_MAX_INTERVAL,
     ) -> None:
+        """
+        @param probe_max_interval: the most seconds between two probes of a
+            server that is down.
+        """
         self.servers = tuple(servers)
         self.timeout = timeout
-        self.attempt_timeout = max(timeout / max(len(self.servers), 1), 0.1)
         self.reactor: IReactorTime = reactor
         self.stats = stats
+        self.health = tuple(
+            ServerHealth(server, reactor, self._probe, timeout, probe_max_interval)
+            for server in self.servers
+        )
+        stats.servers[:] = [health.counters for health in self.health]
         self.datagram_socket: Callable[[int, int], socket.socket] = socket.socket
         self.readers: Readers = (
             NestedEpollReaders(reactor) if hasattr(select, "epoll") else ReactorReaders(reactor)
@@ -446,5 +377,57 @@ class UpstreamClient:
         tcp: bool,
         done: Callable[[UpstreamReply | None, list[str]], None],
     ) -> Exchange:
-        """Ask every server in turn (see L{Exchange})."""
+        """Ask the servers (see L{Exchange})."""
         return Exchange(self, packet_tail, question, tcp, done)
+
+    def send_datagram(
+        self, server: tuple[str, int], packet: bytes, question: bytes, seconds: float,
+        done: AttemptDone,
+    ) -> _DatagramAttempt:
+        """One attempt over UDP (held while the server reads a burst)."""
+        return _DatagramAttempt(
+            self.reactor, server, packet, question, seconds, self.stats,
+            self.datagram_socket, self.readers, self.held, done,
+        )
+
+    def send_stream(
+        self, server: tuple[str, int], packet: bytes, question: bytes, seconds: float,
+        done: AttemptDone,
+    ) -> _StreamAttemptFactory:
+        """One attempt over a TCP connection of its own."""
+        factory = _StreamAttemptFactory(self.reactor, packet, question, seconds, done)
+        self.reactor.connectTCP(  # type: ignore[attr-defined]
+            server[0], server[1], factory, timeout=seconds
+        )
+        return factory
+
+    def _probe(
+        self, health: ServerHealth, seconds: float, done: Callable[[bool, float], None]
+    ) -> None:
+        """
+        Ask C{health}'s server the root's NS (see L{PROBE_QUESTION}): any
+        reply that can be read and is not SERVFAIL or REFUSED means it is back.
+        """
+        started = self.reactor.seconds()
+        packet = HEADER.pack(int.from_bytes(os.urandom(2)), RD, 1, 0, 0, 0) + PROBE_QUESTION
+
+        def replied(data: bytes | None, why: str) -> None:
+            ok = False
+            if data is not None:
+                try:
+                    ok = read_reply(data, 12 + len(PROBE_QUESTION)).rcode not in (
+                        SERVFAIL, REFUSED,
+                    )
+                except MalformedMessage:
+                    pass
+            done(ok, self.reactor.seconds() - started)
+
+        _DatagramAttempt(
+            self.reactor, health.server, packet, PROBE_QUESTION, seconds, self.stats,
+            self.datagram_socket, self.readers, None, replied,
+        )
+
+    def stop(self) -> None:
+        """Stop probing the servers that are down."""
+        for health in self.health:
+            health.stop()

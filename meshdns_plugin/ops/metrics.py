@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from meshdns_plugin.dns.stats import LATENCY_BUCKETS
+from meshdns_plugin.dns.stats import FAILURE_KINDS, LATENCY_BUCKETS
 from meshdns_plugin.ops.reported import Reported
 
 
@@ -41,6 +41,7 @@ class MeshCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._queries()
         yield from self._upstream()
+        yield from self._upstream_servers()
         yield from self._cache()
         yield from self._table()
         yield from self._reloads()
@@ -103,6 +104,62 @@ class MeshCollector(Collector):
             sum_value=upstream.latency.total,
         )
 
+    # Per upstream server (dns/health.py), each labelled with the server.
+
+    def _upstream_servers(self) -> Iterator[Metric]:
+        servers = self._reported.upstream.servers
+        queries = CounterMetricFamily(
+            "meshdns_upstream_server_queries",
+            "Queries sent to this upstream server for clients (health probes not counted).",
+            labels=("server",),
+        )
+        probes = CounterMetricFamily(
+            "meshdns_upstream_server_probes",
+            "Health probes sent to this upstream server while it was down.",
+            labels=("server",),
+        )
+        failures = CounterMetricFamily(
+            "meshdns_upstream_server_failures",
+            "Attempts to this upstream server that failed, by kind "
+            "(timeout, servfail, refused, network, malformed).",
+            labels=("server", "kind"),
+        )
+        up = GaugeMetricFamily(
+            "meshdns_upstream_server_up",
+            "1 if this upstream server is asked in turn, 0 if it is down (skipped and probed).",
+            labels=("server",),
+        )
+        timeout = GaugeMetricFamily(
+            "meshdns_upstream_server_timeout_seconds",
+            "How long an attempt now waits for this server before asking the next one.",
+            labels=("server",),
+        )
+        rtt = HistogramMetricFamily(
+            "meshdns_upstream_server_rtt_seconds",
+            "Round-trip times of this upstream server's replies over UDP.",
+            labels=("server",),
+        )
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        for server in servers:
+            label = (server.server,)
+            queries.add_metric(label, server.queries)
+            probes.add_metric(label, server.probes)
+            for kind in FAILURE_KINDS:
+                failures.add_metric((server.server, kind), server.failures.get(kind, 0))
+            up.add_metric(label, int(server.up))
+            timeout.add_metric(label, server.timeout)
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, server.rtt.counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            rtt.add_metric(label, buckets, server.rtt.total)
+        yield from (queries, probes, failures, up, timeout, rtt)
+        yield CounterMetricFamily(
+            "meshdns_cache_prefetches",
+            "Cache entries asked in the last tenth of their TTL and refreshed before expiry.",
+            value=self._reported.upstream.prefetches,
+        )
+
     def _cache(self) -> Iterator[Metric]:
         cache, upstream = self._reported.cache, self._reported.upstream
         yield GaugeMetricFamily(
@@ -120,7 +177,8 @@ class MeshCollector(Collector):
         )
         yield CounterMetricFamily(
             "meshdns_cache_stale_served",
-            "Expired answers served because every upstream failed (cache.serve_stale).",
+            "Expired answers served because no upstream answered within 1.8 s or every "
+            "upstream failed (cache.serve_stale).",
             value=upstream.stale_served,
         )
         yield CounterMetricFamily(

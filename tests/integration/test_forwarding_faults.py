@@ -33,6 +33,7 @@ import pytest
 
 from tests.support.fakeupstream import WRONG_ADDRESS
 from tests.support.processes import MeshdnsProcess, UpstreamProcess, free_port, launch_meshdns
+from tests.support.waiting import wait_until
 
 #: upstream.timeout of the meshdns processes here: long enough to tell a
 #: per-server share (timeout / number of servers) from the whole of it.
@@ -147,6 +148,10 @@ def test_tcp_reply_about_another_name_is_not_accepted(start_meshdns, upstream_fa
     assert WRONG_ADDRESS not in addresses(reply)
     assert addresses(reply) == [ZONE_ADDRESS]
     assert first.count(name, transport="tcp") == 1
+    # The wrong reply marked the first server down; its health probes (over
+    # UDP, which it answers well) bring it back first in line.
+    wait_until(lambda: f"Upstream {first.server} answers again" in meshdns.log(),
+               "the first server marked up again", 10.0)
     # tc.upstream.test. is truncated over UDP: the TCP retry meets the wrong reply.
     reply = meshdns.query("tc.upstream.test.", timeout=TIMEOUT + 3)
     assert WRONG_ADDRESS not in addresses(reply)

@@ -59,6 +59,14 @@ def sockets(reactor: UDPReactor) -> FakeDatagramSockets:
     return FakeDatagramSockets(reactor)
 
 
+def asking(sockets, name: str) -> list:
+    """The open sockets that sent a query about C{name}."""
+    return [
+        sock for sock in sockets.open()
+        if sock.sent and dns.message.from_wire(sock.sent[0]).question[0].name.to_text() == name
+    ]
+
+
 def forwarder_for(reactor, sockets, servers=(FIRST,), **kwargs) -> CachingForwarder:
     forwarder = CachingForwarder(list(servers), reactor=reactor, **kwargs)
     sockets.install(forwarder.upstream)
@@ -125,15 +133,37 @@ def test_failover_on_servfail_and_refused(reactor, sockets, rcode) -> None:
     assert [a.payload.dottedQuad() for a in result[0][0]] == ["127.0.0.10"]
 
 
-def test_failover_on_timeout_then_servfail_is_final(reactor, sockets) -> None:
+def test_timeout_asks_the_next_server_and_still_listens(reactor, sockets) -> None:
+    """
+    A server never heard from gets unbound's first timeout, 0.376 s; then the
+    next is asked, but a late reply from the first still answers the client
+    (here after the second said SERVFAIL).
+    """
     forwarder = forwarder_for(reactor, sockets, [FIRST, SECOND], timeout=2)
     result = _results(forwarder.lookupAddress(b"c.upstream.test"))
-    reactor.advance(1.01)  # the first server's share of the timeout
-    second = sockets.created[-1]
-    assert second.peer == SECOND and sockets.created[0].closed
+    reactor.advance(0.37)
+    assert len(sockets.created) == 1
+    reactor.advance(0.01)
+    first, second = sockets.created
+    assert second.peer == SECOND and not first.closed
     sockets.deliver(second, _reply(second.sent[0], rcode=dns.rcode.SERVFAIL))
+    assert result == []
+    sockets.deliver(first, _reply(first.sent[0], answers=[(300, "IN", "A", "127.0.0.10")]))
+    assert [a.payload.dottedQuad() for a in result[0][0]] == ["127.0.0.10"]
+    assert first.closed and second.closed
+
+
+def test_timeout_then_servfail_is_final_at_the_deadline(reactor, sockets) -> None:
+    forwarder = forwarder_for(reactor, sockets, [FIRST, SECOND], timeout=2)
+    result = _results(forwarder.lookupAddress(b"c.upstream.test"))
+    reactor.advance(0.38)
+    first, second = sockets.created
+    sockets.deliver(second, _reply(second.sent[0], rcode=dns.rcode.SERVFAIL))
+    reactor.advance(1.0)
+    assert result == []
+    reactor.advance(0.7)
     assert result[0].check(DNSServerError)
-    assert reactor.getDelayedCalls() == [] and not sockets.open()
+    assert first.closed and second.closed
 
 
 def test_overall_deadline(reactor, sockets) -> None:
@@ -143,7 +173,8 @@ def test_overall_deadline(reactor, sockets) -> None:
     assert result == []
     reactor.advance(1.0)
     assert result and result[0].check(DNSServerError)
-    assert forwarder.stats.failures == 1 and not sockets.open()
+    # Only health probes (the root's NS) may be open now: none of the question.
+    assert forwarder.stats.failures == 1 and not asking(sockets, "d.upstream.test.")
 
 
 def test_identical_questions_merged(reactor, sockets) -> None:
@@ -168,7 +199,8 @@ def test_max_concurrent(reactor, sockets) -> None:
 
 
 def test_nxdomain_cached_for_soa_minimum(reactor, sockets) -> None:
-    forwarder = forwarder_for(reactor, sockets, timeout=2)
+    # Without prefetch, which would refresh the entry asked at 44 of its 45 s.
+    forwarder = forwarder_for(reactor, sockets, timeout=2, prefetch=False)
     result = _results(forwarder.lookupAddress(b"nx.upstream.test"))
     sock = sockets.created[0]
     soa = (300, "IN", "SOA", "ns. host. 1 2 3 4 45")
@@ -310,7 +342,9 @@ def test_tcp_upstream_that_closes_fails_over_at_once(reactor) -> None:
     wire_reply = response.to_wire()
     second.dataReceived(len(wire_reply).to_bytes(2) + wire_reply)
     assert len(replies) == 1 and replies[0] is not None
-    assert reactor.getDelayedCalls() == []
+    # What is left is the probe of the first server, down since it closed.
+    assert not forwarder.upstream.health[0].up
+    assert len(reactor.getDelayedCalls()) == 1
 
 
 def test_tcp_connection_made_after_its_deadline_is_closed_unused(reactor) -> None:
