@@ -21,7 +21,7 @@ from meshdns_plugin.mesh.model import Service
 from meshdns_plugin.mesh.view import MeshView
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HostRecords:
     """
     The addresses one name answers with.
@@ -43,7 +43,7 @@ class HostRecords:
         return self.ipv4 if family == 4 else self.ipv6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Alias:
     """
     A name of a Kubernetes Service of type C{ExternalName}: answered with a
@@ -258,13 +258,17 @@ class _Builder:
             self.vip.add(name)
 
     def records(self) -> Iterator[HostRecords]:
+        # The names of one Service (four, and as many per pod) have the same
+        # addresses and sources: one tuple each, shared, not one per name.
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}
         for name, addresses in self.addresses.items():
             ipv4, ipv6 = _family_split(addresses)
+            sources = tuple(self.sources[name])
             yield HostRecords(
                 name.encode("ascii", "replace"),
-                ipv4,
-                ipv6,
-                tuple(self.sources[name]),
+                shared.setdefault(ipv4, ipv4),
+                shared.setdefault(ipv6, ipv6),
+                shared.setdefault(sources, sources),
                 vip=name in self.vip,
             )
 
@@ -332,17 +336,18 @@ def build_table(
                     sources.append(str(service.origin))
             continue
         key = (service.namespace, service.name)
+        source = str(service.origin)
         addresses = service.cluster_ips or (
             tuple(endpoints.get(key, ())) if service.headless else ()
         )
         for name in service_names:
-            services.add(name, addresses, str(service.origin))
+            services.add(name, addresses, source)
             canonical.setdefault(name, service_names[0])
         if service.headless:
             for hostname, pod_addresses in pods.get(key, {}).items():
                 for name in service_names:
                     pod = f"{hostname}.{name}"
-                    services.add(pod, pod_addresses, str(service.origin))
+                    services.add(pod, pod_addresses, source)
                     canonical.setdefault(pod, f"{hostname}.{service_names[0]}")
 
     exact: dict[bytes, HostRecords] = {}
