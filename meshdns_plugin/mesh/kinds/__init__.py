@@ -1,0 +1,1 @@
+"""One reader per kind of document, shared by every source."""

@@ -1,0 +1,1 @@
+"""Where the mesh model comes from: entry files (and, later, the Kubernetes API)."""
