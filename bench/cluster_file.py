@@ -193,8 +193,9 @@ def measure(config_path: str) -> dict[str, float]:
 def _load(config_path: str) -> object:
     from meshdns_plugin.config import load_config
     from meshdns_plugin.mesh.loader import TableLoader
+    from meshdns_plugin.sources.files import load_entries
 
-    return TableLoader(load_config(config_path)).load()
+    return TableLoader(load_config(config_path), load_entries).load()
 
 
 def run(services: int, service_entries: int, endpoints: int, keep: str | None) -> dict:

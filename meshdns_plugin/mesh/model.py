@@ -3,7 +3,7 @@
 The mesh model: what the entry files said, as frozen objects. Istio
 C{ServiceEntry} and C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice},
 where each came from, and the problems of those that were left out.
-L{meshdns_plugin.mesh.entries} makes them from YAML; nothing else here knows
+L{meshdns_plugin.mesh.kinds} makes them from YAML; nothing else here knows
 that YAML exists.
 """
 

@@ -7,15 +7,25 @@ the reader of its kind (L{meshdns_plugin.mesh.kinds}), every problem kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
 from meshdns_plugin.mesh import yamltext
-from meshdns_plugin.mesh.documents import Document, Invalid, check_metadata
-from meshdns_plugin.mesh.model import DocumentKey, Entries, EntriesError, Pod, Problem
+from meshdns_plugin.mesh.kinds import read_object
+from meshdns_plugin.mesh.model import (
+    EndpointSlice,
+    Entries,
+    EntriesError,
+    Pod,
+    Problem,
+    Service,
+    ServiceEntry,
+    Sidecar,
+)
 
+#: The files of a folder that are read (others, and dot files, are not).
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -32,66 +42,21 @@ class _Collector:
         self.problems: list[Problem] = []
         self.missing: list[str] = []
         self.pods: list[Pod] = []
+        self._lists: dict[type, list[Any]] = {
+            ServiceEntry: self.service_entries,
+            Service: self.services,
+            EndpointSlice: self.endpoint_slices,
+            Sidecar: self.sidecars,
+            Pod: self.pods,
+        }
 
-    def document(self, raw: Any, file: str, index: int, prefix: str = "") -> None:
-        """Read one document (or, recursively, the items of a C{kind: List})."""
-        if raw is None:
-            return
-        if not isinstance(raw, dict):
-            self.problems.append(Problem(file, index, prefix or None, "expected a mapping"))
-            return
-        doc = Document(raw, prefix)
-        key = _key(raw)
-        try:
-            kind = doc.text("kind")
-            api = doc.text("apiVersion")
-            if kind == "List" or kind.endswith("List") and isinstance(raw.get("items"), list):
-                for path, item in doc.items("items"):
-                    self.document(item, file, index, path + ".")
-                return
-            if kind == "Pod" and api == "v1":
-                pod = _pod(raw, file, index)
-                if pod is not None:
-                    self.pods.append(pod)
-                return
-            metadata = doc.mapping("metadata")
-            origin = Origin(
-                file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
-            )
-            known = (
-                (kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS)
-                or (kind == "Sidecar" and api in SIDECAR_APIS)
-                or (kind == "Service" and api == "v1")
-                or (kind == "EndpointSlice" and api == "discovery.k8s.io/v1")
-            )
-            if known:
-                # Names become DNS names and keys: an empty or odd one would
-                # put a bogus name (even the root) in the table.
-                check_metadata(origin)
-            if kind == "ServiceEntry" and api in SERVICE_ENTRY_APIS:
-                entry, warnings = _service_entry(doc, origin)
-                self.service_entries.append(entry)
-                self.notes.extend(f"{file}: document {index}: {w}" for w in warnings)
-            elif kind == "Service" and api == "v1":
-                self.services.append(_service(doc, origin))
-            elif kind == "Sidecar" and api in SIDECAR_APIS:
-                self.sidecars.append(_sidecar(doc, origin))
-            elif kind == "EndpointSlice" and api == "discovery.k8s.io/v1":
-                endpoint_slice = _endpoint_slice(doc, origin)
-                if endpoint_slice is None:
-                    self.notes.append(
-                        f"{file}: document {index}: skipped EndpointSlice {origin.name} "
-                        "(addressType FQDN: host names, not addresses)"
-                    )
-                else:
-                    self.endpoint_slices.append(endpoint_slice)
-            else:
-                self.notes.append(f"{file}: document {index}: skipped {api or '?'} {kind or '?'}")
-        except Invalid as e:
-            path, message = e.args
-            if prefix and not path.startswith(prefix):
-                path = prefix + path
-            self.problems.append(Problem(file, index, path, message, key))
+    def document(self, raw: Any, file: str, index: int) -> None:
+        """Read one document (or the items of a C{kind: List})."""
+        read = read_object(raw, file, index)
+        for found in read.objects:
+            self._lists[type(found)].append(found)
+        self.notes.extend(read.notes)
+        self.problems.extend(read.problems)
 
     def text(self, text: str, file: str) -> None:
         """Read every document of one file's text."""
@@ -138,24 +103,6 @@ class _Collector:
             tuple(self.missing),
             tuple(self.pods),
         )
-
-
-def _key(raw: Mapping[str, Any]) -> DocumentKey | None:
-    """
-    A document's kind, namespace and name, read leniently (before its fields
-    are checked), or L{None} when they are not all plain strings.
-    """
-    metadata = raw.get("metadata")
-    if not isinstance(metadata, dict):
-        return None
-    kind, namespace, name = (
-        raw.get("kind"),
-        metadata.get("namespace") or "default",
-        metadata.get("name"),
-    )
-    if not all(isinstance(part, str) for part in (kind, namespace, name)):
-        return None
-    return (kind, namespace, name)
 
 
 def load_entries(paths: Iterable[str], max_file_size: int = yamltext.MAX_FILE_SIZE) -> Entries:

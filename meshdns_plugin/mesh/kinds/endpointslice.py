@@ -9,13 +9,14 @@ from __future__ import annotations
 from meshdns_plugin.mesh.documents import Document, Invalid, is_k8s_label, quote, read_ip
 from meshdns_plugin.mesh.model import EndpointSlice, Origin
 
+APIS = frozenset({"discovery.k8s.io/v1"})
 #: EndpointSlice address types; FQDN slices carry host names, which
 #: Kubernetes DNS does not answer with, so they are skipped.
 ADDRESS_TYPES = frozenset({"IPv4", "IPv6", "FQDN"})
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-def _endpoint_slice(doc: Document, origin: Origin) -> EndpointSlice | None:
+def read(doc: Document, origin: Origin) -> EndpointSlice | None:
     """The slice, or L{None} for one of C{addressType: FQDN} (skipped)."""
     address_type = doc.text("addressType", "IPv4") or "IPv4"
     if address_type not in ADDRESS_TYPES:

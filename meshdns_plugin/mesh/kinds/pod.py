@@ -12,17 +12,20 @@ from typing import Any
 from meshdns_plugin.mesh.documents import Invalid, is_k8s_label, read_ip
 from meshdns_plugin.mesh.model import Origin, Pod
 
+APIS = frozenset({"v1"})
 #: Pod phases whose addresses are released: a finished pod's address may
 #: already be another pod's.
 _FINISHED_PHASES = ("Succeeded", "Failed")
 
 
-def _pod(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
+def read(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
     """
     A Pod document's namespace and addresses, read leniently: anything odd
     (or a host-network pod, whose address is its node's, or a finished one)
     makes it no client rather than a problem, since meshdns reads Pods for
-    nothing else.
+    nothing else. It takes the raw object rather than a L{Document} and an
+    L{Origin}, as the other kinds do, since even metadata that is not a
+    mapping must make no problem here.
     """
     metadata, spec, status = (raw.get(k) for k in ("metadata", "spec", "status"))
     if not isinstance(metadata, dict) or not isinstance(status, dict):

@@ -17,6 +17,7 @@ from meshdns_plugin.mesh.documents import (
 )
 from meshdns_plugin.mesh.model import Origin, Service
 
+APIS = frozenset({"v1"})
 SERVICE_TYPES = frozenset({"ClusterIP", "NodePort", "LoadBalancer", "ExternalName"})
 #: The annotation that limits which namespaces see a Kubernetes Service in
 #: Istio, as C{exportTo} does for a ServiceEntry (comma-separated).
@@ -46,7 +47,8 @@ def _check_cluster_ips(spec: Document, given: list[str], addresses: list[str]) -
         raise Invalid("spec.ipFamilies", "must list the families of clusterIPs, in order")
 
 
-def _service(doc: Document, origin: Origin) -> Service:
+def read(doc: Document, origin: Origin) -> Service:
+    """The Service, with its cluster IPs (none for C{ExternalName}) checked."""
     spec = doc.mapping("spec")
     export_to = tuple(
         part.strip()

@@ -22,7 +22,7 @@ from meshdns_plugin.mesh.documents import (
 )
 from meshdns_plugin.mesh.model import Endpoint, Origin, ServiceEntry
 
-SERVICE_ENTRY_APIS = frozenset(
+APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
 RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"})
@@ -106,7 +106,7 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
     return []
 
 
-def _service_entry(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
+def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
     """The entry, and the warnings of L{_check_service_entry}."""
     spec = doc.mapping("spec")
     hosts = []

@@ -8,12 +8,13 @@ from __future__ import annotations
 from meshdns_plugin.mesh.documents import Document, Invalid, quote
 from meshdns_plugin.mesh.model import Origin, Sidecar
 
-SIDECAR_APIS = frozenset(
+APIS = frozenset(
     f"networking.istio.io/{version}" for version in ("v1", "v1beta1", "v1alpha3")
 )
 
 
-def _sidecar(doc: Document, origin: Origin) -> Sidecar:
+def read(doc: Document, origin: Origin) -> Sidecar:
+    """The Sidecar's egress hosts, each C{namespace/dnsName}."""
     spec = doc.mapping("spec")
     hosts = []
     for path, raw in spec.items("egress"):
