@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterator, Mapping
+from sys import intern
 from typing import Any
 
 from meshdns_plugin.mesh.addresses import family as address_family
@@ -115,7 +116,9 @@ class Document:
         for name, value in section.raw.items():
             if not isinstance(value, str | int | float | bool):
                 raise Invalid(section._path(str(name)), f"expected a string, got {quote(value)}")
-            result[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+            # Label and annotation keys repeat in every document: one copy each.
+            key = intern(str(name))
+            result[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return result
 
 
@@ -194,8 +197,8 @@ def read_ports(doc: Document) -> tuple[Port, ...]:
         ports.append(
             Port(
                 number=number,
-                name=port.text("name"),
-                protocol=port.text("protocol", "TCP").upper() or "TCP",
+                name=intern(port.text("name")),
+                protocol=intern(port.text("protocol", "TCP").upper() or "TCP"),
                 target_port=(
                     port_number(path + ".targetPort", target) if isinstance(target, int) else None
                 ),

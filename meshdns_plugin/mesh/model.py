@@ -18,7 +18,7 @@ AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 #: What identifies a document across loads: kind, namespace and name.
 DocumentKey = tuple[str, str, str]
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Origin:
     """
     Where a model object came from, for messages and C{/debug/table}.
@@ -41,7 +41,7 @@ class Origin:
         return (self.kind, self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Port:
     """
     One service port.
@@ -56,7 +56,7 @@ class Port:
     target_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """
     A ServiceEntry endpoint (a C{WorkloadEntry} spec inline).
@@ -70,7 +70,7 @@ class Endpoint:
     ports: Mapping[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """
     An Istio ServiceEntry, as far as DNS and VIP listeners need it.
@@ -115,7 +115,7 @@ class ServiceEntry:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """
     A Kubernetes Service.
@@ -153,7 +153,7 @@ class Service:
         return not self.cluster_ips and self.external_name is None and not self.unassigned
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     """
     A C{discovery.k8s.io/v1} EndpointSlice, reduced to its ready addresses.
@@ -172,7 +172,7 @@ class EndpointSlice:
     pod_addresses: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
     """
     A Kubernetes Pod, as far as per-client views need it: which namespace
@@ -190,7 +190,7 @@ class Pod:
         return self.origin.namespace
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sidecar:
     """
     An Istio C{Sidecar}, as far as DNS needs it: which hosts a proxy knows.
@@ -209,7 +209,7 @@ class Sidecar:
         return self.origin.namespace
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entries:
     """
     Everything read from the entry files.
@@ -233,7 +233,7 @@ class Entries:
     pods: tuple[Pod, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """
     One reason a document (or a whole file) was left out.

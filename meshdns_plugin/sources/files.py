@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.mesh.test_entries -*-
 """
 Entry files and folders -> L{Entries}: every document of every file read by
-the reader of its kind (L{meshdns_plugin.mesh.kinds}), every problem kept.
+the reader of its kind (L{meshdns_plugin.mesh.kinds}), every problem kept; a
+large file is parsed apart (L{meshdns_plugin.sources.entryfile}).
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
-
 from meshdns_plugin.mesh import yamltext
-from meshdns_plugin.mesh.kinds import read_object
+from meshdns_plugin.mesh.kinds import ReadResult
 from meshdns_plugin.mesh.model import (
     EndpointSlice,
     Entries,
@@ -24,6 +23,7 @@ from meshdns_plugin.mesh.model import (
     ServiceEntry,
     Sidecar,
 )
+from meshdns_plugin.sources import entryfile
 
 #: The files of a folder that are read (others, and dot files, are not).
 ENTRY_FILE_SUFFIXES = (".yaml", ".yml", ".json")
@@ -50,22 +50,12 @@ class _Collector:
             Pod: self.pods,
         }
 
-    def document(self, raw: Any, file: str, index: int) -> None:
-        """Read one document (or the items of a C{kind: List})."""
-        read = read_object(raw, file, index)
+    def add(self, read: ReadResult) -> None:
+        """Keep what one file (or text) gave."""
         for found in read.objects:
             self._lists[type(found)].append(found)
         self.notes.extend(read.notes)
         self.problems.extend(read.problems)
-
-    def text(self, text: str, file: str) -> None:
-        """Read every document of one file's text."""
-        index = 0
-        try:
-            for index, raw in enumerate(yamltext.load_all(text)):  # noqa: B007
-                self.document(raw, file, index)
-        except yaml.YAMLError as e:
-            self.problems.append(Problem(file, None, None, yamltext.describe(e, text)))
 
     def path(self, path: str) -> None:
         """Read a file, or every entry file directly inside a folder."""
@@ -82,15 +72,7 @@ class _Collector:
             self.missing.append(path)
 
     def file(self, path: str) -> None:
-        try:
-            text = yamltext.read_text(path, self.max_file_size)
-        except OSError as e:
-            self.problems.append(Problem(path, None, None, f"cannot read: {e.strerror}"))
-            return
-        except ValueError as e:
-            self.problems.append(Problem(path, None, None, str(e)))
-            return
-        self.text(text, path)
+        self.add(entryfile.read_file(path, self.max_file_size))
 
     def result(self) -> Entries:
         return Entries(
@@ -131,7 +113,7 @@ def parse_entries(text: str, file: str = "<string>") -> Entries:
     @raise EntriesError: listing every problem, if any document is invalid.
     """
     collector = _Collector()
-    collector.text(text, file)
+    collector.add(entryfile.read_text(text, file))
     if collector.problems:
         raise EntriesError(collector.problems)
     return collector.result()

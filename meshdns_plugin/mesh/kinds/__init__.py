@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from meshdns_plugin.mesh.documents import Document, Invalid, check_metadata
@@ -88,8 +89,14 @@ def _read_into(result: ReadResult, raw: Any, file: str, index: int, prefix: str)
                 result.objects.append(found)
             return
         metadata = doc.mapping("metadata")
+        # Kinds and namespaces repeat in every document: one copy of each
+        # (thousands of objects share a handful of namespaces).
         origin = Origin(
-            file, index, kind, metadata.text("namespace") or "default", metadata.text("name")
+            file,
+            index,
+            intern(kind),
+            intern(metadata.text("namespace") or "default"),
+            metadata.text("name"),
         )
         if kind == "ServiceEntry" and api in serviceentry.APIS:
             # Names become DNS names and keys: an empty or odd one would

@@ -7,6 +7,7 @@ addresses.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from sys import intern
 from typing import Any
 
 from meshdns_plugin.mesh.documents import Invalid, is_k8s_label, read_ip
@@ -51,4 +52,5 @@ def read(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
             continue
     if not addresses:
         return None
-    return Pod(Origin(file, index, "Pod", namespace, name), tuple(dict.fromkeys(addresses)))
+    origin = Origin(file, index, "Pod", intern(namespace), name)
+    return Pod(origin, tuple(dict.fromkeys(addresses)))
