@@ -10,7 +10,11 @@ that YAML exists.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, TypeVar
+
+_Record = TypeVar("_Record")
 
 #: The label that opts a ServiceEntry out of Istio's VIP auto-allocation.
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
@@ -18,6 +22,24 @@ AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 #: What identifies a document across loads: kind, namespace and name.
 DocumentKey = tuple[str, str, str]
 
+
+def _pickled_by_fields(cls: type[_Record]) -> type[_Record]:
+    """
+    Pickle a record as its class and its fields, in order: a large file's
+    records come back from the process that parsed it
+    (L{meshdns_plugin.sources.entryfile}), and the state a slotted dataclass
+    pickles by default is read back field by field in Python, three times
+    slower than calling the class.
+    """
+    values = attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple[type[_Record], tuple[Any, ...]]:
+        return (cls, values(self))
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign, assignment]
+    return cls
+
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Origin:
     """
@@ -41,6 +63,7 @@ class Origin:
         return (self.kind, self.namespace, self.name)
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Port:
     """
@@ -56,6 +79,7 @@ class Port:
     target_port: int | None = None
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """
@@ -70,6 +94,7 @@ class Endpoint:
     ports: Mapping[str, int] = field(default_factory=dict)
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """
@@ -115,6 +140,7 @@ class ServiceEntry:
         )
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Service:
     """
@@ -153,6 +179,7 @@ class Service:
         return not self.cluster_ips and self.external_name is None and not self.unassigned
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class EndpointSlice:
     """
@@ -172,6 +199,7 @@ class EndpointSlice:
     pod_addresses: tuple[str, ...] = ()
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Pod:
     """
@@ -190,6 +218,7 @@ class Pod:
         return self.origin.namespace
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Sidecar:
     """
@@ -209,6 +238,7 @@ class Sidecar:
         return self.origin.namespace
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Entries:
     """
@@ -233,6 +263,7 @@ class Entries:
     pods: tuple[Pod, ...] = ()
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Problem:
     """
