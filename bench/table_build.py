@@ -60,6 +60,7 @@ def measure(config_path: str) -> dict[str, float]:
 
     from meshdns_plugin.config import load_config
     from meshdns_plugin.mesh.loader import TableLoader
+    from meshdns_plugin.sources.files import load_entries
     from meshdns_plugin.tap import GC_THRESHOLDS
 
     # The collector thresholds twistd meshdns runs with.
@@ -67,7 +68,7 @@ def measure(config_path: str) -> dict[str, float]:
     baseline = max_rss_mb()
     started = time.perf_counter()
     config = load_config(config_path)
-    table = TableLoader(config).load()
+    table = TableLoader(config, load_entries).load()
     seconds = time.perf_counter() - started
     return {
         "names": len(table),

@@ -64,10 +64,11 @@ def entries(namespaces: int, services: int, pods: int) -> str:
 def measure(config_path: str) -> dict[str, float]:
     from meshdns_plugin.config import load_config
     from meshdns_plugin.mesh.loader import TableLoader
+    from meshdns_plugin.sources.files import load_entries
 
     baseline = max_rss_mb()
     started = time.perf_counter()
-    loader = TableLoader(load_config(config_path))
+    loader = TableLoader(load_config(config_path), load_entries)
     table = loader.load()
     seconds = time.perf_counter() - started
     views = loader.views

@@ -22,7 +22,7 @@ The builders take a L{Config} or the path of a config file. They raise
 L{ConfigError} for a config that cannot be used; invalid documents in the
 entry files are logged, one line each, and left out, as C{twistd meshdns}
 does. (L{EntriesError} is what the strict
-L{meshdns_plugin.mesh.entries.parse_entries} raises.) Nothing here imports the
+L{meshdns_plugin.sources.files.parse_entries} raises.) Nothing here imports the
 reactor: each builder takes one, and uses the global reactor only when given
 none, when it is called.
 
@@ -42,6 +42,7 @@ from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.service import MeshService
+from meshdns_plugin.sources.files import load_entries
 
 
 def loadConfig(path: str | os.PathLike[str] | None = None) -> Config:
@@ -95,7 +96,7 @@ def meshAuthority(
     @raise ConfigError: if C{config} is a path to an unusable file.
     Invalid documents are logged and left out; every valid one is served.
     """
-    return MeshAuthority(TableLoader(_asConfig(config)).load(), chase=chase)
+    return MeshAuthority(TableLoader(_asConfig(config), load_entries).load(), chase=chase)
 
 
 def cachingForwarder(

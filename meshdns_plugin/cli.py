@@ -51,6 +51,7 @@ from meshdns_plugin.ops.listeners.plan import (
     listener_plan,
     listeners_document,
 )
+from meshdns_plugin.sources.files import load_entries
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -67,7 +68,7 @@ class CommandError(Exception):
 def _prepare(args: argparse.Namespace) -> tuple[Config, PreparedTable]:
     """Load the config and build the table as the server would, changing nothing."""
     config = load_config(args.config)
-    return config, TableLoader(config).prepare()
+    return config, TableLoader(config, load_entries).prepare()
 
 
 def check(args: argparse.Namespace) -> int:
@@ -149,7 +150,7 @@ def _from_files(config: Config) -> PreparedTable:
     print(
         f"meshdns: from the files of {config.source} (no meshdns of it answers)", file=sys.stderr
     )
-    return TableLoader(config).prepare()
+    return TableLoader(config, load_entries).prepare()
 
 
 def table_rows(document: dict[str, Any]) -> list[tuple[str, str, str, str]]:

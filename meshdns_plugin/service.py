@@ -35,6 +35,7 @@ from meshdns_plugin.ops.querylog import QueryLoggingFactory
 from meshdns_plugin.ops.reported import Reported
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint
+from meshdns_plugin.sources.files import load_entries
 from meshdns_plugin.sources.kubernetes import ApiSource, api_problems, api_status
 
 _log = Logger()
@@ -119,7 +120,7 @@ class MeshService(service.MultiService):
         self.listening = False
         # Taken before the first load: a change made while it reads is seen.
         before = fingerprint(config.entries)
-        self.loader = TableLoader(config)
+        self.loader = TableLoader(config, load_entries)
         self.reloads = ReloadStats(ok=1, last_time=time.time())
         self.forwarder = CachingForwarder.fromConfig(config, reactor)
         self.vipListeners: VipListeners | None = None

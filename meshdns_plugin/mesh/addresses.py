@@ -21,7 +21,7 @@ def family(address: str) -> socket.AddressFamily:
 
 def packed_address(address: str) -> bytes:
     """
-    The 4 or 16 bytes of a normalised IP address string (as entries.py and
+    The 4 or 16 bytes of a normalised IP address string (as the kind readers and
     the allocator produce them); C{socket.inet_pton} is an order of magnitude
     cheaper than L{ipaddress}, which matters for tables of 100k hosts.
     """

@@ -12,10 +12,11 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterator, Mapping
+from sys import intern
 from typing import Any
 
 from meshdns_plugin.mesh.addresses import family as address_family
-from meshdns_plugin.mesh.model import Origin
+from meshdns_plugin.mesh.model import Origin, Port
 
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 _K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -115,7 +116,9 @@ class Document:
         for name, value in section.raw.items():
             if not isinstance(value, str | int | float | bool):
                 raise Invalid(section._path(str(name)), f"expected a string, got {quote(value)}")
-            result[str(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+            # Label and annotation keys repeat in every document: one copy each.
+            key = intern(str(name))
+            result[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return result
 
 
@@ -181,3 +184,36 @@ def exact_host(path: str, value: Any, what: str) -> str:
     if host.startswith("*."):
         raise Invalid(path, f"{quote(host)}: {what} cannot be a wildcard")
     return host
+
+
+def read_ports(doc: Document) -> tuple[Port, ...]:
+    ports = []
+    for path, raw in doc.items("ports"):
+        if not isinstance(raw, dict):
+            raise Invalid(path, f"expected a mapping, got {quote(raw)}")
+        port = Document(raw, path + ".")
+        number = port_number(path + ".number", raw.get("number", raw.get("port")))
+        target = raw.get("targetPort")
+        ports.append(
+            Port(
+                number=number,
+                name=intern(port.text("name")),
+                protocol=intern(port.text("protocol", "TCP").upper() or "TCP"),
+                target_port=(
+                    port_number(path + ".targetPort", target) if isinstance(target, int) else None
+                ),
+            )
+        )
+    return tuple(ports)
+
+
+def check_export_to(path: str, values: tuple[str, ...]) -> None:
+    """Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no repeats."""
+    for index, value in enumerate(values):
+        if value not in (".", "*", "~") and not is_k8s_label(value):
+            raise Invalid(f"{path}[{index}]", f"{quote(value)} is not ., *, ~ or a namespace")
+        if value in values[:index]:
+            raise Invalid(f"{path}[{index}]", f"{quote(value)} is repeated")
+    if len(values) > 1 and ("~" in values or "*" in values):
+        raise Invalid(path, "~ and * cannot be combined with other values")
+

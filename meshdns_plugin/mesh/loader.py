@@ -16,7 +16,7 @@ VIPs and writes the state file.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,7 +33,6 @@ from meshdns_plugin.mesh.allocator import (
 )
 from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.mesh.clients import client_map
-from meshdns_plugin.mesh.entries import load_entries
 from meshdns_plugin.mesh.model import Entries, Problem
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
@@ -42,6 +41,11 @@ from meshdns_plugin.mesh.views import MeshViews, build_views, view_vip_hosts, vi
 _log = Logger()
 
 _T = TypeVar("_T")
+
+#: Reads the entry files and folders given (at most the size given per
+#: file): L{meshdns_plugin.sources.files.load_entries}. The loader is handed
+#: it rather than importing it, since the sources come before the mesh.
+FileReader = Callable[[Iterable[str], int], Entries]
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class TableLoader:
     """
     Turns the configured entry files into name tables, remembering VIPs.
 
+    @ivar config: what to read, and how to build and serve the tables.
+
     @ivar observers: called with every accepted load, start-up included, in
         the reactor thread just before its table serves (the VIP listeners
         follow the entries this way); they must not raise.
@@ -89,8 +95,9 @@ class TableLoader:
         snapshot, taken in the reactor thread by L{snapshot}), or L{None}.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, read_files: FileReader) -> None:
         self.config = config
+        self._read_files = read_files
         self.observers: list[Callable[[PreparedTable], None]] = []
         self.problems: tuple[Problem, ...] = ()
         self.view: MeshView | None = None
@@ -129,7 +136,7 @@ class TableLoader:
             the file's: a local file overrides the cluster.
         """
         mesh = self.config.mesh
-        files = load_entries(self.config.entries, self.config.limits.max_file_size)
+        files = self._read_files(self.config.entries, self.config.limits.max_file_size)
         entries = carry_over(files if api is None else _beside(files, api), self._entries)
         errors = []
         clients = whole = None

@@ -3,14 +3,18 @@
 The mesh model: what the entry files said, as frozen objects. Istio
 C{ServiceEntry} and C{Sidecar}, Kubernetes C{Service} and C{EndpointSlice},
 where each came from, and the problems of those that were left out.
-L{meshdns_plugin.mesh.entries} makes them from YAML; nothing else here knows
+L{meshdns_plugin.mesh.kinds} makes them from YAML; nothing else here knows
 that YAML exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, TypeVar
+
+_Record = TypeVar("_Record")
 
 #: The label that opts a ServiceEntry out of Istio's VIP auto-allocation.
 AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
@@ -18,7 +22,25 @@ AUTOALLOCATE_LABEL = "networking.istio.io/enable-autoallocate-ip"
 #: What identifies a document across loads: kind, namespace and name.
 DocumentKey = tuple[str, str, str]
 
-@dataclass(frozen=True)
+
+def _pickled_by_fields(cls: type[_Record]) -> type[_Record]:
+    """
+    Pickle a record as its class and its fields, in order: a large file's
+    records come back from the process that parsed it
+    (L{meshdns_plugin.sources.entryfile}), and the state a slotted dataclass
+    pickles by default is read back field by field in Python, three times
+    slower than calling the class.
+    """
+    values = attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple[type[_Record], tuple[Any, ...]]:
+        return (cls, values(self))
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign, assignment]
+    return cls
+
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Origin:
     """
     Where a model object came from, for messages and C{/debug/table}.
@@ -41,7 +63,8 @@ class Origin:
         return (self.kind, self.namespace, self.name)
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Port:
     """
     One service port.
@@ -56,7 +79,8 @@ class Port:
     target_port: int | None = None
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """
     A ServiceEntry endpoint (a C{WorkloadEntry} spec inline).
@@ -70,7 +94,8 @@ class Endpoint:
     ports: Mapping[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """
     An Istio ServiceEntry, as far as DNS and VIP listeners need it.
@@ -115,7 +140,8 @@ class ServiceEntry:
         )
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Service:
     """
     A Kubernetes Service.
@@ -153,7 +179,8 @@ class Service:
         return not self.cluster_ips and self.external_name is None and not self.unassigned
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     """
     A C{discovery.k8s.io/v1} EndpointSlice, reduced to its ready addresses.
@@ -172,7 +199,8 @@ class EndpointSlice:
     pod_addresses: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Pod:
     """
     A Kubernetes Pod, as far as per-client views need it: which namespace
@@ -190,7 +218,8 @@ class Pod:
         return self.origin.namespace
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Sidecar:
     """
     An Istio C{Sidecar}, as far as DNS needs it: which hosts a proxy knows.
@@ -209,7 +238,8 @@ class Sidecar:
         return self.origin.namespace
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Entries:
     """
     Everything read from the entry files.
@@ -233,7 +263,8 @@ class Entries:
     pods: tuple[Pod, ...] = ()
 
 
-@dataclass(frozen=True)
+@_pickled_by_fields
+@dataclass(frozen=True, slots=True)
 class Problem:
     """
     One reason a document (or a whole file) was left out.

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshdns_plugin.mesh.allocator import Allocation
-from meshdns_plugin.mesh.entries import UNIX_PREFIX
+from meshdns_plugin.mesh.kinds.serviceentry import UNIX_PREFIX
 from meshdns_plugin.mesh.model import EndpointSlice, Entries, Service, ServiceEntry
 from meshdns_plugin.mesh.scope import ROOT_NAMESPACE, scoped
 

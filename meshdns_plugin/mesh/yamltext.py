@@ -89,6 +89,42 @@ def _kubernetes_resolvers() -> dict[str | None, list[tuple[str, re.Pattern[str]]
     return resolvers
 
 
+_KUBERNETES_RESOLVERS = _kubernetes_resolvers()
+
+
+class _Resolving:
+    """
+    PyYAML's resolver, for loaders without path resolvers (both of ours): the
+    same tags, found without the bookkeeping of path resolvers or a new list
+    per scalar. A file of 100k ServiceEntries has 3 million scalars, and
+    PyYAML's own version took a fifth of its parse.
+    """
+
+    yaml_implicit_resolvers = _KUBERNETES_RESOLVERS
+    #: First character -> the resolvers to try, wildcard ones included.
+    _by_first = {
+        first: pairs + _KUBERNETES_RESOLVERS.get(None, [])
+        for first, pairs in _KUBERNETES_RESOLVERS.items()
+        if first is not None
+    }
+    _wildcard = _KUBERNETES_RESOLVERS.get(None, [])
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in self._by_first.get(value[:1], self._wildcard):
+                    if regexp.match(value):
+                        return tag
+            return _STR_TAG
+        return super().resolve(kind, value, implicit)  # type: ignore[misc]
+
+
 class LimitError(yaml.MarkedYAMLError):
     """
     A document is over one of the limits; C{problem} says which, C{problem_mark}
@@ -312,20 +348,16 @@ class _GoScanner:
         return yaml.tokens.ScalarToken("".join(chunks), True, start_mark, end_mark)
 
 
-class _PythonLoader(_Bounded, _GoScanner, yaml.SafeLoader):
+class _PythonLoader(_Bounded, _Resolving, _GoScanner, yaml.SafeLoader):
     """PyYAML's pure-Python safe loader, with L{_GoScanner} and the bounds."""
-
-    yaml_implicit_resolvers = _kubernetes_resolvers()
 
 
 _CLoader = getattr(yaml, "CSafeLoader", None)
 
 if _CLoader is not None:
 
-    class _FastLoader(_Bounded, _CLoader):  # type: ignore[misc, valid-type]
+    class _FastLoader(_Bounded, _Resolving, _CLoader):  # type: ignore[misc, valid-type]
         """libyaml's parser, with the bounds and Kubernetes's scalars."""
-
-        yaml_implicit_resolvers = _kubernetes_resolvers()
 
     _LOADERS: tuple[type, ...] = (_FastLoader, _PythonLoader)
 else:

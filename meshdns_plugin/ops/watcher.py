@@ -31,9 +31,9 @@ from twisted.python.filepath import FilePath
 
 from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
-from meshdns_plugin.mesh.entries import ENTRY_FILE_SUFFIXES
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops.stats import ReloadStats
+from meshdns_plugin.sources.files import ENTRY_FILE_SUFFIXES
 
 try:
     from twisted.internet import inotify

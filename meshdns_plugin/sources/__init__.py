@@ -1,3 +1,4 @@
 """
-Where documents come from: the Kubernetes API (list and watch).
+Where the mesh model comes from: entry files (read and parsed) and the
+Kubernetes API (listed and watched).
 """

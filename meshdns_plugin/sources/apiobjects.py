@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from meshdns_plugin.mesh.entries import _Collector
+from meshdns_plugin.mesh.kinds import read_object
 from meshdns_plugin.mesh.model import DocumentKey
 
 #: The C{file} of every model object that came from the API (its
@@ -58,24 +58,16 @@ def read_api_object(raw: dict[str, Any]) -> ApiObject:
     them on list items).
     """
     key = _key(raw)
-    collector = _Collector()
-    collector.document(raw, API_SOURCE, 0)
-    result = collector.result()
+    result = read_object(raw, API_SOURCE, 0)
     kind, namespace, name = key
     if result.problems:
         problem = result.problems[0]
         where = f"{problem.field}: " if problem.field else ""
         return ApiObject(key, None, f"{kind} {namespace}/{name}: {where}{problem.message}")
-    found = (
-        *result.service_entries,
-        *result.services,
-        *result.endpoint_slices,
-        *result.sidecars,
-        *result.pods,
-    )
     notes = tuple(
         note.replace(f"{API_SOURCE}: document 0: ", "", 1)
         for note in result.notes
         if "skipped" not in note
     )
+    found = result.objects
     return ApiObject(key, found[0] if found else None, None, notes)

@@ -12,9 +12,9 @@ import textwrap
 from pathlib import Path
 
 from meshdns_plugin.mesh.allocator import allocate
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from meshdns_plugin.sources.files import parse_entries
 from tests.support.paths import SHIPPED_ENTRIES
 
 #: The Istio guide's ServiceEntries shipped in conf/.

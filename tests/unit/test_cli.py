@@ -18,6 +18,7 @@ from meshdns_plugin.cli import _default_server, build_parser, main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.table import table_document
+from meshdns_plugin.sources.files import load_entries
 from tests.support.cli import run
 from tests.support.paths import REPO_ROOT
 from tests.support.samples import BROKEN, entry, external_name, guide_config
@@ -65,7 +66,7 @@ def test_check_reports_what_a_reload_would_log(capsys, tmp_path: Path) -> None:
     assert len(lines) == 2
     assert out.startswith("FAILED ") and "2 invalid document(s)" in out
     # The very messages the server logs when it leaves the same documents out.
-    loader = TableLoader(load_config(config))
+    loader = TableLoader(load_config(config), load_entries)
     with capturedLogs() as events:
         loader.load()
     logged = [f"meshdns: invalid: {event['problem']}" for event in events if "problem" in event]
@@ -87,7 +88,7 @@ def test_check_warns_of_collisions_naming_both_entries(capsys, tmp_path: Path) -
     assert "two.example (ServiceEntry default/two)" in line
     # The server logs the same warning when it loads them.
     with capturedLogs() as events:
-        TableLoader(load_config(config)).load()
+        TableLoader(load_config(config), load_entries).load()
     assert [str(e["collision"]) for e in events if "collision" in e] == [line.split(": ", 2)[2]]
 
 
@@ -156,7 +157,7 @@ def test_table_json_is_the_debug_table(capsys, tmp_path: Path) -> None:
     config = write_config(tmp_path, {"a.yaml": entry("a.example", "192.0.2.1")})
     code, out, _ = run(capsys, "table", "--json", "--config", config)
     assert code == 0
-    expected = table_document(TableLoader(load_config(config)).prepare().table)
+    expected = table_document(TableLoader(load_config(config), load_entries).prepare().table)
     assert json.loads(out) == expected
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from meshdns_plugin.mesh.entries import DNS_RESOLUTIONS
+from meshdns_plugin.mesh.kinds.serviceentry import DNS_RESOLUTIONS
 from meshdns_plugin.mesh.model import Port, ServiceEntry
 from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
 

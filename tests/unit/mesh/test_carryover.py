@@ -9,8 +9,8 @@ from pathlib import Path
 
 from meshdns_plugin.config import parse_config
 from meshdns_plugin.mesh.carryover import carry_over
-from meshdns_plugin.mesh.entries import load_entries
 from meshdns_plugin.mesh.loader import TableLoader
+from meshdns_plugin.sources.files import load_entries
 from tests.support.samples import TEAM_A, TEAM_B, TEAM_C
 
 
@@ -24,7 +24,7 @@ def folder(tmp_path: Path, **files: str) -> Path:
 
 def loader_for(tmp_path: Path) -> TableLoader:
     raw = {"entries": ["configmap"], "mesh": {"namespace": "team-a", "search": []}}
-    return TableLoader(parse_config(raw, "meshdns.yaml", str(tmp_path)))
+    return TableLoader(parse_config(raw, "meshdns.yaml", str(tmp_path)), load_entries)
 
 
 def ipv4(table, name: str) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """
-Tests for L{meshdns_plugin.mesh.entries}: ServiceEntry, Service and EndpointSlice
-documents as C{kubectl get -o yaml} prints them, every problem reported with its
-file, document and field, and entry folders (including a ConfigMap mount).
+Tests for L{meshdns_plugin.mesh.kinds} and L{meshdns_plugin.sources.files}:
+ServiceEntry, Service and EndpointSlice documents as C{kubectl get -o yaml}
+prints them, every problem reported with its file, document and field, and
+entry folders (including a ConfigMap mount).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshdns_plugin.mesh import documents
-from meshdns_plugin.mesh.entries import load_entries, parse_entries
 from meshdns_plugin.mesh.model import Entries, EntriesError, Problem
 from meshdns_plugin.mesh.scope import exported_to
+from meshdns_plugin.sources.files import load_entries, parse_entries
 from tests.support.paths import SHIPPED_ENTRIES
 
 

@@ -1,5 +1,5 @@
 """
-Istio's and Kubernetes' validation rules, as L{meshdns_plugin.mesh.entries}
+Istio's and Kubernetes' validation rules, as L{meshdns_plugin.mesh.kinds}
 follows them: every document below is one that C{kubectl apply} accepts (or
 refuses) with Istio's validating webhook and the API server, written here in
 the shapes of Istio's documentation, never taken from its test files.
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from meshdns_plugin.mesh.entries import load_entries
+from meshdns_plugin.sources.files import load_entries
 
 
 def se(spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshdns_plugin.mesh.allocator import allocate
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.model import Entries
 from meshdns_plugin.mesh.table import NameTable, Resolution, build_table
 from meshdns_plugin.mesh.view import mesh_view, vip_hosts
+from meshdns_plugin.sources.files import parse_entries
 from tests.support.paths import SHIPPED_ENTRIES
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
@@ -504,7 +504,7 @@ def test_empty_table() -> None:
 def test_shipped_guide_entries() -> None:
     """The Istio guide's examples as issue 2 item 6 says they must behave."""
 
-    from meshdns_plugin.mesh.entries import load_entries
+    from meshdns_plugin.sources.files import load_entries
 
     folder = SHIPPED_ENTRIES
     table = table_for(
@@ -544,7 +544,7 @@ def test_lookups_match_whatever_case_the_entry_used(labels: list[str], wildcard:
 
 def test_no_vip_for_a_host_with_explicit_addresses_elsewhere() -> None:
     """A VIP that could never be answered is not allocated (nor persisted)."""
-    from meshdns_plugin.mesh.entries import parse_entries
+    from meshdns_plugin.sources.files import parse_entries
 
     entries = parse_entries(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"

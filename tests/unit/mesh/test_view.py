@@ -14,7 +14,6 @@ import ipaddress
 import textwrap
 
 from meshdns_plugin.mesh.allocator import allocate
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.model import Entries
 from meshdns_plugin.mesh.scope import egress_allows, exported_to, scoped
 from meshdns_plugin.mesh.table import NameTable, build_table
@@ -27,6 +26,7 @@ from meshdns_plugin.mesh.view import (
     mesh_view,
     vip_hosts,
 )
+from meshdns_plugin.sources.files import parse_entries
 
 V4 = ipaddress.IPv4Network("240.240.0.0/16")
 V6 = ipaddress.IPv6Network("2001:2::/48")

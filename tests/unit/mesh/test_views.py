@@ -18,10 +18,10 @@ import pytest
 
 from meshdns_plugin.mesh.allocator import Allocation
 from meshdns_plugin.mesh.clients import ClientMap, ClientNetwork, client_map
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.mesh.views import MeshViews, build_views, search_suffix, views_built_whole
+from meshdns_plugin.sources.files import parse_entries
 from tests.support.cluster import DOMAIN, pods_slice, service, service_entry
 
 ENTRIES = "".join(

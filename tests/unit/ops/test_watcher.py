@@ -22,6 +22,7 @@ from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.mesh.loader import PreparedTable, TableLoader
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint, watch_targets
+from meshdns_plugin.sources.files import load_entries
 from tests.support.samples import BROKEN, entry
 
 
@@ -54,7 +55,7 @@ class Rig:
 
     def __init__(self, tmp_path: Path, inThread=synchronous, **mesh: object) -> None:
         self.config = make_config(tmp_path, **mesh)
-        self.loader = TableLoader(self.config)
+        self.loader = TableLoader(self.config, load_entries)
         self.authority = MeshAuthority(self.loader.load())
         self.stats = ReloadStats(ok=1)
         self.reloader = Reloader(self.loader, self.authority, self.stats, inThread=inThread)
@@ -67,7 +68,7 @@ def test_prepare_changes_nothing_commit_writes_state(tmp_path: Path) -> None:
     """prepare() is what `meshdns check` runs: it must not write the state file."""
     write_entries(tmp_path, entry("auto.example"))
     state = tmp_path / "state.json"
-    loader = TableLoader(make_config(tmp_path, state_file=str(state)))
+    loader = TableLoader(make_config(tmp_path, state_file=str(state)), load_entries)
     prepared = loader.prepare()
     assert isinstance(prepared, PreparedTable)
     assert not state.exists()
@@ -81,7 +82,7 @@ def test_prepare_changes_nothing_commit_writes_state(tmp_path: Path) -> None:
 
 def test_vips_survive_reloads_that_add_hosts(tmp_path: Path) -> None:
     write_entries(tmp_path, entry("first.example"))
-    loader = TableLoader(make_config(tmp_path))
+    loader = TableLoader(make_config(tmp_path), load_entries)
     before = loader.load().vips["first.example"]
     write_entries(tmp_path, entry("second.example", name="other"), "other.yaml")
     after = loader.load().vips
@@ -91,7 +92,7 @@ def test_vips_survive_reloads_that_add_hosts(tmp_path: Path) -> None:
 
 def test_invalid_documents_keep_remembered_vips(tmp_path: Path) -> None:
     write_entries(tmp_path, entry("first.example"))
-    loader = TableLoader(make_config(tmp_path))
+    loader = TableLoader(make_config(tmp_path), load_entries)
     vip = loader.load().vips["first.example"]
     write_entries(tmp_path, BROKEN, "broken.yaml")
     assert loader.load().vips["first.example"] == vip
@@ -105,7 +106,7 @@ def test_unreadable_state_file_is_an_error_line_not_a_failure(tmp_path: Path) ->
     write_entries(tmp_path, entry("auto.example"))
     state = tmp_path / "state.json"
     state.write_text("{not json")
-    prepared = TableLoader(make_config(tmp_path, state_file=str(state))).prepare()
+    prepared = TableLoader(make_config(tmp_path, state_file=str(state)), load_entries).prepare()
     assert len(prepared.errors) == 1
     assert "allocating afresh" in prepared.errors[0]
     assert "auto.example" in prepared.table.vips
@@ -471,7 +472,7 @@ def test_reloads_repeat_no_problem_and_warn_of_missing_paths(tmp_path: Path) -> 
     write_entries(tmp_path, entry("a.example", "bad"))
     config = make_config(tmp_path)
     config = dataclasses.replace(config, entries=(*config.entries, str(tmp_path / "gone")))
-    loader = TableLoader(config)
+    loader = TableLoader(config, load_entries)
     with capturedLogs() as events:
         loader.load()
         loader.load()

@@ -58,7 +58,7 @@ def test_service_of_the_core_group() -> None:
 
 
 def test_pod_that_is_no_client_reads_as_nothing() -> None:
-    """A host-network Pod's address is its node's: not a client (mesh/entries)."""
+    """A host-network Pod's address is its node's: not a client (mesh/kinds/pod.py)."""
     read = read_api_object(
         {
             "kind": "Pod",

@@ -11,7 +11,6 @@ from typing import Any
 from meshdns_plugin.cli import main
 from meshdns_plugin.config import load_config
 from meshdns_plugin.mesh.allocator import Allocation, Vips
-from meshdns_plugin.mesh.entries import parse_entries
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.ops.listeners.plan import (
@@ -21,6 +20,7 @@ from meshdns_plugin.ops.listeners.plan import (
     is_tcp,
     listener_plan,
 )
+from meshdns_plugin.sources.files import load_entries, parse_entries
 from tests.support.samples import guide_config, service_entry
 
 
@@ -37,7 +37,7 @@ def plan_of(*documents: str, vips: dict[str, Vips] | None = None, **kw: Any) -> 
 
 def test_the_guide_entries() -> None:
     """Each tcp-echo VIP gets its own listener on 9000, forwarding to its own host."""
-    prepared = TableLoader(load_config(None)).prepare()
+    prepared = TableLoader(load_config(None), load_entries).prepare()
     vips = prepared.allocation.vips
     plan = listener_plan(prepared.view)
     by_host: dict[str, list[ListenerSpec]] = {}
@@ -67,7 +67,7 @@ def test_the_cli_lists_every_listener_for_the_guides_pipeline(capsys, tmp_path: 
     DESTINATION=%s %s\\n", $1, $4, $5}'` gives its documented lines.
     """
     config = guide_config(tmp_path)
-    prepared = TableLoader(load_config(config)).prepare()
+    prepared = TableLoader(load_config(config), load_entries).prepare()
     plan = listener_plan(prepared.view)
     assert main(["listeners", "-c", config]) == 0
     lines = capsys.readouterr().out.splitlines()

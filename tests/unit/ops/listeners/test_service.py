@@ -30,6 +30,7 @@ from meshdns_plugin.ops.listeners.plan import (
     ListenerSpec,
 )
 from meshdns_plugin.ops.listeners.service import VipListeners
+from meshdns_plugin.sources.files import load_entries
 from tests.support.samples import service_entry
 
 # --- the plan -----------------------------------------------------------------
@@ -229,7 +230,7 @@ def test_follows_a_prepared_load(tmp_path: Path) -> None:
         "entries: [e.yaml]\nmesh: {search: []}\nvip_listeners: {enabled: true}\n"
     )
     config = load_config(str(tmp_path / "m.yaml"))
-    loader = TableLoader(config)
+    loader = TableLoader(config, load_entries)
     listeners = VipListeners.forConfig(config, FakeResolver({}), ListeningReactor())
     loader.observers.append(listeners.follow)
     loader.load()
