@@ -138,7 +138,7 @@ class ApiSource(service.Service):
         self._pending: set[DocumentKey] = set()
         self._flush_call: Any = None
         self._unreachable = False
-        self._reported: dict[Resource, str] = {}
+        self._reported: dict[Resource | None, str] = {}
         for kind, api_version, plural in self._core_kinds():
             for resource in self._resources(kind, api_version, plural):
                 self.statuses[resource] = KindStatus(resource)
@@ -336,8 +336,11 @@ class ApiSource(service.Service):
 
     def _source_failed(self, error: KubeError) -> None:
         """The API server unreachable: one line when it goes (and one when it returns)."""
-        if error.reason == "config":
-            _log.error("Kubernetes API: {error}", error=error)
+        if error.reason in ("config", "tls"):
+            # Not a network outage: a setting to fix. Said once per cause.
+            if self._reported.get(None) != str(error):
+                self._reported[None] = str(error)
+                _log.error("Kubernetes API: {error}; retrying with backoff", error=error)
             return
         if not self._unreachable:
             self._unreachable = True

@@ -24,7 +24,7 @@ import dns.flags
 import dns.rcode
 import pytest
 
-from tests.support.kubeapi import FakeKubeAPI
+from tests.support.kubeapi import FakeKubeAPI, make_certificates
 from tests.support.kubeobjects import endpoint_slice, service, service_entry, sidecar
 from tests.support.processes import MeshdnsProcess, free_port
 from tests.support.scrape import parse, scrape, value
@@ -306,3 +306,27 @@ def test_istio_v1beta1_only(meshdns: Callable[..., Meshdns], tmp_path: Path) -> 
         assert [
             r for r in old.requests if r.path == "/apis/networking.istio.io/v1beta1/serviceentries"
         ]
+
+
+def test_tls_verification_failure_names_the_server_and_the_ca(
+    api: FakeKubeAPI, meshdns: Callable[..., Meshdns], tmp_path: Path
+) -> None:
+    """One line naming the API server and the CA that did not verify it; DNS still serves."""
+    other = tmp_path / "other-ca"
+    other.mkdir()
+    wrong_ca, _, _ = make_certificates(other)
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    kubeconfig.write_text(kubeconfig.read_text().replace(str(api.ca_path), str(wrong_ca)))
+    mesh = meshdns(kubeconfig)
+    wait_until(
+        lambda: (
+            value(mesh.metrics(), "meshdns_kubernetes_errors_total", kind="Service", reason="tls")
+            >= 3
+        ),
+        "three failed attempts",
+    )
+    lines = [line for line in mesh.process.log().splitlines() if "TLS verification" in line]
+    assert len(lines) == 1, lines
+    assert api.url in lines[0] and str(wrong_ca) in lines[0]
+    assert mesh.ready() == 503
+    assert mesh.process.query("anything.example.", "A").rcode() == dns.rcode.SERVFAIL
