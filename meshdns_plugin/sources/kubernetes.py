@@ -336,7 +336,7 @@ class ApiSource(service.Service):
 
     def _source_failed(self, error: KubeError) -> None:
         """The API server unreachable: one line when it goes (and one when it returns)."""
-        if error.reason in ("config", "tls"):
+        if error.status is not None or error.reason in ("config", "tls"):
             # Not a network outage: a setting to fix. Said once per cause.
             if self._reported.get(None) != str(error):
                 self._reported[None] = str(error)

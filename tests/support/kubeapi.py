@@ -348,7 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.watching = self.query.get("watch") in ("1", "true")
         header = self.headers.get("Authorization", "")
-        self.token = header[7:] if header.startswith("Bearer ") else None
+        # The scheme is case-insensitive (RFC 7235), as the API server's
+        # bearer token authenticator reads it; the in-cluster loader of the
+        # kubernetes client writes "bearer".
+        scheme, _, credentials = header.partition(" ")
+        self.token = credentials.strip() if scheme.lower() == "bearer" else None
         try:
             self._route(url.path)
         except APIError as error:
