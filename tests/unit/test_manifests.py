@@ -26,8 +26,8 @@ checked offline.
     Deployment without its meshdns parts, gives back the example.
   - The C{Containerfile} is checked statically (no image is built here):
     multi-stage, the final stage installs the builder's wheel and no build
-    tools, runs as a non-root user, and has the entrypoint the manifests
-    expect.
+    tools, installs the C{kubernetes} extra (the API source's client), runs
+    as a non-root user, and has the entrypoint the manifests expect.
 """
 
 from __future__ import annotations
@@ -824,6 +824,12 @@ def containerfile_problems(text: str) -> list[str]:
     ]
     if not installs or len(wheel_installs) != len(installs):
         problems.append("the final stage must pip install the builder's wheel, --no-index")
+    # The shapes in deploy/kubernetes use the Kubernetes API source, whose
+    # client is the `kubernetes` extra: built into /wheels, installed with it.
+    if not re.search(r"\bpip wheel\b.*\[kubernetes\]", builds):
+        problems.append("the builder stage does not build the kubernetes extra's wheels")
+    if not any(re.search(r"\.whl\b.*\[kubernetes\]", a) for a in wheel_installs):
+        problems.append("the final stage does not install the kubernetes extra")
     if not any("--no-cache-dir" in a for a in installs) and not any(
         i == "ENV" and "PIP_NO_CACHE_DIR=1" in a for i, a in body
     ):
@@ -876,9 +882,11 @@ def _without(text: str, pattern: str, replacement: str = "") -> str:
         (lambda t: t + "COPY meshdns_plugin /app/meshdns_plugin\n",
          "copies from the build context"),
         (lambda t: _without(t, r'"--pidfile=", '), "ENTRYPOINT"),
+        (lambda t: _without(t, r"'\.\[kubernetes\]'", "."), "build the kubernetes extra"),
+        (lambda t: _without(t, r'"\$1\[kubernetes\]"', '"$1"'), "install the kubernetes extra"),
     ],
     ids=["single-stage", "root", "no-user", "no-iptables", "compiler", "from-index",
-         "copy-source", "entrypoint"],
+         "copy-source", "entrypoint", "no-extra-built", "no-extra-installed"],
 )
 def test_containerfile_check_catches(change: Any, problem: str) -> None:
     problems = containerfile_problems(change(CONTAINERFILE.read_text()))
