@@ -12,14 +12,22 @@ checked offline.
   - The node-local C{meshdns.yaml} sets C{mesh.per_client_views}; the rest of
     it is read by meshdns's parser with the per-client keys taken out, so this
     test does not depend on the parser knowing them.
-  - The refresh CronJob's RBAC grants get/list on the resources it reads and
-    get/patch on the one ConfigMap, nothing more.
+  - meshdns's RBAC grants get, list and watch, and nothing else, on exactly
+    the kinds its Kubernetes API source reads (issue 18): Services,
+    EndpointSlices, ServiceEntries and Sidecars, and Pods only where
+    per-client views need them; no wildcards. Both shapes' configs enable the
+    API source with the in-cluster service account, and their pods'
+    ServiceAccount is bound to exactly what the shape reads. The same check,
+    fed roles with a wildcard, an extra verb or kind, or a missing watch,
+    reports each.
+  - The optional refresh CronJob's RBAC grants get/list on the resources it
+    reads and get/patch on the one ConfigMap, nothing more.
   - The sidecar patch, applied with strategic-merge semantics to the example
     Deployment without its meshdns parts, gives back the example.
   - The C{Containerfile} is checked statically (no image is built here):
     multi-stage, the final stage installs the builder's wheel and no build
-    tools, runs as a non-root user, and has the entrypoint the manifests
-    expect.
+    tools, installs the C{kubernetes} extra (the API source's client), runs
+    as a non-root user, and has the entrypoint the manifests expect.
 """
 
 from __future__ import annotations
@@ -127,7 +135,10 @@ def _option(argv: list[str], option: str) -> str:
 
 def test_manifests_found() -> None:
     kinds = {doc["kind"] for _, _, doc in MANIFESTS}
-    assert {"Deployment", "DaemonSet", "ConfigMap", "CronJob", "ClusterRole"} <= kinds
+    assert {
+        "Deployment", "DaemonSet", "ConfigMap", "CronJob", "ServiceAccount", "ClusterRole",
+        "ClusterRoleBinding",
+    } <= kinds
 
 
 @pytest.mark.parametrize(
@@ -179,6 +190,10 @@ _BROKEN = {
     "Role rule verbs missing": (
         ("ClusterRole", "meshdns-refresh"),
         _drop(("rules", 0, "verbs")),
+    ),
+    "binding subject without a kind": (
+        ("ClusterRoleBinding", "meshdns-node-reader"),
+        _drop(("subjects", 0, "kind")),
     ),
     "CronJob without a pod template": (
         ("CronJob", "meshdns-refresh"),
@@ -272,6 +287,8 @@ def _example_without_sidecar() -> dict[str, Any]:
     pod["volumes"] = [v for v in pod["volumes"] if not v["name"].startswith("meshdns-")]
     if not pod["volumes"]:
         del pod["volumes"]
+    # The API source's token: the patch turns the mount on.
+    del pod["automountServiceAccountToken"]
     return app
 
 
@@ -447,7 +464,182 @@ def test_node_local_config(tmp_path: Path) -> None:
         }
 
 
-# -- the refresh CronJob and its RBAC ---------------------------------------
+# -- the Kubernetes API source's RBAC ---------------------------------------
+
+#: What the API source reads, by (API group, resource), as issue 18 lists it:
+#: Services, EndpointSlices (discovery.k8s.io), ServiceEntries and Sidecars
+#: (networking.istio.io) ...
+API_SOURCE_READS = {
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("networking.istio.io", "serviceentries"),
+    ("networking.istio.io", "sidecars"),
+}
+#: ... and Pods, only where per-client views need them (node-local).
+PER_CLIENT_READS = {("", "pods")}
+#: A reflector lists then watches; get is the third read verb.
+API_SOURCE_VERBS = {"get", "list", "watch"}
+
+Grant = tuple[str, str, str]
+
+
+def _granted(reads: set[tuple[str, str]]) -> set[Grant]:
+    return {(group, resource, verb) for group, resource in reads for verb in API_SOURCE_VERBS}
+
+
+def rbac_problems(roles: list[dict[str, Any]], expected: set[Grant]) -> list[str]:
+    """
+    What is wrong with the roles meshdns runs with; [] if nothing.
+
+    @param roles: the ClusterRoles and Roles bound to meshdns's account.
+    @param expected: (API group, resource, verb) it must be granted, exactly.
+    """
+    problems = []
+    granted: set[Grant] = set()
+    for role in roles:
+        name = role["metadata"]["name"]
+        for rule in role.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs"):
+                if "*" in rule.get(field, []):
+                    problems.append(f"{name}: a wildcard in {field}")
+            for field in ("resourceNames", "nonResourceURLs"):
+                if field in rule:
+                    problems.append(f"{name}: {field} in a rule")
+            if set(rule["verbs"]) != API_SOURCE_VERBS:
+                problems.append(f"{name}: verbs {sorted(rule['verbs'])}, not get, list, watch")
+            granted |= {
+                (group, resource, verb)
+                for group in rule.get("apiGroups", [])
+                for resource in rule.get("resources", [])
+                for verb in rule["verbs"]
+            }
+    problems += [f"not granted: {grant}" for grant in sorted(expected - granted)]
+    problems += [f"granted beyond need: {grant}" for grant in sorted(granted - expected)]
+    return problems
+
+
+def _meshdns_docs(kind: str) -> list[dict[str, Any]]:
+    """meshdns's own documents of a kind: the optional refresh's left out."""
+    return [doc for file, _, doc in MANIFESTS
+            if doc["kind"] == kind and not file.startswith(REFRESH)]
+
+
+def _roles_bound_to(account: tuple[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The roles bound to a ServiceAccount, and the kinds of the bindings."""
+    roles, binding_kinds = [], []
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        for binding in _meshdns_docs(kind):
+            subjects = {(s["kind"], s.get("namespace"), s["name"]) for s in binding["subjects"]}
+            if ("ServiceAccount", *account) not in subjects:
+                continue
+            ref = binding["roleRef"]
+            assert ref["apiGroup"] == "rbac.authorization.k8s.io", ref
+            roles.append(_find(ref["kind"], ref["name"]))
+            binding_kinds.append(kind)
+    return roles, binding_kinds
+
+
+def test_api_source_rbac_is_exactly_what_it_reads() -> None:
+    """Every role meshdns has, together: get, list, watch on its kinds, nothing else."""
+    roles = _meshdns_docs("ClusterRole") + _meshdns_docs("Role")
+    assert rbac_problems(roles, _granted(API_SOURCE_READS | PER_CLIENT_READS)) == []
+
+
+_SHAPES = {
+    # shape: (its workload, its config ConfigMap, what it reads)
+    "sidecar/": (("Deployment", "client"), "meshdns-config", API_SOURCE_READS),
+    "node-local/": (
+        ("DaemonSet", "meshdns-node"), "meshdns-node-config", API_SOURCE_READS | PER_CLIENT_READS
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_SHAPES))
+def test_shape_reads_the_api_as_a_bound_account(shape: str, tmp_path: Path) -> None:
+    (kind, name), configmap, reads = _SHAPES[shape]
+    config = _load_with_meshdns(_embedded_config(shape, configmap), tmp_path)
+    # The API source, with the pod's own service account (no kubeconfig)
+    # over every namespace.
+    assert config.kubernetes.enabled is True
+    assert config.kubernetes.kubeconfig is None
+    assert config.kubernetes.namespaces == ()
+    assert config.mesh.per_client_views is (PER_CLIENT_READS <= reads)
+
+    workload = _find(kind, name, shape)
+    pod = _pod_spec(workload)
+    assert pod["automountServiceAccountToken"] is True
+    # The sidecar's Deployment has no namespace of its own: it is applied to
+    # the one its config names.
+    namespace = workload["metadata"].get("namespace", config.mesh.namespace)
+    account = (namespace, pod["serviceAccountName"])
+    (service_account,) = [
+        d for d in _meshdns_docs("ServiceAccount")
+        if (d["metadata"].get("namespace", config.mesh.namespace), d["metadata"]["name"])
+        == account
+    ]
+    assert service_account.get("automountServiceAccountToken", True) is True
+
+    roles, binding_kinds = _roles_bound_to(account)
+    # Every namespace is watched, so the grants must be cluster-wide.
+    assert binding_kinds and set(binding_kinds) == {"ClusterRoleBinding"}
+    assert rbac_problems(roles, _granted(reads)) == []
+
+
+def test_sidecar_patch_mounts_the_applications_token() -> None:
+    """The patch runs meshdns as the application's own ServiceAccount."""
+    pod = _sidecar_patch()["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    assert "serviceAccountName" not in pod
+
+
+def _reader(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"metadata": {"name": "meshdns-reader"}, "rules": rules}]
+
+
+_ALL_READS = [
+    {"apiGroups": [""], "resources": ["services", "pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries", "sidecars"],
+     "verbs": ["get", "list", "watch"]},
+]
+
+
+def _changed(index: int, **fields: Any) -> list[dict[str, Any]]:
+    rules = copy.deepcopy(_ALL_READS)
+    rules[index].update(fields)
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("rules", "problem"),
+    [
+        (_changed(0, verbs=["*"]), "a wildcard in verbs"),
+        (_changed(2, apiGroups=["*"]), "a wildcard in apiGroups"),
+        (_changed(1, resources=["*"]), "a wildcard in resources"),
+        (_changed(0, verbs=["get", "list"]), "not granted: ('', 'pods', 'watch')"),
+        (_changed(1, verbs=["get", "list", "watch", "create"]), "verbs ['create', 'get'"),
+        (_changed(0, resources=["services", "pods", "secrets"]),
+         "granted beyond need: ('', 'secrets', 'get')"),
+        (_changed(2, resources=["serviceentries"]),
+         "not granted: ('networking.istio.io', 'sidecars', 'get')"),
+        (_changed(0, resourceNames=["kubernetes"]), "resourceNames in a rule"),
+        (_ALL_READS + [{"nonResourceURLs": ["/version"], "verbs": ["get", "list", "watch"]}],
+         "nonResourceURLs in a rule"),
+    ],
+    ids=["verb-wildcard", "group-wildcard", "resource-wildcard", "no-watch", "create",
+         "secrets", "no-sidecars", "resource-names", "non-resource-urls"],
+)
+def test_rbac_check_catches(rules: list[dict[str, Any]], problem: str) -> None:
+    expected = _granted(API_SOURCE_READS | PER_CLIENT_READS)
+    assert rbac_problems(_reader(_ALL_READS), expected) == []
+    problems = rbac_problems(_reader(rules), expected)
+    assert any(problem in p for p in problems), problems
+
+
+# -- the optional refresh CronJob and its RBAC ------------------------------
+
+REFRESH = "optional/refresh/"
 
 READ_ONLY = {"get", "list"}
 ALLOWED_READS = {
@@ -464,7 +656,7 @@ def _cronjob_env(cronjob: dict[str, Any]) -> dict[str, str]:
 
 
 def test_refresh_rbac_is_minimal() -> None:
-    docs = [doc for file, _, doc in MANIFESTS if file.startswith("refresh/")]
+    docs = [doc for file, _, doc in MANIFESTS if file.startswith(REFRESH)]
     (cronjob,) = [d for d in docs if d["kind"] == "CronJob"]
     pod = _pod_spec(cronjob)
     account = (cronjob["metadata"]["namespace"], pod["serviceAccountName"])
@@ -632,6 +824,12 @@ def containerfile_problems(text: str) -> list[str]:
     ]
     if not installs or len(wheel_installs) != len(installs):
         problems.append("the final stage must pip install the builder's wheel, --no-index")
+    # The shapes in deploy/kubernetes use the Kubernetes API source, whose
+    # client is the `kubernetes` extra: built into /wheels, installed with it.
+    if not re.search(r"\bpip wheel\b.*\[kubernetes\]", builds):
+        problems.append("the builder stage does not build the kubernetes extra's wheels")
+    if not any(re.search(r"\.whl\b.*\[kubernetes\]", a) for a in wheel_installs):
+        problems.append("the final stage does not install the kubernetes extra")
     if not any("--no-cache-dir" in a for a in installs) and not any(
         i == "ENV" and "PIP_NO_CACHE_DIR=1" in a for i, a in body
     ):
@@ -684,9 +882,11 @@ def _without(text: str, pattern: str, replacement: str = "") -> str:
         (lambda t: t + "COPY meshdns_plugin /app/meshdns_plugin\n",
          "copies from the build context"),
         (lambda t: _without(t, r'"--pidfile=", '), "ENTRYPOINT"),
+        (lambda t: _without(t, r"'\.\[kubernetes\]'", "."), "build the kubernetes extra"),
+        (lambda t: _without(t, r'"\$1\[kubernetes\]"', '"$1"'), "install the kubernetes extra"),
     ],
     ids=["single-stage", "root", "no-user", "no-iptables", "compiler", "from-index",
-         "copy-source", "entrypoint"],
+         "copy-source", "entrypoint", "no-extra-built", "no-extra-installed"],
 )
 def test_containerfile_check_catches(change: Any, problem: str) -> None:
     problems = containerfile_problems(change(CONTAINERFILE.read_text()))
