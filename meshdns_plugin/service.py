@@ -28,6 +28,7 @@ from meshdns_plugin.dns.server import MeshDNSServerFactory
 from meshdns_plugin.endpoints import tcp_server
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.table import NameTable
+from meshdns_plugin.mesh.views import MeshViews
 from meshdns_plugin.ops.admin import AdminService
 from meshdns_plugin.ops.listeners.plan import ListenerPlan, collisions
 from meshdns_plugin.ops.listeners.service import VipListeners
@@ -144,7 +145,8 @@ class MeshService(service.MultiService):
             allow=listen.allow,
             tcp_idle_timeout=listen.tcp_idle_timeout,
             tcp_max_connections=tcp_connection_cap(
-                listen.tcp_max_connections, raise_open_files_limit(),
+                listen.tcp_max_connections,
+                raise_open_files_limit(),
                 config.upstream.max_concurrent,
             ),
             tcp_max_queries=listen.tcp_max_queries,
@@ -164,6 +166,7 @@ class MeshService(service.MultiService):
         if self.api is not None:
             self.api.rebuild = lambda: self.watcher.check(force=True)
             self.api.serve = self._serve
+            self.api.serve_views = self._serve_views
             self.api.setServiceParent(self)
         if config.admin.port:
             AdminService(self.reported(), config.admin, reactor).setServiceParent(self)
@@ -171,9 +174,9 @@ class MeshService(service.MultiService):
     def _api_source(self, reactor) -> ApiSource:
         """
         The Kubernetes API source, fed to every load: its documents go into
-        each whole build, and it patches Service and EndpointSlice changes
-        into the serving table in between (not with per-client views, whose
-        tables share their mappings: there every change is a whole build).
+        each whole build, and it patches Service, EndpointSlice (and, for
+        per-client views, Pod) changes into the serving table or views in
+        between.
         """
         config = self.config
         api = ApiSource(
@@ -181,18 +184,22 @@ class MeshService(service.MultiService):
             namespace=config.mesh.namespace,
             cluster_domain=config.mesh.cluster_domain,
             pods=config.mesh.per_client_views,
-            incremental=not config.mesh.per_client_views,
             reactor=reactor,
         )
         self.loader.api = api.snapshot
-        self.loader.observers.append(
-            lambda prepared: api.table_loaded(prepared.table, prepared.entries)
-        )
+        self.loader.observers.append(api.table_loaded)
         return api
 
     def _serve(self, table: NameTable) -> None:
         """A patched table serves (one assignment, as a reload's)."""
         self.authority.table = table
+
+    def _serve_views(self, views: MeshViews) -> None:
+        """Patched per-client views serve, all in this reactor turn."""
+        router = self.factory.views
+        if router is not None:
+            router.update(views)
+        self.authority.table = views.default
 
     def reported(self) -> Reported:
         """What the admin endpoint and the metrics report on (they get nothing else)."""

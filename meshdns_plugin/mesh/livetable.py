@@ -46,53 +46,35 @@ SliceKey = tuple[str, str]
 _NO_ALLOCATION = Allocation({})
 
 
-class TablePatcher:
+class ServiceIndex:
     """
-    Applies Service and EndpointSlice changes to the table of one load.
-
-    @ivar table: the table as patched so far.
+    The Services and EndpointSlices one load's tables were built from,
+    kept up to date change by change; shared by the patchers of one load
+    (one per table), so each holds the cluster once.
     """
 
     def __init__(
-        self,
-        table: NameTable,
-        entries: Entries,
-        *,
-        namespace: str,
-        cluster_domain: str,
-        root_namespace: str = ROOT_NAMESPACE,
+        self, entries: Entries, *, cluster_domain: str, root_namespace: str = ROOT_NAMESPACE
     ) -> None:
-        """
-        @param table: the table built whole from C{entries}; its mappings
-            are changed in place from now on.
-        @param entries: what the table was built from (every source's
-            documents, before the proxy's scope is applied).
-        """
-        self.table = table
-        self._namespace = namespace
-        self._cluster_domain = cluster_domain
-        self._root_namespace = root_namespace
-        self._sidecars: tuple[Sidecar, ...] = entries.sidecars
-        self._services: dict[ServiceKey, Service] = {
+        self.services: dict[ServiceKey, Service] = {
             (s.namespace, s.name): s for s in entries.services
         }
-        self._slices: dict[SliceKey, EndpointSlice] = {}
+        self.slices: dict[SliceKey, EndpointSlice] = {}
         self._by_service: dict[ServiceKey, dict[SliceKey, EndpointSlice]] = {}
+        self._sidecars: tuple[Sidecar, ...] = entries.sidecars
+        self._cluster_domain = cluster_domain
+        self._root_namespace = root_namespace
         for endpoint_slice in entries.endpoint_slices:
             self._index_slice(endpoint_slice)
-        # The mappings are the table's own (build_table made them): writable.
-        self._names: dict[bytes, HostRecords] = table.names  # type: ignore[assignment]
-        self._aliases: dict[bytes, Any] = table.aliases  # type: ignore[assignment]
-        self._pointers: dict[bytes, tuple[bytes, ...]] = table.pointers  # type: ignore[assignment]
 
     def _index_slice(self, endpoint_slice: EndpointSlice) -> None:
         key = (endpoint_slice.origin.namespace, endpoint_slice.origin.name)
-        self._slices[key] = endpoint_slice
+        self.slices[key] = endpoint_slice
         service = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
         self._by_service.setdefault(service, {})[key] = endpoint_slice
 
     def _unindex_slice(self, key: SliceKey) -> None:
-        old = self._slices.pop(key, None)
+        old = self.slices.pop(key, None)
         if old is None:
             return
         service = (old.origin.namespace, old.service_name)
@@ -102,35 +84,135 @@ class TablePatcher:
             if not group:
                 del self._by_service[service]
 
+    def touched(
+        self,
+        services: Mapping[ServiceKey, Service | None],
+        slices: Mapping[SliceKey, EndpointSlice | None],
+    ) -> set[ServiceKey]:
+        """The Services whose names the changes can change (before L{update})."""
+        found: set[ServiceKey] = set(services)
+        for key, endpoint_slice in slices.items():
+            old = self.slices.get(key)
+            if old is not None:
+                found.add((old.origin.namespace, old.service_name))
+            if endpoint_slice is not None:
+                found.add((endpoint_slice.origin.namespace, endpoint_slice.service_name))
+        return found
+
+    def update(
+        self,
+        services: Mapping[ServiceKey, Service | None],
+        slices: Mapping[SliceKey, EndpointSlice | None],
+    ) -> None:
+        """Take new versions (L{None}: deleted) of some Services and slices."""
+        for key, service in services.items():
+            if service is None:
+                self.services.pop(key, None)
+            else:
+                self.services[key] = service
+        for key, endpoint_slice in slices.items():
+            self._unindex_slice(key)
+            if endpoint_slice is not None:
+                self._index_slice(endpoint_slice)
+
+    def own_table(self, key: ServiceKey, namespace: str, ttl: int) -> NameTable | None:
+        """
+        The names of one Service alone, as the whole build of a proxy in
+        C{namespace} gives them, or L{None} when it has none there.
+        """
+        service = self.services.get(key)
+        if service is None:
+            return None
+        own = Entries(
+            services=(service,),
+            endpoint_slices=tuple(self._by_service.get(key, {}).values()),
+            sidecars=self._sidecars,
+        )
+        visible = scoped(own, namespace, self._cluster_domain, self._root_namespace)
+        if not visible.services:
+            return None
+        return build_table(
+            MeshView(namespace, visible, _NO_ALLOCATION, {}),
+            cluster_domain=self._cluster_domain,
+            search=(),
+            ttl=ttl,
+        )
+
+
+#: One Service's names alone, before and after a change.
+Owned = dict[ServiceKey, NameTable | None]
+
+
+class TablePatcher:
+    """
+    Applies Service and EndpointSlice changes to one table of a load.
+
+    @ivar table: the table as patched so far.
+    @ivar index: what the table was built from, kept up to date.
+    @ivar changed: the names and aliases the last change set or took out.
+    """
+
+    def __init__(self, table: NameTable, index: ServiceIndex, *, namespace: str) -> None:
+        """
+        @param table: the table built whole from the index's documents; its
+            mappings are changed in place from now on.
+        @param namespace: the proxy's namespace the table answers for.
+        """
+        self.table = table
+        self.index = index
+        self.changed: set[bytes] = set()
+        self._namespace = namespace
+        # The mappings are the table's own (build_table made them): writable.
+        self._names: dict[bytes, HostRecords] = table.names  # type: ignore[assignment]
+        self._aliases: dict[bytes, Any] = table.aliases  # type: ignore[assignment]
+        self._pointers: dict[bytes, tuple[bytes, ...]] = table.pointers  # type: ignore[assignment]
+
+    @classmethod
+    def alone(
+        cls,
+        table: NameTable,
+        entries: Entries,
+        *,
+        namespace: str,
+        cluster_domain: str,
+        root_namespace: str = ROOT_NAMESPACE,
+    ) -> TablePatcher:
+        """The patcher of a load's only table, with an index of its own."""
+        index = ServiceIndex(entries, cluster_domain=cluster_domain, root_namespace=root_namespace)
+        return cls(table, index, namespace=namespace)
+
     def apply(
         self,
         services: Mapping[ServiceKey, Service | None],
         slices: Mapping[SliceKey, EndpointSlice | None],
     ) -> NameTable:
         """
-        Apply new versions (L{None}: deleted) of some Services and slices.
+        Apply new versions (L{None}: deleted) of some Services and slices
+        (for a patcher that is its index's only user).
 
         @return: the patched table, a new object over the same mappings.
         """
-        touched: set[ServiceKey] = set(services)
-        for key, endpoint_slice in slices.items():
-            old = self._slices.get(key)
-            if old is not None:
-                touched.add((old.origin.namespace, old.service_name))
-            if endpoint_slice is not None:
-                touched.add((endpoint_slice.origin.namespace, endpoint_slice.service_name))
-        before = {key: self._own_table(key) for key in touched}
-        for key, service in services.items():
-            if service is None:
-                self._services.pop(key, None)
-            else:
-                self._services[key] = service
-        for key, endpoint_slice in slices.items():
-            self._unindex_slice(key)
-            if endpoint_slice is not None:
-                self._index_slice(endpoint_slice)
-        for key in touched:
-            self._replace(before[key], self._own_table(key))
+        before = self.before(self.index.touched(services, slices))
+        self.index.update(services, slices)
+        return self.after(before)
+
+    def before(self, keys: set[ServiceKey]) -> Owned:
+        """What the Services C{keys} answer now (call before the index changes)."""
+        return {key: self.own(key) for key in keys}
+
+    def own(self, key: ServiceKey) -> NameTable | None:
+        return self.index.own_table(key, self._namespace, self.table.ttl)
+
+    def after(self, before: Owned) -> NameTable:
+        """
+        Replace what the Services answered (L{before}) with what they answer
+        now that the index has changed.
+
+        @return: the patched table, a new object over the same mappings.
+        """
+        self.changed = set()
+        for key, old in before.items():
+            self._replace(old, self.own(key))
         table = self.table
         self.table = NameTable(
             self._names,
@@ -144,32 +226,13 @@ class TablePatcher:
         )
         return self.table
 
-    def _own_table(self, key: ServiceKey) -> NameTable | None:
-        """The names of one Service alone, as the whole build gives them."""
-        service = self._services.get(key)
-        if service is None:
-            return None
-        own = Entries(
-            services=(service,),
-            endpoint_slices=tuple(self._by_service.get(key, {}).values()),
-            sidecars=self._sidecars,
-        )
-        visible = scoped(own, self._namespace, self._cluster_domain, self._root_namespace)
-        if not visible.services:
-            return None
-        return build_table(
-            MeshView(self._namespace, visible, _NO_ALLOCATION, {}),
-            cluster_domain=self._cluster_domain,
-            search=(),
-            ttl=self.table.ttl,
-        )
-
     def _replace(self, old: NameTable | None, new: NameTable | None) -> None:
         """Take one Service's C{old} names out of the table, and put C{new} in."""
         entry_names = self.table.entry_names
         if old is not None:
             self._unpoint(old.pointers)
             kept = set() if new is None else {*new.names, *new.aliases}
+            self.changed.update(old.names, old.aliases)
             for name in (*old.names, *old.aliases):
                 self._names.pop(name, None)
                 self._aliases.pop(name, None)
@@ -178,6 +241,7 @@ class TablePatcher:
                     self._set_entry_name(name, entry_names[name])
         if new is None:
             return
+        self.changed.update(new.names, new.aliases)
         for name, records in new.names.items():
             self._drop_entry_name(name)
             self._names[name] = records

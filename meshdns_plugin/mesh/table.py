@@ -86,7 +86,7 @@ class Layered(Mapping[bytes, _V]):
     names that every view answers alike.
     """
 
-    __slots__ = ("_overlay", "_base", "_hidden", "_len")
+    __slots__ = ("_overlay", "_base", "_hidden")
 
     def __init__(
         self,
@@ -97,8 +97,6 @@ class Layered(Mapping[bytes, _V]):
         self._overlay = overlay
         self._base = base
         self._hidden = hidden
-        shadowed = sum(1 for k in {*overlay, *hidden} if k in base)
-        self._len = len(overlay) + len(base) - shadowed
 
     def get(self, key: bytes, default: _V | None = None) -> _V | None:  # type: ignore[override]
         found = self._overlay.get(key)
@@ -123,7 +121,14 @@ class Layered(Mapping[bytes, _V]):
         yield from (k for k in self._base if k not in overlay and k not in hidden)
 
     def __len__(self) -> int:
-        return self._len
+        # Counted when asked (reports only): a live table's layers change.
+        shadowed = sum(1 for k in {*self._overlay, *self._hidden} if k in self._base)
+        return len(self._overlay) + len(self._base) - shadowed
+
+    @property
+    def overlay(self) -> Mapping[bytes, _V]:
+        """The layer on top, which a live view's own names are changed in."""
+        return self._overlay
 
 
 class NameTable:

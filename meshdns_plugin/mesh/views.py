@@ -49,11 +49,13 @@ class MeshViews:
         clients and the default one.
     @ivar whole: the namespaces whose table was built whole rather than
         over the base (for reports and tests).
+    @ivar base: the table the other views are layered over.
     """
 
     clients: ClientMap
     tables: Mapping[str, NameTable]
     whole: frozenset[str] = frozenset()
+    base: NameTable | None = None
 
     @property
     def default(self) -> NameTable:
@@ -208,4 +210,4 @@ def build_views(
             continue
         suffix = search_suffix(namespace, cluster_domain).encode()
         tables[namespace] = overlay_table(base, names, aliases, frozenset(), suffix)
-    return MeshViews(clients, tables, frozenset(built_whole))
+    return MeshViews(clients, tables, frozenset(built_whole), base)

@@ -9,9 +9,11 @@ where L{ApiSource} keeps the last valid version of every object and turns
 changes into answers:
   - a Service or EndpointSlice change patches the serving table at once
     (L{TablePatcher}): what one Service answers is rebuilt, nothing else;
-  - any other change (a ServiceEntry, a Sidecar, a Pod), and every change in
-    per-client views, asks for a whole build, which the table watcher runs
-    off the reactor thread, one at a time, the newest state winning.
+    with per-client views, the views and the client map (Pods too) are
+    patched alike (L{ViewsPatcher});
+  - any other change (a ServiceEntry, a Sidecar), and a change that gives
+    the views another shape, asks for a whole build, which the table watcher
+    runs off the reactor thread, one at a time, the newest state winning.
 A whole build reads a snapshot of what is held here; the patches made while
 it runs are made again on its table before it serves.
 
@@ -34,8 +36,11 @@ from twisted.logger import Logger
 
 from meshdns_plugin.config import KubernetesConfig
 from meshdns_plugin.mesh.livetable import TablePatcher
-from meshdns_plugin.mesh.model import DocumentKey, EndpointSlice, Entries, Problem, Service
+from meshdns_plugin.mesh.liveviews import ViewsPatcher
+from meshdns_plugin.mesh.loader import PreparedTable
+from meshdns_plugin.mesh.model import DocumentKey, Entries, Problem
 from meshdns_plugin.mesh.table import NameTable
+from meshdns_plugin.mesh.views import MeshViews
 from meshdns_plugin.sources.apiobjects import API_SOURCE, ApiObject, read_api_object
 from meshdns_plugin.sources.kubeclient import ApiClient, KubeError, MissingClientError
 from meshdns_plugin.sources.reflector import Backoff, Reflector, Resource
@@ -48,7 +53,7 @@ ISTIO_RECHECK = 60.0
 #: The kinds, in the order their objects are handed to a build.
 _CORE = (("Service", "v1", "services"), ("EndpointSlice", "discovery.k8s.io/v1", "endpointslices"))
 _ISTIO = (("ServiceEntry", "serviceentries"), ("Sidecar", "sidecars"))
-_PATCHED_KINDS = ("Service", "EndpointSlice")
+_PATCHED_KINDS = ("Service", "EndpointSlice", "Pod")
 
 
 @dataclass
@@ -91,6 +96,7 @@ class ApiSource(service.Service):
     @ivar ready: a table built from every kind's first list serves.
     @ivar rebuild: asks for a whole build (set by the service tree).
     @ivar serve: puts a patched table in service (set by the service tree).
+    @ivar serve_views: puts patched per-client views in service.
     """
 
     def __init__(
@@ -100,16 +106,12 @@ class ApiSource(service.Service):
         namespace: str,
         cluster_domain: str,
         pods: bool,
-        incremental: bool,
         reactor: Any = None,
         client_factory: Callable[[KubernetesConfig], Any] | None = None,
     ) -> None:
         """
         @param namespace: the proxy's namespace (C{mesh.namespace}).
         @param pods: watch Pods too (per-client views need them).
-        @param incremental: patch Service and EndpointSlice changes into the
-            serving table; off with per-client views, whose tables share
-            their mappings.
         @param client_factory: makes the API client (tests pass their own).
         """
         if reactor is None:
@@ -119,10 +121,10 @@ class ApiSource(service.Service):
         self._namespace = namespace
         self._cluster_domain = cluster_domain
         self._pods = pods
-        self._incremental = incremental
         self._client_factory = client_factory or _default_client
         self.rebuild: Callable[[], None] = lambda: None
         self.serve: Callable[[NameTable], None] = lambda table: None
+        self.serve_views: Callable[[MeshViews], None] = lambda views: None
         self.objects: dict[DocumentKey, Any] = {}
         self.counts: Counter[str] = Counter()
         self.problems: dict[DocumentKey, str] = {}
@@ -132,6 +134,7 @@ class ApiSource(service.Service):
         self._reflectors: list[Reflector] = []
         self._stopped = threading.Event()
         self._patcher: TablePatcher | None = None
+        self._views_patcher: ViewsPatcher | None = None
         self._file_keys: frozenset[DocumentKey] = frozenset()
         self._since_snapshot: set[DocumentKey] = set()
         self._snapshot_complete = False
@@ -407,21 +410,36 @@ class ApiSource(service.Service):
             # Before every kind is listed, the first whole build takes it all.
             return
         self._since_snapshot |= pending
-        if self._patcher is None or any(key[0] not in _PATCHED_KINDS for key in pending):
+        if not self._patch(pending):
             self.rebuild()
-            return
-        self.serve(self._patch(pending))
 
-    def _patch(self, keys: set[DocumentKey]) -> NameTable:
-        assert self._patcher is not None
-        services: dict[tuple[str, str], Service | None] = {}
-        slices: dict[tuple[str, str], EndpointSlice | None] = {}
+    def _patch(self, keys: set[DocumentKey]) -> bool:
+        """
+        Apply changes to the serving table (or views) at once.
+
+        @return: whether that was all: L{False} when a whole build must
+            follow (a kind that is not patched, a view that changes shape).
+        """
+        if any(key[0] not in _PATCHED_KINDS for key in keys):
+            return False
+        changes: dict[str, dict[tuple[str, str], Any]] = {k: {} for k in _PATCHED_KINDS}
         for key in keys:
             if key in self._file_keys:
                 continue  # an entry file's document of the same identity wins
             kind, namespace, name = key
-            (services if kind == "Service" else slices)[(namespace, name)] = self.objects.get(key)
-        return self._patcher.apply(services, slices)
+            changes[kind][(namespace, name)] = self.objects.get(key)
+        if self._views_patcher is not None:
+            patched = self._views_patcher.apply(
+                changes["Service"], changes["EndpointSlice"], changes["Pod"]
+            )
+            if patched is None:
+                return False
+            self.serve_views(patched.views)
+            return not patched.rebuild
+        if self._patcher is None or changes["Pod"]:
+            return False
+        self.serve(self._patcher.apply(changes["Service"], changes["EndpointSlice"]))
+        return True
 
     def snapshot(self) -> Entries:
         """
@@ -442,7 +460,7 @@ class ApiSource(service.Service):
             pods=tuple(groups.get("Pod", ())),
         )
 
-    def table_loaded(self, table: NameTable, entries: Entries) -> None:
+    def table_loaded(self, prepared: PreparedTable) -> None:
         """
         A whole build is about to serve (a loader observer, reactor thread):
         patch from it on, after making again the changes it missed.
@@ -450,20 +468,28 @@ class ApiSource(service.Service):
         if self._snapshot_complete and not self.ready:
             self.ready = True
             _log.info("Kubernetes API: synced; the table serves the cluster's state")
+        entries = prepared.entries
         self._file_keys = frozenset(
             o.origin.key
-            for group in (entries.services, entries.endpoint_slices)
+            for group in (entries.services, entries.endpoint_slices, entries.pods)
             for o in group
             if o.origin.file != API_SOURCE
         )
-        if not self._incremental:
-            return
-        self._patcher = TablePatcher(
-            table, entries, namespace=self._namespace, cluster_domain=self._cluster_domain
-        )
+        self._patcher = self._views_patcher = None
+        if prepared.views is not None:
+            self._views_patcher = ViewsPatcher(
+                prepared.views, entries, cluster_domain=self._cluster_domain
+            )
+        else:
+            self._patcher = TablePatcher.alone(
+                prepared.table,
+                entries,
+                namespace=self._namespace,
+                cluster_domain=self._cluster_domain,
+            )
         missed = {k for k in self._since_snapshot if k[0] in _PATCHED_KINDS}
-        if missed:
-            self._patch(missed)
+        if missed and not self._patch(missed):
+            self.rebuild()
 
 
 def api_problems(api: ApiSource) -> tuple[Problem, ...]:

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import dns.flags
+import dns.message
+import dns.query
 import dns.rcode
 import pytest
 
 from tests.support.kubeapi import FakeKubeAPI, make_certificates
-from tests.support.kubeobjects import endpoint_slice, service, service_entry, sidecar
+from tests.support.kubeobjects import endpoint_slice, pod, service, service_entry, sidecar
 from tests.support.processes import MeshdnsProcess, free_port
 from tests.support.scrape import parse, scrape, value
 from tests.support.waiting import wait_until
@@ -70,13 +72,15 @@ class Meshdns:
 def meshdns(
     api: FakeKubeAPI, start_meshdns: Callable[..., MeshdnsProcess], tmp_path: Path
 ) -> Callable[..., Meshdns]:
-    def start(kubeconfig: Path | None = None, **kubernetes: Any) -> Meshdns:
+    def start(
+        kubeconfig: Path | None = None, per_client_views: bool = False, **kubernetes: Any
+    ) -> Meshdns:
         if kubeconfig is None:
             kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         admin = free_port("127.0.0.1")
         process = start_meshdns(
             {
-                "mesh": {"namespace": NAMESPACE},
+                "mesh": {"namespace": NAMESPACE, "per_client_views": per_client_views},
                 "admin": {"port": admin},
                 "kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig), **kubernetes},
             }
@@ -330,3 +334,40 @@ def test_tls_verification_failure_names_the_server_and_the_ca(
     assert api.url in lines[0] and str(wrong_ca) in lines[0]
     assert mesh.ready() == 503
     assert mesh.process.query("anything.example.", "A").rcode() == dns.rcode.SERVFAIL
+
+
+def ask_from(mesh: Meshdns, source: str, name: str) -> list[str]:
+    """The addresses meshdns answers itself for C{name}, asked from C{source}."""
+    query = dns.message.make_query(name, "A")
+    reply = dns.query.udp(
+        query, mesh.process.address, port=mesh.process.port, timeout=5, source=source
+    )
+    if not reply.flags & dns.flags.AA:
+        return []
+    return sorted(r.address for rrset in reply.answer for r in rrset)
+
+
+def test_per_client_views_follow_pods_and_services_without_a_rebuild(
+    api: FakeKubeAPI, meshdns: Callable[..., Meshdns]
+) -> None:
+    """
+    Node-local mode: each client gets its Pod's namespace's view (a Service's
+    bare name answers in its own namespace only); a Pod that moves and a
+    Service that changes are applied without a whole build.
+    """
+    api.create(pod("a", "client-a", ips=("127.0.0.2",)))
+    api.create(pod("b", "client-b", ips=("127.0.0.4",)))
+    api.create(service("a", "web", "10.96.0.1"))
+    api.create(service("b", "web", "10.96.0.2"))
+    mesh = meshdns(per_client_views=True)
+    wait_until(lambda: mesh.ready() == 200, "ready")
+    wait_until(lambda: ask_from(mesh, "127.0.0.2", "web") == ["10.96.0.1"], "a's view")
+    assert ask_from(mesh, "127.0.0.4", "web") == ["10.96.0.2"]
+    assert ask_from(mesh, "127.0.0.3", "web") == []
+    reloads = value(mesh.metrics(), "meshdns_reloads_total", result="success")
+    api.update(service("a", "web", "10.96.0.11"))
+    wait_until(lambda: ask_from(mesh, "127.0.0.2", "web") == ["10.96.0.11"], "a's changed web")
+    api.delete("Pod", "a", "client-a")
+    api.create(pod("b", "client-a2", ips=("127.0.0.2",)))
+    wait_until(lambda: ask_from(mesh, "127.0.0.2", "web") == ["10.96.0.2"], "the pod now in b")
+    assert value(mesh.metrics(), "meshdns_reloads_total", result="success") == reloads

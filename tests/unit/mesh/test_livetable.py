@@ -116,7 +116,7 @@ def test_patched_equals_whole_build(
     current_services = {(s.namespace, s.name): s for s in first_services}
     current_slices = {(s.origin.namespace, s.origin.name): s for s in first_slices}
     start = whole(current_services, current_slices)
-    patcher = TablePatcher(
+    patcher = TablePatcher.alone(
         start,
         Entries(
             service_entries=ENTRIES,
@@ -157,7 +157,7 @@ def test_removed_service_gives_its_name_back_to_the_service_entry() -> None:
     web = service("a", "web", "ip", ("10.0.0.3",), "")
     start = whole({("a", "web"): web}, {})
     assert start.names[b"web.a"].ipv4 == ("10.0.0.3",)
-    patcher = TablePatcher(
+    patcher = TablePatcher.alone(
         start,
         Entries(service_entries=ENTRIES, services=(web,)),
         namespace=NAMESPACE,
