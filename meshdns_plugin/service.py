@@ -187,6 +187,7 @@ class MeshService(service.MultiService):
             reactor=reactor,
         )
         self.loader.api = api.snapshot
+        self.loader.live = True
         self.loader.observers.append(api.table_loaded)
         return api
 

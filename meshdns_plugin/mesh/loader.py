@@ -33,6 +33,8 @@ from meshdns_plugin.mesh.allocator import (
 )
 from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.mesh.clients import client_map
+from meshdns_plugin.mesh.livetable import TablePatcher
+from meshdns_plugin.mesh.liveviews import ViewsPatcher
 from meshdns_plugin.mesh.model import Entries, Problem
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
@@ -61,6 +63,8 @@ class PreparedTable:
         line (an unreadable state file, a VIP range exhausted).
     @ivar views: with C{mesh.per_client_views}, every namespace's table
         (C{table} is the default namespace's); else L{None}.
+    @ivar patcher: what applies later changes to C{table} (or C{views}),
+        made here, off the reactor thread, when the loader is L{live}.
     """
 
     table: NameTable
@@ -69,6 +73,7 @@ class PreparedTable:
     view: MeshView
     errors: tuple[str, ...] = ()
     views: MeshViews | None = None
+    patcher: TablePatcher | ViewsPatcher | None = None
 
     @property
     def entry_count(self) -> int:
@@ -93,6 +98,9 @@ class TableLoader:
         or before the first load).
     @ivar api: where the documents of the Kubernetes API come from (a
         snapshot, taken in the reactor thread by L{snapshot}), or L{None}.
+    @ivar live: each load also makes the patcher that will apply changes to
+        its table (L{PreparedTable.patcher}), here rather than in the
+        reactor thread, since it indexes every Service.
     """
 
     def __init__(self, config: Config, read_files: FileReader) -> None:
@@ -103,6 +111,7 @@ class TableLoader:
         self.view: MeshView | None = None
         self.views: MeshViews | None = None
         self.api: Callable[[], Entries] | None = None
+        self.live = False
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -174,7 +183,17 @@ class TableLoader:
                 search=search_domains(self.config),
                 ttl=mesh.ttl,
             )
-            return PreparedTable(table, entries, allocation, view, tuple(errors))
+            patcher = (
+                TablePatcher.alone(
+                    table,
+                    entries,
+                    namespace=mesh.namespace,
+                    cluster_domain=mesh.cluster_domain,
+                )
+                if self.live
+                else None
+            )
+            return PreparedTable(table, entries, allocation, view, tuple(errors), patcher=patcher)
         views = build_views(
             entries,
             allocation,
@@ -185,7 +204,12 @@ class TableLoader:
             whole=whole,
             default_view=view,
         )
-        return PreparedTable(views.default, entries, allocation, view, tuple(errors), views)
+        views_patcher = (
+            ViewsPatcher(views, entries, cluster_domain=mesh.cluster_domain) if self.live else None
+        )
+        return PreparedTable(
+            views.default, entries, allocation, view, tuple(errors), views, views_patcher
+        )
 
     def commit(self, prepared: PreparedTable) -> NameTable:
         """

@@ -476,17 +476,10 @@ class ApiSource(service.Service):
             if o.origin.file != API_SOURCE
         )
         self._patcher = self._views_patcher = None
-        if prepared.views is not None:
-            self._views_patcher = ViewsPatcher(
-                prepared.views, entries, cluster_domain=self._cluster_domain
-            )
+        if isinstance(prepared.patcher, ViewsPatcher):
+            self._views_patcher = prepared.patcher
         else:
-            self._patcher = TablePatcher.alone(
-                prepared.table,
-                entries,
-                namespace=self._namespace,
-                cluster_domain=self._cluster_domain,
-            )
+            self._patcher = prepared.patcher
         missed = {k for k in self._since_snapshot if k[0] in _PATCHED_KINDS}
         if missed and not self._patch(missed):
             self.rebuild()
