@@ -527,6 +527,33 @@ def memory_mib(pid: int) -> dict[str, float]:
     return figures
 
 
+def udp_drops(pid: int, port: int) -> int:
+    """Datagrams the kernel dropped on the process's UDP sockets on C{port} (buffer full)."""
+    drops = 0
+    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rpartition(":")[2], 16) == port:
+            drops += int(fields[-1])
+    return drops
+
+
+#: twistd with a SIGUSR2 handler that writes tracemalloc's biggest allocation
+#: sites to the file named by C{MESHDNS_BENCH_TRACEMALLOC} (C{--tracemalloc}).
+TRACED_TWISTD = [
+    TWISTD[0], "-X", "tracemalloc=25", "-c",
+    "import os, signal, sys, tracemalloc; sys.argv[0] = 'twistd'\n"
+    "def dump(*_):\n"
+    "    top = tracemalloc.take_snapshot().statistics('traceback')[:25]\n"
+    "    with open(os.environ['MESHDNS_BENCH_TRACEMALLOC'], 'a') as out:\n"
+    "        for stat in top:\n"
+    "            print(f'{stat.size / 2**20:.1f} MiB in {stat.count} blocks', file=out)\n"
+    "            print(*stat.traceback.format(most_recent_first=True)[:12], sep='\\n', file=out)\n"
+    "signal.signal(signal.SIGUSR2, dump)\n"
+    "from twisted.scripts.twistd import run; run()",
+    *TWISTD[3:],
+]
+
+
 def ask(port: int, name: str, timeout: float) -> list[str] | None:
     """The addresses meshdns answers for C{name}, or None without an answer."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -547,7 +574,7 @@ def ready(admin: int) -> bool:
         return False
 
 
-def start_meshdns(home: Path, api: FakeKubeAPI, namespace: str
+def start_meshdns(home: Path, api: FakeKubeAPI, namespace: str, tracemalloc: str | None
                   ) -> tuple[subprocess.Popen, int, int, float]:
     """Start C{twistd -n meshdns}; the process, DNS and admin ports, and start time."""
     port, admin = free_port(), free_port()
@@ -562,11 +589,14 @@ def start_meshdns(home: Path, api: FakeKubeAPI, namespace: str
     }
     (home / "meshdns.yaml").write_text(yaml.safe_dump(config))
     output = (home / "meshdns.out").open("wb")
+    env = child_env()
+    if tracemalloc:
+        env["MESHDNS_BENCH_TRACEMALLOC"] = tracemalloc
     started = time.monotonic()
     process = subprocess.Popen(
-        [*TWISTD, "--logfile", str(home / "meshdns.log"), "meshdns",
-         "--config", str(home / "meshdns.yaml")],
-        cwd=outside_the_source_tree(), env=child_env(), stdout=output, stderr=subprocess.STDOUT)
+        [*(TRACED_TWISTD if tracemalloc else TWISTD), "--logfile", str(home / "meshdns.log"),
+         "meshdns", "--config", str(home / "meshdns.yaml")],
+        cwd=outside_the_source_tree(), env=env, stdout=output, stderr=subprocess.STDOUT)
     return process, port, admin, started
 
 
@@ -600,26 +630,68 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["size"]["endpoints"] = cluster.endpoints
         results["api_load_s"] = time.monotonic() - loaded
         home = Path(scratch)
-        process, port, admin, started = start_meshdns(home, api, namespace_of(0, args.namespaces))
+        process, port, admin, started = start_meshdns(
+            home, api, namespace_of(0, args.namespaces), args.tracemalloc)
         try:
+            sampler = py_spy(process.pid, args.py_spy, "sync", 0)
             results["sync"] = wait_for_sync(process, port, admin, cluster.late_name,
                                             [cluster.late_address], started, 120)
+            if sampler is not None:
+                sampler.send_signal(signal.SIGINT)
+                sampler.wait(30)
             time.sleep(1.0)
             results["memory_after_sync"] = memory_mib(process.pid)
+            snapshot(process.pid, args.tracemalloc, "after the sync")
             names = cluster.steady_names
             random.Random(args.seed).shuffle(names)
+            drops = udp_drops(process.pid, port)
             results["baseline"] = Stream(port, names, args.qps, args.baseline_seconds).result(
                 args.baseline_seconds + 30)
-            churn_results = churn(api, cluster, port, names, args)
-            results.update(churn_results)
+            results["baseline"]["kernel_drops"] = udp_drops(process.pid, port) - drops
+            drops = udp_drops(process.pid, port)
+            sampler = py_spy(process.pid, args.py_spy, "churn", args.churn_seconds)
+            results.update(churn(api, cluster, port, names, args))
+            results["during_churn"]["kernel_drops"] = udp_drops(process.pid, port) - drops
+            if sampler is not None:
+                sampler.wait(30)
             time.sleep(args.settle_seconds)
             results["memory_end"] = memory_mib(process.pid)
+            snapshot(process.pid, args.tracemalloc, "at the end")
             results["alive"] = process.poll() is None
         finally:
             if args.keep_log:
                 Path(args.keep_log).write_bytes((home / "meshdns.log").read_bytes())
             results["exit_code"] = stop_process(process)
     return results
+
+
+def py_spy(pid: int, folder: str | None, phase: str, seconds: float
+           ) -> subprocess.Popen | None:
+    """
+    Sample C{pid} with C{py-spy record} (every thread, with idle ones; raw
+    collapsed stacks) into C{folder/phase.txt}, for C{seconds} or until
+    interrupted (0).
+    """
+    if folder is None:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).with_name("py-spy")
+    command = [str(beside) if beside.exists() else "py-spy", "record", "-p", str(pid),
+               "--threads", "--idle", "--format", "raw", "-r", "200",
+               "-o", str(Path(folder) / f"{phase}.txt")]
+    if seconds:
+        command += ["-d", str(int(seconds))]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def snapshot(pid: int, path: str | None, moment: str) -> None:
+    """Have a C{--tracemalloc} meshdns write its biggest allocation sites to C{path}."""
+    if path is None:
+        return
+    with open(path, "a") as out:
+        print(f"== {moment}", file=out)
+    os.kill(pid, signal.SIGUSR2)
+    time.sleep(5.0)
 
 
 def churn(api: FakeKubeAPI, cluster: Cluster, port: int, names: list[str],
@@ -714,6 +786,9 @@ def report(results: dict[str, Any], host: dict[str, str]) -> str:
             f"over 50 ms; longest answer gap | {fmt(stream['p50_ms'], 2)} / "
             f"{fmt(stream['p99_ms'], 2)} / {fmt(stream['max_ms'])} ms; {stream['over_50ms']}; "
             f"{fmt(stream['longest_gap_ms'])} ms |")
+    lines.append(f"| Queries dropped by the kernel, meshdns's socket buffer full "
+                 f"(no churn / churn; the probes' queries included) "
+                 f"| {base.get('kernel_drops', 0)} / {during['kernel_drops']} |")
     lines += [
         f"| RSS after sync / at the end / peak (VmHWM) | {after['VmRSS']:.0f} / "
         f"{end['VmRSS']:.0f} / {end['VmHWM']:.0f} MiB |",
@@ -766,6 +841,11 @@ def main() -> int:
                         help="do not add the report to bench/README.md")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--keep-log", help="copy meshdns's log here")
+    parser.add_argument("--py-spy", metavar="FOLDER",
+                        help="profile the sync and the churn with py-spy into FOLDER")
+    parser.add_argument("--tracemalloc", metavar="FILE",
+                        help="run meshdns under tracemalloc (slow: the times mean nothing) "
+                             "and write its biggest allocation sites to FILE")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     results = run(args)
