@@ -718,6 +718,7 @@ def churn(api: FakeKubeAPI, cluster: Cluster, port: int, names: list[str],
         latencies.sort()
         changes[kind] = {"count": len(latencies),
                          "unseen": sum(1 for x in latencies if x == float("inf")),
+                         "over_1s": sum(1 for x in latencies if x > 1.0),
                          "p50_ms": 1000 * percentile(latencies, 50),
                          "p99_ms": 1000 * percentile(latencies, 99),
                          "max_ms": 1000 * latencies[-1]}
@@ -776,8 +777,9 @@ def report(results: dict[str, Any], host: dict[str, str]) -> str:
     ]
     for kind, figures in changes.items():
         label = "every change" if kind == "all" else kind
-        lines.append(f"| Change to answer, {label} ({figures['count']}, "
-                     f"{figures['unseen']} never seen in {CHANGE_TIMEOUT:.0f} s): p50 / p99 / max "
+        lines.append(f"| Change to answer, {label} ({figures['count']}; "
+                     f"{figures['over_1s']} over 1 s, {figures['unseen']} never seen in "
+                     f"{CHANGE_TIMEOUT:.0f} s): p50 / p99 / max "
                      f"| {fmt(figures['p50_ms'])} / {fmt(figures['p99_ms'])} / "
                      f"{fmt(figures['max_ms'])} ms |")
     for label, stream in (("no churn", base), ("during churn", during)):
