@@ -360,6 +360,8 @@ def build_table(
                 continue
             if records.name.startswith(b"*."):
                 wildcards[records.name[2:]] = records
+            elif records.name.startswith(b"*"):
+                continue  # a partial wildcard (documents.is_partial_wildcard)
             else:
                 exact[records.name] = records
         if builder is names:

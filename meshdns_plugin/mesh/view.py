@@ -107,12 +107,12 @@ def _eligible(entry: ServiceEntry, host: str) -> bool:
     """
     Whether meshdns gives C{host} of C{entry} a VIP: an eligible entry
     (L{ServiceEntry.auto_allocatable}), a host without status addresses, and
-    not a wildcard unless the entry's resolution is C{DYNAMIC_DNS} (as
-    Istio's allocator decides).
+    not a wildcard (full or partial) unless the entry's resolution is
+    C{DYNAMIC_DNS} (as Istio's allocator decides).
     """
     if not entry.auto_allocatable or entry.assigned(host):
         return False
-    return not host.startswith("*.") or entry.resolution == "DYNAMIC_DNS"
+    return not host.startswith("*") or entry.resolution == "DYNAMIC_DNS"
 
 
 def vip_hosts(

@@ -14,6 +14,7 @@ from meshdns_plugin.mesh.documents import (
     check_export_to,
     exact_host,
     is_ip,
+    is_partial_wildcard,
     port_number,
     quote,
     read_host,
@@ -54,7 +55,9 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
     C{DNS_ROUND_ROBIN} at most one endpoint; C{workloadSelector} and
     C{endpoints} exclude each other.
 
-    @return: warnings: several hosts sharing a port that carries no host
+    @return: warnings: a partial wildcard host (C{*x.example.com}) outside
+        C{DYNAMIC_DNS}, as Istio's C{ValidateServiceEntry} warns; several
+        hosts sharing a port that carries no host
         name (plain TCP) with a resolution other than C{NONE}, which Istio
         warns about (every connection goes to one backend), but serves.
     """
@@ -89,21 +92,30 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
         raise Invalid("spec.ports", "unix:// endpoints need exactly one port")
     if entry.resolution in DNS_RESOLUTIONS and not entry.endpoints:
         for index, host in enumerate(entry.hosts):
-            if host.startswith("*."):
+            if host.startswith("*"):
                 raise Invalid(
                     f"spec.hosts[{index}]",
                     f"resolution {entry.resolution} without endpoints needs exact hosts",
                 )
     if entry.resolution == "DNS_ROUND_ROBIN" and len(entry.endpoints) > 1:
         raise Invalid("spec.endpoints", "resolution DNS_ROUND_ROBIN takes at most one endpoint")
+    warnings = []
+    if entry.resolution != "DYNAMIC_DNS":
+        warnings.extend(
+            f"{entry.origin}: spec.hosts[{index}] {quote(host)} is a partial wildcard, which "
+            "Istio accepts with a warning and its DNS proxy never answers: not answered here"
+            for index, host in enumerate(entry.hosts)
+            if is_partial_wildcard(host)
+        )
     if entry.resolution != "NONE" and len(entry.hosts) > 1:
         for port in entry.ports:
             if port.protocol not in _HOST_AWARE_PROTOCOLS:
-                return [
+                warnings.append(
                     f"{entry.origin}: several hosts share port {port.number} ({port.protocol}), "
                     "which does not say which host a connection is for: one backend gets them all"
-                ]
-    return []
+                )
+                break
+    return warnings
 
 
 def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:

@@ -99,7 +99,7 @@ def _backends(entry: ServiceEntry, host: str, port: Port) -> tuple[Backend, ...]
             Backend(endpoint.address, endpoint.ports.get(port.name, default))
             for endpoint in entry.endpoints
         )
-    if entry.resolution in DNS_RESOLUTIONS and not host.startswith("*."):
+    if entry.resolution in DNS_RESOLUTIONS and not host.startswith("*"):
         return (Backend(host, default),)
     return ()
 
@@ -107,7 +107,7 @@ def _backends(entry: ServiceEntry, host: str, port: Port) -> tuple[Backend, ...]
 def _no_backend_reason(entry: ServiceEntry, host: str) -> str:
     if entry.resolution == "NONE":
         return "resolution NONE without endpoints: connections go to the address itself"
-    if host.startswith("*."):
+    if host.startswith("*"):
         return "a wildcard host cannot be resolved, and there are no endpoints"
     return f"resolution {entry.resolution} without endpoints: nowhere to forward to"
 

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from meshdns_plugin.mesh.allocator import Allocation
+from meshdns_plugin.mesh.table import build_table
+from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.sources.files import load_entries
 
 
@@ -134,7 +137,12 @@ INVALID = {
         "spec.exportTo[0]",
     ),
     "full-wildcard-host": (se({"hosts": ["*"], "ports": HTTP}), "spec.hosts[0]"),
-    "partial-wildcard-host": (se({"hosts": ["foo.*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "wildcard-in-a-later-label": (se({"hosts": ["foo.*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "wildcard-after-a-label-start": (se({"hosts": ["x*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "partial-wildcard-dns-without-endpoints": (
+        se({"hosts": ["*x.a.example"], "ports": TLS, "resolution": "DNS"}),
+        "spec.hosts[0]",
+    ),
     "no-hosts": (se({"ports": HTTP}), "spec.hosts"),
     "cluster-ips-disagree": (
         svc({"clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.6"]}),
@@ -178,6 +186,41 @@ def test_istio_rejects_so_meshdns_rejects_naming_the_field(name: str, tmp_path: 
     assert "\n" not in str(problem)
     # The valid document beside it is served.
     assert [e.hosts for e in entries.service_entries] == [("*.example.org",)]
+
+
+@pytest.mark.parametrize("host", ["*x.example.com", "*-x.example.com"])
+def test_partial_wildcard_host_is_a_warning_naming_the_document(host: str, tmp_path: Path) -> None:
+    """
+    Istio's C{ValidateServiceEntry} (pkg/config/validation/validation.go)
+    checks each host with C{agent.ValidateWildcardDomain}, whose first label
+    may be C{*} or C{*-} before a DNS-1123 label (pkg/config/labels:
+    C{wildcardPrefix}), and reports C{ValidatePartialWildCard} only through
+    C{WrapWarning}: accepted, with a warning. Its DNS proxy
+    (pkg/dns/client/dns.go, C{lookupHost}) looks a name up as itself and
+    as C{*.} before each suffix, so no name reaches such a host.
+    """
+    document = se({"hosts": [host, "plain.example.com"], "ports": HTTP, "resolution": "STATIC",
+                   "addresses": ["192.0.2.7"]})
+    path = one_file(tmp_path, [document])
+    entries = load_entries([str(path)])
+    assert entries.problems == ()
+    assert [e.hosts for e in entries.service_entries] == [(host, "plain.example.com")]
+    (warning,) = [n for n in entries.notes if "partial wildcard" in n]
+    assert warning.startswith(f"{path}: document 0: ServiceEntry default/se: spec.hosts[0]")
+    view = mesh_view(entries, Allocation({}), namespace="default", auto_allocate=True)
+    table = build_table(view, cluster_domain="cluster.local", search=(), ttl=30)
+    assert table.resolve(b"plain.example.com") is not None
+    for name in (host, host[1:], "foox.example.com", "x.example.com", "a.x.example.com"):
+        assert table.resolve(name.encode()) is None, name
+    assert table.pointers[b"7.2.0.192.in-addr.arpa"] == (b"plain.example.com",)
+
+
+def test_partial_wildcard_with_dynamic_dns_is_not_warned_about(tmp_path: Path) -> None:
+    """C{ValidateServiceEntry} skips the partial wildcard warning for C{DYNAMIC_DNS}."""
+    document = se({"hosts": ["*x.example.com"], "ports": TLS, "resolution": "DYNAMIC_DNS"})
+    entries = load_entries([str(one_file(tmp_path, [document]))])
+    assert entries.problems == ()
+    assert not [n for n in entries.notes if "partial wildcard" in n]
 
 
 def test_several_hosts_on_a_plain_tcp_port_is_a_warning_not_an_error(tmp_path: Path) -> None:
