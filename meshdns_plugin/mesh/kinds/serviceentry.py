@@ -49,7 +49,8 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
     The rules of Istio's ServiceEntry validation for the fields meshdns
     reads, so that meshdns refuses what C{kubectl apply} would refuse and
     nothing else: port numbers and names are unique, protocols known; CIDR
-    addresses only with C{NONE} or C{STATIC}; endpoints' port names are the
+    addresses only with C{NONE} or C{STATIC}; no endpoints with C{NONE}
+    (the CRD's "NONE mode cannot set endpoints"); endpoints' port names are the
     entry's; a unix socket endpoint has no ports, and its entry one port;
     C{DNS}/C{DNS_ROUND_ROBIN} without endpoints need exact hosts, and
     C{DNS_ROUND_ROBIN} at most one endpoint; C{workloadSelector} and
@@ -76,6 +77,8 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
             raise Invalid(f"{path}.protocol", f"{quote(port.protocol)} is not an Istio protocol")
     if entry.networks and entry.resolution not in ("NONE", "STATIC"):
         raise Invalid("spec.addresses", "CIDR addresses need resolution NONE or STATIC")
+    if entry.resolution == "NONE" and spec.raw.get("endpoints"):
+        raise Invalid("spec.endpoints", "resolution NONE cannot set endpoints")
     if spec.raw.get("workloadSelector") is not None and entry.endpoints:
         raise Invalid("spec.endpoints", "endpoints and workloadSelector cannot both be set")
     unix = False
@@ -154,7 +157,7 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         endpoint = Document(raw, path + ".")
         address = endpoint.text("address")
         if address.startswith(UNIX_PREFIX):
-            if resolution not in ("STATIC", "NONE") or len(address) == len(UNIX_PREFIX):
+            if resolution != "STATIC" or len(address) == len(UNIX_PREFIX):
                 raise Invalid(
                     path + ".address", "a unix:// endpoint needs a path and resolution STATIC"
                 )

@@ -93,6 +93,17 @@ INVALID = {
         se({"hosts": ["*.a.example"], "ports": TLS, "resolution": "DNS"}),
         "spec.hosts[0]",
     ),
+    # Istio's CRD (x-kubernetes-validations): "NONE mode cannot set endpoints";
+    # its webhook: "no endpoints should be provided for resolution type none".
+    "none-with-endpoints": (
+        se({"hosts": ["a.example"], "ports": HTTP, "resolution": "NONE",
+            "endpoints": [{"address": "192.0.2.1"}]}),
+        "spec.endpoints",
+    ),
+    "none-by-default-with-endpoints": (
+        se({"hosts": ["a.example"], "ports": HTTP, "endpoints": [{"address": "192.0.2.1"}]}),
+        "spec.endpoints",
+    ),
     "round-robin-two-endpoints": (
         se({"hosts": ["a.example"], "ports": HTTP, "resolution": "DNS_ROUND_ROBIN",
             "endpoints": [{"address": "x.example"}, {"address": "y.example"}]}),

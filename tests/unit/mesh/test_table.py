@@ -93,12 +93,6 @@ MESH = [
     eps("db", "ns1", ("10.1.0.3", None)),
     eps("db", "ns3", ("10.9.9.9", True)),
     svc("empty-headless", "ns1", "None"),
-    se(
-        ["none.example"],
-        name="none",
-        resolution="NONE",
-        endpoints=[{"address": "10.2.0.1"}, {"address": "10.2.0.2"}],
-    ),
     se(["nothing.example"], name="nothing", resolution="NONE"),
     se(
         ["noalloc.example"],
@@ -269,11 +263,6 @@ def test_same_host_in_several_entries_is_the_union(table: NameTable) -> None:
     assert records.ipv6 == ("2001:db8::71",)
     assert len(records.sources) == 2
     assert ipv4_of(table, "other.example") == {"192.0.2.71"}
-
-
-def test_resolution_none_answers_endpoints(table: NameTable) -> None:
-    assert ipv4_of(table, "none.example") == {"10.2.0.1", "10.2.0.2"}
-    assert found(table, "none.example").records.vip is False
 
 
 @pytest.mark.parametrize(
