@@ -226,13 +226,25 @@ def read_ports(doc: Document) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def check_export_to(path: str, values: tuple[str, ...]) -> None:
-    """Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no repeats."""
+def check_export_to(path: str, values: tuple[str, ...], namespace: str | None = None) -> None:
+    """
+    Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no
+    repeats.
+
+    @param namespace: the document's namespace, which C{.} stands for when
+        Istio's webhook looks for repeats (C{validateExportTo}: C{.} beside
+        the namespace's own name is a duplicate); L{None} where no webhook
+        sees the list (a Service's annotation), so only literal repeats count.
+    """
+    seen: set[str] = set()
     for index, value in enumerate(values):
         if value not in (".", "*", "~") and not is_k8s_label(value):
             raise Invalid(f"{path}[{index}]", f"{quote(value)} is not ., *, ~ or a namespace")
-        if value in values[:index]:
-            raise Invalid(f"{path}[{index}]", f"{quote(value)} is repeated")
+        key = namespace if value == "." and namespace is not None else value
+        if key in seen:
+            also = f" (. is the document's namespace, {namespace})" if key == namespace else ""
+            raise Invalid(f"{path}[{index}]", f"{quote(value)} is repeated{also}")
+        seen.add(key)
     if len(values) > 1 and ("~" in values or "*" in values):
         raise Invalid(path, "~ and * cannot be combined with other values")
 

@@ -179,7 +179,7 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         for target in [host] if host else hosts:
             status.setdefault(target, []).append(read_ip(path + ".value", raw.get("value")))
     export_to = spec.texts("exportTo")
-    check_export_to("spec.exportTo", export_to)
+    check_export_to("spec.exportTo", export_to, origin.namespace)
     entry = ServiceEntry(
         origin=origin,
         hosts=tuple(hosts),

@@ -56,6 +56,9 @@ VALID = {
                        "resolution": "STATIC", "endpoints": [{"address": "10.8.0.4"}]}),
     "workload-selector": se({"hosts": ["vm.internal"], "ports": HTTP, "resolution": "STATIC",
                              "workloadSelector": {"labels": {"app": "vm"}}}),
+    "export-to-dot-and-other-namespace": se({"hosts": ["x.example"], "ports": HTTP,
+                                             "resolution": "DNS",
+                                             "exportTo": [".", "team-b"]}, namespace="team-a"),
     "export-to-list": se({"hosts": ["x.example"], "ports": HTTP, "resolution": "DNS",
                           "exportTo": [".", "team-b"]}),
     "endpoint-port-override": se({"hosts": ["p.example"], "ports": TLS, "resolution": "STATIC",
@@ -137,6 +140,17 @@ INVALID = {
     ),
     "export-to-repeated": (
         se({"hosts": ["a.example"], "ports": HTTP, "exportTo": ["a", "a"]}),
+        "spec.exportTo[1]",
+    ),
+    # Istio's validateExportTo (pkg/config/validation/validation.go) reads "."
+    # as the document's namespace when it looks for repeats: "duplicate
+    # entries in exportTo: . and current namespace".
+    "export-to-dot-and-own-namespace": (
+        se({"hosts": ["a.example"], "ports": HTTP, "exportTo": [".", "default"]}),
+        "spec.exportTo[1]",
+    ),
+    "export-to-own-namespace-and-dot": (
+        se({"hosts": ["a.example"], "ports": HTTP, "exportTo": ["default", "."]}),
         "spec.exportTo[1]",
     ),
     "export-to-none-combined": (
