@@ -122,7 +122,10 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
 
 
 def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
-    """The entry, and the warnings of L{_check_service_entry}."""
+    """
+    The entry, and its warnings: those of L{_check_service_entry}, and the
+    C{status.addresses} of a C{resolution: NONE} entry, which are dropped.
+    """
     spec = doc.mapping("spec")
     hosts = []
     for path, raw in spec.items("hosts"):
@@ -178,6 +181,16 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         host = item.text("host").strip().rstrip(".").lower()
         for target in [host] if host else hosts:
             status.setdefault(target, []).append(read_ip(path + ".value", raw.get("value")))
+    warnings = []
+    if resolution == "NONE" and status:
+        # Istio's allocator allocates nothing for NONE and its conversion
+        # reads status addresses only where it would allocate
+        # (ShouldV2AutoAllocateIP), so a proxy never routes these.
+        warnings.append(
+            f"{origin}: status.addresses of a resolution NONE entry are ignored, "
+            "as Istio ignores and clears them"
+        )
+        status = {}
     export_to = spec.texts("exportTo")
     check_export_to("spec.exportTo", export_to, origin.namespace)
     entry = ServiceEntry(
@@ -192,4 +205,4 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         networks=tuple(dict.fromkeys(networks)),
         status_addresses={h: tuple(dict.fromkeys(a)) for h, a in status.items()},
     )
-    return entry, _check_service_entry(spec, entry)
+    return entry, [*warnings, *_check_service_entry(spec, entry)]

@@ -240,6 +240,30 @@ def test_partial_wildcard_host_is_a_warning_naming_the_document(host: str, tmp_p
     assert table.pointers[b"7.2.0.192.in-addr.arpa"] == (b"plain.example.com",)
 
 
+def test_status_addresses_of_a_none_entry_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """
+    Istio's C{shouldV2AutoAllocateIPFromPieces}
+    (pilot/pkg/networking/serviceentry/ip_autoallocation.go) answers false
+    for C{resolution: NONE} ("we cannot honor the assigned IP in the
+    dataplane and should not assign"), and C{convertServices}
+    (pilot/pkg/serviceregistry/serviceentry/conversion.go) reads
+    C{status.addresses} only when it answers true: the host has no address
+    in the proxy's name table.
+    """
+    document = se({"hosts": ["passthrough.example"], "ports": TLS, "resolution": "NONE"})
+    document["status"] = {"addresses": [{"host": "passthrough.example", "value": "240.240.0.9"}]}
+    path = one_file(tmp_path, [document])
+    entries = load_entries([str(path)])
+    assert entries.problems == ()
+    (warning,) = [n for n in entries.notes if "status.addresses" in n]
+    assert warning.startswith(f"{path}: document 0: ServiceEntry default/se: ")
+    view = mesh_view(entries, Allocation({}), namespace="default", auto_allocate=True)
+    assert view.addresses("passthrough.example") == ()
+    table = build_table(view, cluster_domain="cluster.local", search=(), ttl=30)
+    assert table.resolve(b"passthrough.example") is None
+    assert b"9.0.240.240.in-addr.arpa" not in table.pointers
+
+
 def test_partial_wildcard_with_dynamic_dns_is_not_warned_about(tmp_path: Path) -> None:
     """C{ValidateServiceEntry} skips the partial wildcard warning for C{DYNAMIC_DNS}."""
     document = se({"hosts": ["*x.example.com"], "ports": TLS, "resolution": "DYNAMIC_DNS"})
