@@ -161,7 +161,7 @@ def read_query(data: bytes) -> Query | None:
     @return: L{None} if there is no readable question (the caller then
         answers FORMERR from the header, or drops the packet); a L{Query}
         whose C{problem} is set if it must be refused as it is (not a
-        QUERY, several questions, two OPT records, an EDNS version above
+        QUERY, with or without a question; several questions, two OPT records, an EDNS version above
         0, records running past the end).
     """
     if len(data) < 12:
@@ -169,6 +169,12 @@ def read_query(data: bytes) -> Query | None:
     ident, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
     if flags & QR:
         return None
+    if flags & OPCODE:
+        # Not a QUERY: NOTIMP whatever follows the header, which meshdns
+        # does not read (RFC 1035 4.1.1; RFC 8906's opcode test sends none).
+        query = Query(ident, flags, b"", 0, 0, b"", False, CLASSIC_UDP_PAYLOAD, False, b"")
+        query.problem = NOTIMP
+        return query
     name_stop = _question_end(data, 12)
     if name_stop is None or name_stop + 4 > len(data):
         return None
@@ -186,9 +192,6 @@ def read_query(data: bytes) -> Query | None:
         False,
         b"",
     )
-    if flags & OPCODE:
-        query.problem = NOTIMP
-        return query
     if qdcount != 1:
         query.problem = FORMERR
         return query
@@ -268,13 +271,15 @@ def error_reply(query: Query, rcode: int, recursion: int, payload: int) -> bytes
     A reply with no records but the question (and an OPT record if the query
     had one, carrying the upper rcode bits): for FORMERR, NOTIMP, REFUSED,
     SERVFAIL and BADVERS. The question is echoed only for a QUERY, whose
-    question section meshdns understands.
+    question section meshdns understands; a reply to another opcode has RA
+    clear, since recursion is only offered for QUERY (RFC 8906's opcode
+    test counts RA there as a fault).
     """
     question = b"" if query.flags & OPCODE else query.question
     opt = opt_record(payload, query.do, rcode >> 4) if query.edns else b""
     header = HEADER.pack(
         query.ident,
-        reply_flags(query, recursion, rcode),
+        reply_flags(query, 0 if query.flags & OPCODE else recursion, rcode),
         1 if question else 0,
         0,
         0,

@@ -20,6 +20,10 @@ from meshdns_plugin.mesh.model import Origin, Port
 
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 _K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: The first label of a partial wildcard host (C{*x.example.com},
+#: C{*-x.example.com}), which Istio's C{ValidateWildcardDomain} accepts
+#: (C{pkg/config/labels}: C{(\*|\*-)?} before a DNS-1123 label).
+_PARTIAL_WILDCARD = re.compile(r"\*-?[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -161,18 +165,33 @@ def port_number(path: str, value: Any) -> int:
     return value
 
 
+def is_partial_wildcard(host: str) -> bool:
+    """
+    Whether C{host} starts with a partial wildcard label (C{*x.example.com}):
+    Istio accepts it with a warning, and its DNS proxy, which looks a name
+    up as itself and as C{*.} before each of its suffixes, never answers it.
+    """
+    return host.startswith("*") and not host.startswith("*.")
+
+
 def read_host(path: str, value: Any) -> str:
-    """A ServiceEntry host: a DNS name, optionally with a leading C{*.} label."""
+    """
+    A ServiceEntry host: a DNS name whose first label may be C{*} or, as
+    Istio's C{ValidateWildcardDomain} allows, C{*} or C{*-} before a label
+    (L{is_partial_wildcard}); C{*} anywhere else is refused.
+    """
     if not isinstance(value, str) or not value.strip():
         raise Invalid(path, "empty host")
     host = value.strip().rstrip(".").lower()
     labels = host.split(".")
-    if "*" in host and (labels[0] != "*" or "*" in ".".join(labels[1:]) or len(labels) < 2):
+    first_ok = (labels[0] == "*" and len(labels) > 1) or _PARTIAL_WILDCARD.fullmatch(labels[0])
+    if "*" in host and (not first_ok or "*" in ".".join(labels[1:])):
         raise Invalid(
-            path, f"{quote(value)}: a wildcard must be the whole first label, as in *.example.com"
+            path,
+            f"{quote(value)}: a wildcard must be the first label's start, as in *.example.com",
         )
     if len(host) > 253 or any(
-        len(label) > 63 or not (label == "*" or _HOST_LABEL.fullmatch(label)) for label in labels
+        len(label) > 63 or not ("*" in label or _HOST_LABEL.fullmatch(label)) for label in labels
     ):
         raise Invalid(path, f"{quote(value)} is not a valid host name")
     return host
@@ -181,7 +200,7 @@ def read_host(path: str, value: Any) -> str:
 def exact_host(path: str, value: Any, what: str) -> str:
     """A host name that is not a wildcard (C{what} says what it is, for the message)."""
     host = read_host(path, value)
-    if host.startswith("*."):
+    if host.startswith("*"):
         raise Invalid(path, f"{quote(host)}: {what} cannot be a wildcard")
     return host
 
@@ -207,13 +226,25 @@ def read_ports(doc: Document) -> tuple[Port, ...]:
     return tuple(ports)
 
 
-def check_export_to(path: str, values: tuple[str, ...]) -> None:
-    """Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no repeats."""
+def check_export_to(path: str, values: tuple[str, ...], namespace: str | None = None) -> None:
+    """
+    Istio's C{exportTo} rules: C{.}, C{*}, C{~} or namespace names, no
+    repeats.
+
+    @param namespace: the document's namespace, which C{.} stands for when
+        Istio's webhook looks for repeats (C{validateExportTo}: C{.} beside
+        the namespace's own name is a duplicate); L{None} where no webhook
+        sees the list (a Service's annotation), so only literal repeats count.
+    """
+    seen: set[str] = set()
     for index, value in enumerate(values):
         if value not in (".", "*", "~") and not is_k8s_label(value):
             raise Invalid(f"{path}[{index}]", f"{quote(value)} is not ., *, ~ or a namespace")
-        if value in values[:index]:
-            raise Invalid(f"{path}[{index}]", f"{quote(value)} is repeated")
+        key = namespace if value == "." and namespace is not None else value
+        if key in seen:
+            also = f" (. is the document's namespace, {namespace})" if key == namespace else ""
+            raise Invalid(f"{path}[{index}]", f"{quote(value)} is repeated{also}")
+        seen.add(key)
     if len(values) > 1 and ("~" in values or "*" in values):
         raise Invalid(path, "~ and * cannot be combined with other values")
 

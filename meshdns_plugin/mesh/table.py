@@ -332,6 +332,9 @@ def build_table(
     services = _Builder()
     external: dict[str, tuple[str, list[str]]] = {}
     canonical: dict[str, str] = {}
+    # A headless Service's own names answer its endpoints' addresses, whose
+    # PTR names are the endpoints' own (below), never the Service's.
+    unpointed: set[str] = set()
     for service in view.services:
         service_names = _service_names(service, namespace, cluster_domain)
         if service.external_name is not None:
@@ -349,6 +352,7 @@ def build_table(
             services.add(name, addresses, source)
             canonical.setdefault(name, service_names[0])
         if service.headless:
+            unpointed.update(service_names)
             for hostname, pod_addresses in pods.get(key, {}).items():
                 for name in service_names:
                     pod = f"{hostname}.{name}"
@@ -365,6 +369,8 @@ def build_table(
                 continue
             if records.name.startswith(b"*."):
                 wildcards[records.name[2:]] = records
+            elif records.name.startswith(b"*"):
+                continue  # a partial wildcard (documents.is_partial_wildcard)
             else:
                 exact[records.name] = records
         if builder is names:
@@ -379,12 +385,23 @@ def build_table(
         exact.pop(key, None)
         aliases[key] = Alias(key, target.encode(), tuple(dict.fromkeys(sources)))
 
+    # PTR names as kube-dns gives them (Kubernetes DNS specification 2.3.3
+    # and 2.4.3): a cluster IP points at its Service's name, a ready
+    # endpoint with a hostname at hostname.<service>.<ns>.svc.<zone> only.
+    # An endpoint without one gets no pointer here: kube-dns answers it with
+    # a name made of its address or pod, or not at all, by version and
+    # configuration, so the question is forwarded.
     pointers: dict[bytes, set[bytes]] = {}
     for records in exact.values():
         # A Service's names point at its canonical name; a ServiceEntry
         # host (even one named like a Service without addresses) at itself.
         name = records.name.decode()
-        host = name if entry_names.get(records.name) is records else canonical.get(name, name)
+        if entry_names.get(records.name) is records:
+            host = name
+        elif name in unpointed:
+            continue
+        else:
+            host = canonical.get(name, name)
         host_bytes = host.encode()
         for address in records.ipv4 + records.ipv6:
             reverse = reverse_name(address)

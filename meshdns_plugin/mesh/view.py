@@ -17,12 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from meshdns_plugin.mesh.allocator import Allocation
-from meshdns_plugin.mesh.kinds.serviceentry import UNIX_PREFIX
 from meshdns_plugin.mesh.model import EndpointSlice, Entries, Service, ServiceEntry
 from meshdns_plugin.mesh.scope import ROOT_NAMESPACE, scoped
 
 #: Where a ServiceEntry host's addresses come from, in order of preference.
-EXPLICIT, STATUS, ENDPOINTS, VIP = "explicit", "status", "endpoints", "vip"
+EXPLICIT, STATUS, VIP = "explicit", "status", "vip"
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,8 @@ class HostAddresses:
     What one ServiceEntry host answers with.
 
     @ivar kind: L{EXPLICIT} (C{spec.addresses}), L{STATUS} (Istio's
-        allocator's C{status.addresses}), L{ENDPOINTS} (C{resolution: NONE}
-        without addresses) or L{VIP} (meshdns's own allocation).
+        allocator's C{status.addresses}) or L{VIP} (meshdns's own
+        allocation).
     @ivar sources: the entries that define the host, the chosen one first.
     """
 
@@ -107,12 +106,12 @@ def _eligible(entry: ServiceEntry, host: str) -> bool:
     """
     Whether meshdns gives C{host} of C{entry} a VIP: an eligible entry
     (L{ServiceEntry.auto_allocatable}), a host without status addresses, and
-    not a wildcard unless the entry's resolution is C{DYNAMIC_DNS} (as
-    Istio's allocator decides).
+    not a wildcard (full or partial) unless the entry's resolution is
+    C{DYNAMIC_DNS} (as Istio's allocator decides).
     """
     if not entry.auto_allocatable or entry.assigned(host):
         return False
-    return not host.startswith("*.") or entry.resolution == "DYNAMIC_DNS"
+    return not host.startswith("*") or entry.resolution == "DYNAMIC_DNS"
 
 
 def vip_hosts(
@@ -154,9 +153,6 @@ def _choose(
         return EXPLICIT, entry.addresses
     if entry.assigned(host):
         return STATUS, entry.assigned(host)
-    if entry.resolution == "NONE":
-        found = tuple(e.address for e in entry.endpoints if not e.address.startswith(UNIX_PREFIX))
-        return (ENDPOINTS, found) if found else None
     if auto_allocate and _eligible(entry, host) and host in allocation.vips:
         vips = allocation.vips[host]
         found = tuple(a for a in (vips.ipv4, vips.ipv6) if a is not None)
@@ -164,7 +160,7 @@ def _choose(
     return None
 
 
-_PREFERENCE = {EXPLICIT: 0, STATUS: 1, ENDPOINTS: 2, VIP: 3}
+_PREFERENCE = {EXPLICIT: 0, STATUS: 1, VIP: 2}
 
 
 def _host_addresses(
@@ -201,8 +197,6 @@ def _collisions(hosts: dict[str, HostAddresses]) -> tuple[Collision, ...]:
     """
     Every address that two hosts answer with (explicit or status; VIPs
     never collide, the allocator sees to that), naming both entries.
-    C{resolution: NONE} endpoints are left alone: sharing a backend is what
-    several hosts of one address-less entry do.
     """
     owner: dict[str, HostAddresses] = {}
     found = []

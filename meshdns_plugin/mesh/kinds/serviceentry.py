@@ -14,6 +14,7 @@ from meshdns_plugin.mesh.documents import (
     check_export_to,
     exact_host,
     is_ip,
+    is_partial_wildcard,
     port_number,
     quote,
     read_host,
@@ -48,13 +49,16 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
     The rules of Istio's ServiceEntry validation for the fields meshdns
     reads, so that meshdns refuses what C{kubectl apply} would refuse and
     nothing else: port numbers and names are unique, protocols known; CIDR
-    addresses only with C{NONE} or C{STATIC}; endpoints' port names are the
+    addresses only with C{NONE} or C{STATIC}; no endpoints with C{NONE}
+    (the CRD's "NONE mode cannot set endpoints"); endpoints' port names are the
     entry's; a unix socket endpoint has no ports, and its entry one port;
     C{DNS}/C{DNS_ROUND_ROBIN} without endpoints need exact hosts, and
     C{DNS_ROUND_ROBIN} at most one endpoint; C{workloadSelector} and
     C{endpoints} exclude each other.
 
-    @return: warnings: several hosts sharing a port that carries no host
+    @return: warnings: a partial wildcard host (C{*x.example.com}) outside
+        C{DYNAMIC_DNS}, as Istio's C{ValidateServiceEntry} warns; several
+        hosts sharing a port that carries no host
         name (plain TCP) with a resolution other than C{NONE}, which Istio
         warns about (every connection goes to one backend), but serves.
     """
@@ -73,6 +77,8 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
             raise Invalid(f"{path}.protocol", f"{quote(port.protocol)} is not an Istio protocol")
     if entry.networks and entry.resolution not in ("NONE", "STATIC"):
         raise Invalid("spec.addresses", "CIDR addresses need resolution NONE or STATIC")
+    if entry.resolution == "NONE" and spec.raw.get("endpoints"):
+        raise Invalid("spec.endpoints", "resolution NONE cannot set endpoints")
     if spec.raw.get("workloadSelector") is not None and entry.endpoints:
         raise Invalid("spec.endpoints", "endpoints and workloadSelector cannot both be set")
     unix = False
@@ -89,25 +95,37 @@ def _check_service_entry(spec: Document, entry: ServiceEntry) -> list[str]:
         raise Invalid("spec.ports", "unix:// endpoints need exactly one port")
     if entry.resolution in DNS_RESOLUTIONS and not entry.endpoints:
         for index, host in enumerate(entry.hosts):
-            if host.startswith("*."):
+            if host.startswith("*"):
                 raise Invalid(
                     f"spec.hosts[{index}]",
                     f"resolution {entry.resolution} without endpoints needs exact hosts",
                 )
     if entry.resolution == "DNS_ROUND_ROBIN" and len(entry.endpoints) > 1:
         raise Invalid("spec.endpoints", "resolution DNS_ROUND_ROBIN takes at most one endpoint")
+    warnings = []
+    if entry.resolution != "DYNAMIC_DNS":
+        warnings.extend(
+            f"{entry.origin}: spec.hosts[{index}] {quote(host)} is a partial wildcard, which "
+            "Istio accepts with a warning and its DNS proxy never answers: not answered here"
+            for index, host in enumerate(entry.hosts)
+            if is_partial_wildcard(host)
+        )
     if entry.resolution != "NONE" and len(entry.hosts) > 1:
         for port in entry.ports:
             if port.protocol not in _HOST_AWARE_PROTOCOLS:
-                return [
+                warnings.append(
                     f"{entry.origin}: several hosts share port {port.number} ({port.protocol}), "
                     "which does not say which host a connection is for: one backend gets them all"
-                ]
-    return []
+                )
+                break
+    return warnings
 
 
 def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
-    """The entry, and the warnings of L{_check_service_entry}."""
+    """
+    The entry, and its warnings: those of L{_check_service_entry}, and the
+    C{status.addresses} of a C{resolution: NONE} entry, which are dropped.
+    """
     spec = doc.mapping("spec")
     hosts = []
     for path, raw in spec.items("hosts"):
@@ -142,7 +160,7 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         endpoint = Document(raw, path + ".")
         address = endpoint.text("address")
         if address.startswith(UNIX_PREFIX):
-            if resolution not in ("STATIC", "NONE") or len(address) == len(UNIX_PREFIX):
+            if resolution != "STATIC" or len(address) == len(UNIX_PREFIX):
                 raise Invalid(
                     path + ".address", "a unix:// endpoint needs a path and resolution STATIC"
                 )
@@ -163,8 +181,18 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         host = item.text("host").strip().rstrip(".").lower()
         for target in [host] if host else hosts:
             status.setdefault(target, []).append(read_ip(path + ".value", raw.get("value")))
+    warnings = []
+    if resolution == "NONE" and status:
+        # Istio's allocator allocates nothing for NONE and its conversion
+        # reads status addresses only where it would allocate
+        # (ShouldV2AutoAllocateIP), so a proxy never routes these.
+        warnings.append(
+            f"{origin}: status.addresses of a resolution NONE entry are ignored, "
+            "as Istio ignores and clears them"
+        )
+        status = {}
     export_to = spec.texts("exportTo")
-    check_export_to("spec.exportTo", export_to)
+    check_export_to("spec.exportTo", export_to, origin.namespace)
     entry = ServiceEntry(
         origin=origin,
         hosts=tuple(hosts),
@@ -177,4 +205,4 @@ def read(doc: Document, origin: Origin) -> tuple[ServiceEntry, list[str]]:
         networks=tuple(dict.fromkeys(networks)),
         status_addresses={h: tuple(dict.fromkeys(a)) for h, a in status.items()},
     )
-    return entry, _check_service_entry(spec, entry)
+    return entry, [*warnings, *_check_service_entry(spec, entry)]

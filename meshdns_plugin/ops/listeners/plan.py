@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshdns_plugin.mesh.kinds.serviceentry import DNS_RESOLUTIONS
 from meshdns_plugin.mesh.model import Port, ServiceEntry
-from meshdns_plugin.mesh.view import ENDPOINTS, Collision, MeshView
+from meshdns_plugin.mesh.view import Collision, MeshView
 
 if TYPE_CHECKING:
     pass
@@ -99,7 +99,7 @@ def _backends(entry: ServiceEntry, host: str, port: Port) -> tuple[Backend, ...]
             Backend(endpoint.address, endpoint.ports.get(port.name, default))
             for endpoint in entry.endpoints
         )
-    if entry.resolution in DNS_RESOLUTIONS and not host.startswith("*."):
+    if entry.resolution in DNS_RESOLUTIONS and not host.startswith("*"):
         return (Backend(host, default),)
     return ()
 
@@ -107,7 +107,7 @@ def _backends(entry: ServiceEntry, host: str, port: Port) -> tuple[Backend, ...]
 def _no_backend_reason(entry: ServiceEntry, host: str) -> str:
     if entry.resolution == "NONE":
         return "resolution NONE without endpoints: connections go to the address itself"
-    if host.startswith("*."):
+    if host.startswith("*"):
         return "a wildcard host cannot be resolved, and there are no endpoints"
     return f"resolution {entry.resolution} without endpoints: nowhere to forward to"
 
@@ -116,8 +116,7 @@ def listener_plan(view: MeshView) -> ListenerPlan:
     """
     The listeners of a mesh view: for each TCP port of each visible
     ServiceEntry host, one listener per address that DNS answers for the
-    host (explicit, status or VIP; the endpoints a C{resolution: NONE} entry
-    answers with are the backends themselves, not listeners).
+    host (explicit, status or VIP).
 
     When several hosts claim one (address, port), the first in file order
     keeps it; the others are collisions.
@@ -128,7 +127,7 @@ def listener_plan(view: MeshView) -> ListenerPlan:
     for entry in view.service_entries:
         for host in entry.hosts:
             found = view.hosts.get(host)
-            addresses = found.addresses if found is not None and found.kind != ENDPOINTS else ()
+            addresses = found.addresses if found is not None else ()
             for port in entry.ports:
                 if not is_tcp(port.protocol):
                     continue

@@ -225,6 +225,33 @@ def test_nxdomain_without_soa_is_not_cached(reactor, sockets) -> None:
     assert len(sockets.created) == 2 and len(forwarder.cache) == 0
 
 
+@pytest.mark.parametrize(
+    ("rcode", "answers", "authority"),
+    [
+        # NXDOMAIN at the end of a CNAME chain (RFC 6604), no SOA.
+        (dns.rcode.NXDOMAIN, [(300, "IN", "CNAME", "gone.upstream.test.")], []),
+        # NODATA with an NS record but no SOA (RFC 2308 section 2.2, type 2).
+        (dns.rcode.NOERROR, [], [(300, "IN", "NS", "ns.upstream.test.")]),
+    ],
+)
+def test_negative_answer_with_records_but_no_soa_is_not_cached(
+    reactor, sockets, rcode, answers, authority
+) -> None:
+    """
+    RFC 2308 section 5: negative responses without SOA records SHOULD NOT
+    be cached, as there is no way to prevent them living forever. These
+    carry other records with TTLs, which must not stand in for the SOA's.
+    """
+    forwarder = forwarder_for(reactor, sockets, timeout=2)
+    for _ in range(2):
+        _results(forwarder.lookupAddress(b"neg.upstream.test"))
+        sock = sockets.created[-1]
+        sockets.deliver(
+            sock, _reply(sock.sent[0], rcode=rcode, answers=answers, authority=authority)
+        )
+    assert len(sockets.created) == 2 and len(forwarder.cache) == 0
+
+
 def _wire_query(name: str, *, do: bool = False, cd: bool = False, ident: int = 7) -> bytes:
     message = dns.message.make_query(name, "A", use_edns=0, want_dnssec=do, payload=1232)
     message.id = ident

@@ -60,6 +60,30 @@ def test_formerr_or_drop(memory) -> None:
     assert reply[3] & 0x0F == dns.rcode.FORMERR
 
 
+@pytest.mark.parametrize("opcode", [1, 2, 4, 5, 6, 15])
+@pytest.mark.parametrize("question", [b"", b"\x01a\x00\x00\x01\x00\x01"])
+@pytest.mark.parametrize("udp", [True, False])
+def test_other_opcodes_get_notimp_with_ra_clear(memory, opcode, question, udp) -> None:
+    """
+    RFC 1035 4.1.1: NOTIMP (4) is "the name server does not support the
+    requested kind of query". RFC 8906's opcode test (ISC's genreport:
+    opcode 15, RD, a 12-byte message with no question) expects NOTIMP, the
+    header echoed (ID, opcode, RD) and, since recursion is offered for
+    QUERY only, RA clear; likewise with a question, which is not echoed.
+    FORMERR stays for what is malformed as a QUERY (L{test_formerr_or_drop}).
+    """
+    flags = opcode << 11 | 0x0100
+    data = _header(qd=1 if question else 0, flags=flags) + question
+    reply = memory.packet(data, udp=udp)
+    ident, reply_flags, qdcount, ancount, nscount, arcount = struct.unpack("!6H", reply)
+    assert ident == 0x4242
+    assert reply_flags == 0x8000 | flags | dns.rcode.NOTIMP
+    assert (qdcount, ancount, nscount, arcount) == (0, 0, 0, 0)
+    # The same server offers recursion to a QUERY, so RA clear above is a choice.
+    local = memory.packet(dns.message.make_query("productpage", "A").to_wire())
+    assert dns.message.from_wire(local).flags & dns.flags.RA
+
+
 @settings(
     max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -79,6 +79,19 @@ def test_same_hosts_in_any_order_get_the_same_vips(pair: tuple[list[str], list[s
     assert first.problems == ()
 
 
+def test_colliding_first_choices_are_settled_in_sorted_order() -> None:
+    """
+    DESIGN.md, "VIP allocation": deterministic, so replicas fed the same
+    entries in another order agree. In a /28 (14 usable addresses) twelve
+    hosts' first choices collide, so the order of placement decides who
+    probes on: any arrival order gives the sorted order's result.
+    """
+    tiny4 = ipaddress.IPv4Network("240.240.0.0/28")
+    tiny6 = ipaddress.IPv6Network("2001:2::/124")
+    hosts = [f"h{n}.example" for n in range(12)]
+    expected = dict(allocate(sorted(hosts), tiny4, tiny6).vips)
+    for order in (list(reversed(hosts)), hosts[5:] + hosts[:5], hosts[1::2] + hosts[::2]):
+        assert dict(allocate(order, tiny4, tiny6).vips) == expected, order
 
 
 def test_both_families_for_every_host() -> None:

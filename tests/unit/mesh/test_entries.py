@@ -531,7 +531,7 @@ def test_file_that_does_not_parse_names_the_line() -> None:
         (service_entry(["ok.example", "   "]), "spec.hosts[1]"),
         (service_entry([None]), "spec.hosts[0]"),
         (service_entry(["foo.*.com"]), "spec.hosts[0]"),
-        (service_entry(["*foo.com"]), "spec.hosts[0]"),
+        (service_entry(["foo*.com"]), "spec.hosts[0]"),
         (service_entry(["*"]), "spec.hosts[0]"),
         (service_entry(["*.*.com"]), "spec.hosts[0]"),
         (service_entry(["foo..com"]), "spec.hosts[0]"),

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from meshdns_plugin.mesh.allocator import Allocation
+from meshdns_plugin.mesh.table import build_table
+from meshdns_plugin.mesh.view import mesh_view
 from meshdns_plugin.sources.files import load_entries
 
 
@@ -53,6 +56,9 @@ VALID = {
                        "resolution": "STATIC", "endpoints": [{"address": "10.8.0.4"}]}),
     "workload-selector": se({"hosts": ["vm.internal"], "ports": HTTP, "resolution": "STATIC",
                              "workloadSelector": {"labels": {"app": "vm"}}}),
+    "export-to-dot-and-other-namespace": se({"hosts": ["x.example"], "ports": HTTP,
+                                             "resolution": "DNS",
+                                             "exportTo": [".", "team-b"]}, namespace="team-a"),
     "export-to-list": se({"hosts": ["x.example"], "ports": HTTP, "resolution": "DNS",
                           "exportTo": [".", "team-b"]}),
     "endpoint-port-override": se({"hosts": ["p.example"], "ports": TLS, "resolution": "STATIC",
@@ -90,6 +96,17 @@ INVALID = {
         se({"hosts": ["*.a.example"], "ports": TLS, "resolution": "DNS"}),
         "spec.hosts[0]",
     ),
+    # Istio's CRD (x-kubernetes-validations): "NONE mode cannot set endpoints";
+    # its webhook: "no endpoints should be provided for resolution type none".
+    "none-with-endpoints": (
+        se({"hosts": ["a.example"], "ports": HTTP, "resolution": "NONE",
+            "endpoints": [{"address": "192.0.2.1"}]}),
+        "spec.endpoints",
+    ),
+    "none-by-default-with-endpoints": (
+        se({"hosts": ["a.example"], "ports": HTTP, "endpoints": [{"address": "192.0.2.1"}]}),
+        "spec.endpoints",
+    ),
     "round-robin-two-endpoints": (
         se({"hosts": ["a.example"], "ports": HTTP, "resolution": "DNS_ROUND_ROBIN",
             "endpoints": [{"address": "x.example"}, {"address": "y.example"}]}),
@@ -125,6 +142,17 @@ INVALID = {
         se({"hosts": ["a.example"], "ports": HTTP, "exportTo": ["a", "a"]}),
         "spec.exportTo[1]",
     ),
+    # Istio's validateExportTo (pkg/config/validation/validation.go) reads "."
+    # as the document's namespace when it looks for repeats: "duplicate
+    # entries in exportTo: . and current namespace".
+    "export-to-dot-and-own-namespace": (
+        se({"hosts": ["a.example"], "ports": HTTP, "exportTo": [".", "default"]}),
+        "spec.exportTo[1]",
+    ),
+    "export-to-own-namespace-and-dot": (
+        se({"hosts": ["a.example"], "ports": HTTP, "exportTo": ["default", "."]}),
+        "spec.exportTo[1]",
+    ),
     "export-to-none-combined": (
         se({"hosts": ["a.example"], "ports": HTTP, "exportTo": ["~", "b"]}),
         "spec.exportTo",
@@ -134,7 +162,12 @@ INVALID = {
         "spec.exportTo[0]",
     ),
     "full-wildcard-host": (se({"hosts": ["*"], "ports": HTTP}), "spec.hosts[0]"),
-    "partial-wildcard-host": (se({"hosts": ["foo.*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "wildcard-in-a-later-label": (se({"hosts": ["foo.*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "wildcard-after-a-label-start": (se({"hosts": ["x*.example"], "ports": HTTP}), "spec.hosts[0]"),
+    "partial-wildcard-dns-without-endpoints": (
+        se({"hosts": ["*x.a.example"], "ports": TLS, "resolution": "DNS"}),
+        "spec.hosts[0]",
+    ),
     "no-hosts": (se({"ports": HTTP}), "spec.hosts"),
     "cluster-ips-disagree": (
         svc({"clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.6"]}),
@@ -178,6 +211,65 @@ def test_istio_rejects_so_meshdns_rejects_naming_the_field(name: str, tmp_path: 
     assert "\n" not in str(problem)
     # The valid document beside it is served.
     assert [e.hosts for e in entries.service_entries] == [("*.example.org",)]
+
+
+@pytest.mark.parametrize("host", ["*x.example.com", "*-x.example.com"])
+def test_partial_wildcard_host_is_a_warning_naming_the_document(host: str, tmp_path: Path) -> None:
+    """
+    Istio's C{ValidateServiceEntry} (pkg/config/validation/validation.go)
+    checks each host with C{agent.ValidateWildcardDomain}, whose first label
+    may be C{*} or C{*-} before a DNS-1123 label (pkg/config/labels:
+    C{wildcardPrefix}), and reports C{ValidatePartialWildCard} only through
+    C{WrapWarning}: accepted, with a warning. Its DNS proxy
+    (pkg/dns/client/dns.go, C{lookupHost}) looks a name up as itself and
+    as C{*.} before each suffix, so no name reaches such a host.
+    """
+    document = se({"hosts": [host, "plain.example.com"], "ports": HTTP, "resolution": "STATIC",
+                   "addresses": ["192.0.2.7"]})
+    path = one_file(tmp_path, [document])
+    entries = load_entries([str(path)])
+    assert entries.problems == ()
+    assert [e.hosts for e in entries.service_entries] == [(host, "plain.example.com")]
+    (warning,) = [n for n in entries.notes if "partial wildcard" in n]
+    assert warning.startswith(f"{path}: document 0: ServiceEntry default/se: spec.hosts[0]")
+    view = mesh_view(entries, Allocation({}), namespace="default", auto_allocate=True)
+    table = build_table(view, cluster_domain="cluster.local", search=(), ttl=30)
+    assert table.resolve(b"plain.example.com") is not None
+    for name in (host, host[1:], "foox.example.com", "x.example.com", "a.x.example.com"):
+        assert table.resolve(name.encode()) is None, name
+    assert table.pointers[b"7.2.0.192.in-addr.arpa"] == (b"plain.example.com",)
+
+
+def test_status_addresses_of_a_none_entry_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """
+    Istio's C{shouldV2AutoAllocateIPFromPieces}
+    (pilot/pkg/networking/serviceentry/ip_autoallocation.go) answers false
+    for C{resolution: NONE} ("we cannot honor the assigned IP in the
+    dataplane and should not assign"), and C{convertServices}
+    (pilot/pkg/serviceregistry/serviceentry/conversion.go) reads
+    C{status.addresses} only when it answers true: the host has no address
+    in the proxy's name table.
+    """
+    document = se({"hosts": ["passthrough.example"], "ports": TLS, "resolution": "NONE"})
+    document["status"] = {"addresses": [{"host": "passthrough.example", "value": "240.240.0.9"}]}
+    path = one_file(tmp_path, [document])
+    entries = load_entries([str(path)])
+    assert entries.problems == ()
+    (warning,) = [n for n in entries.notes if "status.addresses" in n]
+    assert warning.startswith(f"{path}: document 0: ServiceEntry default/se: ")
+    view = mesh_view(entries, Allocation({}), namespace="default", auto_allocate=True)
+    assert view.addresses("passthrough.example") == ()
+    table = build_table(view, cluster_domain="cluster.local", search=(), ttl=30)
+    assert table.resolve(b"passthrough.example") is None
+    assert b"9.0.240.240.in-addr.arpa" not in table.pointers
+
+
+def test_partial_wildcard_with_dynamic_dns_is_not_warned_about(tmp_path: Path) -> None:
+    """C{ValidateServiceEntry} skips the partial wildcard warning for C{DYNAMIC_DNS}."""
+    document = se({"hosts": ["*x.example.com"], "ports": TLS, "resolution": "DYNAMIC_DNS"})
+    entries = load_entries([str(one_file(tmp_path, [document]))])
+    assert entries.problems == ()
+    assert not [n for n in entries.notes if "partial wildcard" in n]
 
 
 def test_several_hosts_on_a_plain_tcp_port_is_a_warning_not_an_error(tmp_path: Path) -> None:

@@ -48,12 +48,17 @@ def service(namespace: str, name: str, kind: str, addresses: tuple[str, ...], ex
 
 
 def endpoint_slice(namespace: str, name: str, owner: str, addresses: tuple[str, ...], host: str):
+    """
+    A slice whose endpoints all have hostname C{host}, none ("") or, for
+    C{"first"}, only the first one (PTR names differ with and without).
+    """
     unique = tuple(dict.fromkeys(addresses))
+    named = unique[:1] if host == "first" else unique
     return EndpointSlice(
         Origin("kubernetes", 0, "EndpointSlice", namespace, name),
         owner,
         unique,
-        {host: unique} if host and unique else {},
+        {"pod-0": named} if host and named else {},
     )
 
 
@@ -71,7 +76,7 @@ slices = st.builds(
     st.sampled_from(("s1", "s2", "s3")),
     st.sampled_from(SERVICE_NAMES),
     st.lists(st.sampled_from(ADDRESSES), max_size=3).map(tuple),
-    st.sampled_from(("", "pod-0")),
+    st.sampled_from(("", "all", "first")),
 )
 changes = st.lists(
     st.one_of(

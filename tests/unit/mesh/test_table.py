@@ -93,12 +93,6 @@ MESH = [
     eps("db", "ns1", ("10.1.0.3", None)),
     eps("db", "ns3", ("10.9.9.9", True)),
     svc("empty-headless", "ns1", "None"),
-    se(
-        ["none.example"],
-        name="none",
-        resolution="NONE",
-        endpoints=[{"address": "10.2.0.1"}, {"address": "10.2.0.2"}],
-    ),
     se(["nothing.example"], name="nothing", resolution="NONE"),
     se(
         ["noalloc.example"],
@@ -269,11 +263,6 @@ def test_same_host_in_several_entries_is_the_union(table: NameTable) -> None:
     assert records.ipv6 == ("2001:db8::71",)
     assert len(records.sources) == 2
     assert ipv4_of(table, "other.example") == {"192.0.2.71"}
-
-
-def test_resolution_none_answers_endpoints(table: NameTable) -> None:
-    assert ipv4_of(table, "none.example") == {"10.2.0.1", "10.2.0.2"}
-    assert found(table, "none.example").records.vip is False
 
 
 @pytest.mark.parametrize(
@@ -459,8 +448,41 @@ def test_no_owner_ever_contains_a_star(table: NameTable) -> None:
 def test_pointers_for_explicit_addresses_and_services(table: NameTable) -> None:
     assert table.pointers[reverse_name("198.51.100.1")] == (b"address.internal",)
     assert table.pointers[reverse_name("10.96.0.10")] == (b"productpage.ns1.svc.cluster.local",)
-    assert table.pointers[reverse_name("10.1.0.1")] == (b"db.ns1.svc.cluster.local",)
+    # db is headless and its endpoints have no hostname: no pointer (below).
+    assert reverse_name("10.1.0.1") not in table.pointers
     assert table.pointers[reverse_name("2001:db8::71")] == (b"other.example", b"union.example")
+
+
+def test_pointers_of_endpoints_are_kube_dns_ones() -> None:
+    """
+    The Kubernetes DNS specification (kubernetes/dns, docs/specification.md)
+    2.4.3: a ready endpoint with hostname C{my-pet} of the headless Service
+    C{headless} in C{default} at 10.3.0.100 has
+    C{100.0.3.10.in-addr.arpa. PTR my-pet.headless.default.svc.cluster.local.},
+    and 2.3.3: a cluster IP has C{PTR <service>.<ns>.svc.<zone>}. CoreDNS
+    (plugin/kubernetes/reverse.go, C{serviceRecordForIP}) answers one record
+    per endpoint, C{endpointHostname(addr, ...)} under the Service: the
+    hostname if there is one, never the Service's own name. For an endpoint
+    without a hostname that is, by version and C{endpoint_pod_names}, the
+    address with dashes or the pod's name (plugin/kubernetes/kubernetes.go,
+    C{endpointHostname}), and NXDOMAIN for kube-dns before it: meshdns
+    forwards that question, so it has no pointer of its own.
+    """
+    entries = load(
+        svc("headless", "default", "None"),
+        {**eps("headless", "default", ("10.3.0.100", True), ("10.3.0.101", True)),
+         "endpoints": [{"addresses": ["10.3.0.100"], "hostname": "my-pet"},
+                       {"addresses": ["10.3.0.101"]}]},
+        svc("kubernetes", "default", "10.3.0.1"),
+    )
+    table = table_for(entries, namespace="default")
+    assert table.pointers[b"100.0.3.10.in-addr.arpa"] == (
+        b"my-pet.headless.default.svc.cluster.local",
+    )
+    assert b"101.0.3.10.in-addr.arpa" not in table.pointers
+    assert table.pointers[b"1.0.3.10.in-addr.arpa"] == (b"kubernetes.default.svc.cluster.local",)
+    # The endpoints still answer the Service's names (specification 2.4.1).
+    assert ipv4_of(table, "headless.default.svc.cluster.local") == {"10.3.0.100", "10.3.0.101"}
 
 
 def test_pointers_for_vips(table: NameTable) -> None:
