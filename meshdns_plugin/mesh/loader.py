@@ -35,7 +35,7 @@ from meshdns_plugin.mesh.carryover import carry_over
 from meshdns_plugin.mesh.clients import client_map
 from meshdns_plugin.mesh.livetable import TablePatcher
 from meshdns_plugin.mesh.liveviews import ViewsPatcher
-from meshdns_plugin.mesh.model import Entries, Problem
+from meshdns_plugin.mesh.model import DocumentKey, Entries, Problem
 from meshdns_plugin.mesh.table import NameTable, build_table
 from meshdns_plugin.mesh.view import MeshView, claimed_addresses, mesh_view, vip_hosts
 from meshdns_plugin.mesh.views import MeshViews, build_views, view_vip_hosts, views_built_whole
@@ -63,6 +63,8 @@ class PreparedTable:
         line (an unreadable state file, a VIP range exhausted).
     @ivar views: with C{mesh.per_client_views}, every namespace's table
         (C{table} is the default namespace's); else L{None}.
+    @ivar file_keys: the documents an entry file holds (which the API's
+        changes of the same identity leave alone).
     @ivar patcher: what applies later changes to C{table} (or C{views}),
         made here, off the reactor thread, when the loader is L{live}.
     """
@@ -74,6 +76,7 @@ class PreparedTable:
     errors: tuple[str, ...] = ()
     views: MeshViews | None = None
     patcher: TablePatcher | ViewsPatcher | None = None
+    file_keys: frozenset[DocumentKey] = frozenset()
 
     @property
     def entry_count(self) -> int:
@@ -146,7 +149,10 @@ class TableLoader:
         """
         mesh = self.config.mesh
         files = self._read_files(self.config.entries, self.config.limits.max_file_size)
-        entries = carry_over(files if api is None else _beside(files, api), self._entries)
+        file_keys = _keys(files) if api is not None else frozenset()
+        entries = carry_over(
+            files if api is None else _beside(files, api, file_keys), self._entries
+        )
         errors = []
         clients = whole = None
         placed = vip_hosts(entries, mesh.namespace, mesh.cluster_domain)
@@ -193,7 +199,9 @@ class TableLoader:
                 if self.live
                 else None
             )
-            return PreparedTable(table, entries, allocation, view, tuple(errors), patcher=patcher)
+            return PreparedTable(
+                table, entries, allocation, view, tuple(errors), None, patcher, file_keys
+            )
         views = build_views(
             entries,
             allocation,
@@ -208,7 +216,7 @@ class TableLoader:
             ViewsPatcher(views, entries, cluster_domain=mesh.cluster_domain) if self.live else None
         )
         return PreparedTable(
-            views.default, entries, allocation, view, tuple(errors), views, views_patcher
+            views.default, entries, allocation, view, tuple(errors), views, views_patcher, file_keys
         )
 
     def commit(self, prepared: PreparedTable) -> NameTable:
@@ -257,14 +265,15 @@ class TableLoader:
         return self.commit(self.prepare(self.snapshot()))
 
 
-def _beside(files: Entries, api: Entries) -> Entries:
+def _keys(files: Entries) -> frozenset[DocumentKey]:
+    """The documents the files hold, valid or not."""
+    groups = (files.service_entries, files.services, files.endpoint_slices, files.sidecars)
+    valid = {o.origin.key for group in groups for o in group}
+    return frozenset(valid | {p.key for p in files.problems if p.key is not None})
+
+
+def _beside(files: Entries, api: Entries, held: frozenset[DocumentKey]) -> Entries:
     """The API's documents beside the files', leaving out those a file holds."""
-    held = {
-        o.origin.key
-        for group in (files.service_entries, files.services, files.endpoint_slices, files.sidecars)
-        for o in group
-    }
-    held |= {p.key for p in files.problems if p.key is not None}
 
     def more(own: tuple[_T, ...], extra: tuple[_T, ...]) -> tuple[_T, ...]:
         return own + tuple(o for o in extra if o.origin.key not in held)  # type: ignore[attr-defined]

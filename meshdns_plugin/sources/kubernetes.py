@@ -91,6 +91,7 @@ class ApiSource(service.Service):
     Lists and watches the cluster; holds what it read.
 
     @ivar statuses: one L{KindStatus} per watched collection.
+    @ivar held: the valid objects, by kind, then kind, namespace and name.
     @ivar problems: the invalid objects (kind, namespace, name -> one line);
         each one's last valid version, if it had one, keeps serving.
     @ivar ready: a table built from every kind's first list serves.
@@ -125,8 +126,8 @@ class ApiSource(service.Service):
         self.rebuild: Callable[[], None] = lambda: None
         self.serve: Callable[[NameTable], None] = lambda table: None
         self.serve_views: Callable[[MeshViews], None] = lambda views: None
-        self.objects: dict[DocumentKey, Any] = {}
-        self.counts: Counter[str] = Counter()
+        # Kind -> key -> model object: a snapshot is one tuple per kind.
+        self.held: dict[str, dict[DocumentKey, Any]] = {}
         self.problems: dict[DocumentKey, str] = {}
         self.statuses: dict[Resource, KindStatus] = {}
         self.ready = False
@@ -269,7 +270,7 @@ class ApiSource(service.Service):
         kind = resource.kind
         old = {
             key
-            for key in self.objects.keys() | self.problems.keys()
+            for key in (*self.held.get(kind, {}), *self.problems)
             if key[0] == kind and (resource.namespace is None or key[1] == resource.namespace)
         }
         seen = set()
@@ -366,7 +367,8 @@ class ApiSource(service.Service):
             _log.info("Kubernetes API: {note}", note=note)
         if read.problem is not None:
             if self.problems.get(key) != read.problem:
-                kept = "; its last valid version keeps serving" if key in self.objects else ""
+                valid = key in self.held.get(key[0], {})
+                kept = "; its last valid version keeps serving" if valid else ""
                 _log.error("Invalid, left out: {problem}{kept}", problem=read.problem, kept=kept)
             self.problems[key] = read.problem
             return
@@ -374,17 +376,14 @@ class ApiSource(service.Service):
         if read.model is None:
             self._forget(key)
             return
-        old = self.objects.get(key)
-        if old != read.model:
-            if old is None:
-                self.counts[key[0]] += 1
-            self.objects[key] = read.model
+        held = self.held.setdefault(key[0], {})
+        if held.get(key) != read.model:
+            held[key] = read.model
             self._pending.add(key)
 
     def _forget(self, key: DocumentKey) -> None:
         self.problems.pop(key, None)
-        if self.objects.pop(key, None) is not None:
-            self.counts[key[0]] -= 1
+        if self.held.get(key[0], {}).pop(key, None) is not None:
             self._pending.add(key)
 
     def _settle(self) -> None:
@@ -393,7 +392,7 @@ class ApiSource(service.Service):
             _log.info(
                 "Kubernetes API: {what} ({count} objects); building the table",
                 what="every kind listed" if self.synced else "every kind listed or refused",
-                count=len(self.objects),
+                count=sum(len(held) for held in self.held.values()),
             )
             self.rebuild()
 
@@ -410,24 +409,28 @@ class ApiSource(service.Service):
             # Before every kind is listed, the first whole build takes it all.
             return
         self._since_snapshot |= pending
-        if not self._patch(pending):
+        patched = {key for key in pending if key[0] in _PATCHED_KINDS}
+        # What can be patched serves now, even beside a change that needs a
+        # whole build: that build's snapshot has it too.
+        if not self._patch(patched) or len(patched) < len(pending):
             self.rebuild()
 
     def _patch(self, keys: set[DocumentKey]) -> bool:
         """
-        Apply changes to the serving table (or views) at once.
+        Apply Service, EndpointSlice and Pod changes to the serving table
+        (or views) at once.
 
         @return: whether that was all: L{False} when a whole build must
-            follow (a kind that is not patched, a view that changes shape).
+            follow (no patcher yet, a view that changes shape).
         """
-        if any(key[0] not in _PATCHED_KINDS for key in keys):
-            return False
+        if not keys:
+            return True
         changes: dict[str, dict[tuple[str, str], Any]] = {k: {} for k in _PATCHED_KINDS}
         for key in keys:
             if key in self._file_keys:
                 continue  # an entry file's document of the same identity wins
             kind, namespace, name = key
-            changes[kind][(namespace, name)] = self.objects.get(key)
+            changes[kind][(namespace, name)] = self.held.get(kind, {}).get(key)
         if self._views_patcher is not None:
             patched = self._views_patcher.apply(
                 changes["Service"], changes["EndpointSlice"], changes["Pod"]
@@ -447,17 +450,20 @@ class ApiSource(service.Service):
         build runs in another). Changes after this are patched again into
         the table it builds.
         """
+        # The snapshot holds every change so far: none is still to patch.
         self._since_snapshot = set()
+        self._pending = set()
         self._snapshot_complete = self.synced
-        groups: dict[str, list[Any]] = {}
-        for (kind, _, _), model in self.objects.items():
-            groups.setdefault(kind, []).append(model)
+
+        def of(kind: str) -> tuple[Any, ...]:
+            return tuple(self.held.get(kind, {}).values())
+
         return Entries(
-            service_entries=tuple(groups.get("ServiceEntry", ())),
-            services=tuple(groups.get("Service", ())),
-            endpoint_slices=tuple(groups.get("EndpointSlice", ())),
-            sidecars=tuple(groups.get("Sidecar", ())),
-            pods=tuple(groups.get("Pod", ())),
+            service_entries=of("ServiceEntry"),
+            services=of("Service"),
+            endpoint_slices=of("EndpointSlice"),
+            sidecars=of("Sidecar"),
+            pods=of("Pod"),
         )
 
     def table_loaded(self, prepared: PreparedTable) -> None:
@@ -468,13 +474,7 @@ class ApiSource(service.Service):
         if self._snapshot_complete and not self.ready:
             self.ready = True
             _log.info("Kubernetes API: synced; the table serves the cluster's state")
-        entries = prepared.entries
-        self._file_keys = frozenset(
-            o.origin.key
-            for group in (entries.services, entries.endpoint_slices, entries.pods)
-            for o in group
-            if o.origin.file != API_SOURCE
-        )
+        self._file_keys = prepared.file_keys
         self._patcher = self._views_patcher = None
         if isinstance(prepared.patcher, ViewsPatcher):
             self._views_patcher = prepared.patcher
@@ -504,7 +504,7 @@ def api_status(api: ApiSource) -> list[dict[str, Any]]:
             "path": status.resource.path,
             "state": status.state,
             "synced": status.synced,
-            "objects": api.counts[status.resource.kind],
+            "objects": len(api.held.get(status.resource.kind, {})),
             "resourceVersion": status.version,
             "last_event": status.last_event or None,
             "lists": status.lists,
