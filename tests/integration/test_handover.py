@@ -122,7 +122,11 @@ def test_handover_under_load(start_meshdns, upstream, tcp: bool) -> None:
 def test_held_queries_answered_across_handover(start_meshdns, upstream, tcp: bool) -> None:
     first = start_meshdns({"upstream": {"servers": [upstream.server], "timeout": 8}})
     held = ask_held(first, tcp)
-    wait_until(lambda: upstream.count("held0.delay-6000.upstream.test") > 0, "the held queries")
+    transport = "tcp" if tcp else "udp"  # a query over TCP goes upstream over TCP
+    wait_until(
+        lambda: upstream.count("held0.delay-6000.upstream.test", transport=transport) > 0,
+        "the held queries",
+    )
     successor = launch_successor(first)
     try:
         assert not any(future.done() for future in held), "answered before the handover"
