@@ -3,9 +3,10 @@
 The meshdns service tree: the resolvers, the DNS server factory, and the UDP
 and TCP listeners under one L{MultiService}.
 
-Twisted has no UDP endpoints, so UDP is an L{internet.UDPServer} and TCP a
-L{StreamServerEndpointService}, side by side on the same address and port;
-one such pair per listen address, all on one port and one factory.
+UDP is an L{internet.UDPServer} and TCP an L{internet.TCPServer}, side by
+side on the same address and port, one such pair per listen address, all on
+one port and one factory; both bind their own port classes, which a
+successor can bind beside (L{meshdns_plugin.dns.handover}).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.descriptors import raise_open_files_limit, tcp_connection_cap
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
+from meshdns_plugin.dns.handover import TCP_BACKLOG, Drain, SharedTCPPort, SharedUDPPort
+from meshdns_plugin.dns.protocols import MeshDNSDatagramProtocol
 from meshdns_plugin.dns.server import MeshDNSServerFactory
-from meshdns_plugin.endpoints import tcp_server
 from meshdns_plugin.mesh.loader import TableLoader
 from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.mesh.views import MeshViews
@@ -56,13 +57,16 @@ class ListenError(Exception):
 
 
 class BurstUDPServer(internet.UDPServer):
-    """An L{internet.UDPServer} listening with a L{BurstUDPPort}."""
+    """
+    An L{internet.UDPServer} listening with a L{SharedUDPPort}: a
+    L{BurstUDPPort} that a successor can bind beside.
+    """
 
-    def _getPort(self) -> BurstUDPPort:
+    def _getPort(self) -> SharedUDPPort:
         """
         @raise ListenError: if the port cannot be bound.
         """
-        port = BurstUDPPort(*self.args, reactor=self.reactor, **self.kwargs)
+        port = SharedUDPPort(*self.args, reactor=self.reactor, **self.kwargs)
         try:
             port.startListening()
         except CannotListenError as e:
@@ -70,23 +74,23 @@ class BurstUDPServer(internet.UDPServer):
         return port
 
 
-class TCPServer(internet.StreamServerEndpointService):
+class TCPServer(internet.TCPServer):
     """
-    A L{internet.StreamServerEndpointService} that fails when it starts if
-    its port cannot be bound, as the UDP server beside it does, instead of
-    logging the failure and serving UDP alone.
+    An L{internet.TCPServer} listening with a L{SharedTCPPort}, which a
+    successor can bind beside (L{handover}); it fails when it starts if its
+    port cannot be bound, as the UDP server beside it does.
     """
 
-    _raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
+    def _getPort(self) -> SharedTCPPort:
         """
         @raise ListenError: if the port cannot be bound.
         """
+        port = SharedTCPPort(*self.args, reactor=self.reactor, **self.kwargs)
         try:
-            super().privilegedStartService()
+            port.startListening()
         except CannotListenError as e:
             raise ListenError("TCP", e) from None
+        return port
 
 
 class MeshService(service.MultiService):
@@ -254,9 +258,20 @@ class MeshService(service.MultiService):
         )
 
     def stopService(self):
+        """
+        Stop: at once, or, when another meshdns listens on the same port
+        (a restart without a gap, L{handover}), once every query this
+        process holds is answered, for at most C{upstream.timeout} and a
+        second (a query held upstream is answered, or fails, by then).
+        """
         self.listening = False
-        self.forwarder.close()
-        return super().stopService()
+        listeners = [child._port for child in self if isinstance(child, BurstUDPServer | TCPServer)
+                     and getattr(child, "_port", None) is not None]
+        drain = Drain(self.factory, listeners, self._reactor, self.config.upstream.timeout + 1.0)
+        d = drain.run()
+        d.addCallback(lambda _: self.forwarder.close())
+        d.addCallback(lambda _: super(MeshService, self).stopService())
+        return d
 
     def _listen(self, reactor) -> None:
         """
@@ -268,10 +283,12 @@ class MeshService(service.MultiService):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
+        self._reactor = reactor
         port = self.config.listen.port
         for address in self.config.listen.addresses:
             udp = BurstUDPServer(port, MeshDNSDatagramProtocol(self.factory), interface=address)
             udp.reactor = reactor
             udp.setServiceParent(self)
-            tcp = TCPServer(tcp_server(reactor, address, port), self.factory)
+            tcp = TCPServer(port, self.factory, backlog=TCP_BACKLOG, interface=address)
+            tcp.reactor = reactor
             tcp.setServiceParent(self)

@@ -114,6 +114,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
     @ivar views: with per-client views, the L{ViewRouter} that picks each
         query's view by its source address (L{None}: every client gets the
         mesh authority's table).
+    @ivar outstanding: queries taken and not yet answered (upstream or in a
+        local resolver): a process handing over to a successor waits for
+        them (L{meshdns_plugin.dns.handover.Drain}).
     """
 
     _messageFactory = dns._EDNSMessage
@@ -167,6 +170,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.tcp_max_connections = tcp_max_connections
         self.tcp_max_queries = tcp_max_queries
         self._capReached = False
+        self.outstanding = 0
         self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
         self._others = local[1:] if self.mesh is not None else local
@@ -309,8 +313,10 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             self._error(query, wire.REFUSED, proto, address)
             return
         asked = [True]
+        self.outstanding += 1
 
         def done(reply: UpstreamReply | None, age: int, fixed_ttl: int | None) -> None:
+            self.outstanding -= 1
             if reply is None:
                 self._error(query, wire.SERVFAIL, proto, address)
                 return
@@ -360,9 +366,16 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             self._answerAny(message, proto, address)
             return
         resolver = self.resolver if self.views is None else self._view(proto, address).resolver
+        self.outstanding += 1
         d = resolver.query(message.queries[0])
         d.addCallback(self.gotResolverResponse, proto, message, address)
         d.addErrback(self.gotResolverError, proto, message, address, query)
+        d.addBoth(self._settled)
+
+    def _settled(self, result: object) -> object:
+        """A query of the full path is answered (or forwarded, counted anew)."""
+        self.outstanding -= 1
+        return result
 
     def _responseFromMessage(
         self, message, rCode=dns.OK, answers=None, authority=None, additional=None, auth=False

@@ -333,3 +333,32 @@ def launch_meshdns(
     )
     wait_until_answering(meshdns)
     return meshdns
+
+
+def launch_successor(first: MeshdnsProcess) -> MeshdnsProcess:
+    """
+    Start a second C{twistd -n meshdns} with C{first}'s config, beside it
+    (a restart without a gap), and wait until it answers: once its log says
+    it serves, a STATUS probe is answered by it, since new datagrams go to
+    the newest process of the port (L{meshdns_plugin.dns.handover}).
+    """
+    log_path = first.directory / f"meshdns-{first.port}-successor.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*TWISTD, "meshdns", "--config", str(first.config_path)],
+            cwd=first.directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+        )
+    successor = MeshdnsProcess(
+        first.address, first.port, process, first.directory, first.config_path, log_path
+    )
+    deadline = time.monotonic() + MESHDNS_READY_TIMEOUT
+    while "serving on" not in successor.log():
+        if process.poll() is not None or time.monotonic() > deadline:
+            successor.stop()
+            pytest.fail(f"the successor did not start:\n{successor.log()}")
+        time.sleep(0.05)
+    wait_until_answering(successor)
+    return successor

@@ -14,8 +14,7 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 import pytest
-from twisted.application import internet
-from twisted.internet import defer, endpoints
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.names import common
 from twisted.names import dns as tdns
@@ -34,7 +33,7 @@ from meshdns_plugin import (
 )
 from meshdns_plugin.dns.authority import MeshAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.service import BurstUDPServer
+from meshdns_plugin.service import BurstUDPServer, TCPServer
 from tests.support.paths import REPO_ROOT
 from tests.support.samples import external_name
 from tests.support.servers import FakeDatagramSockets, UDPReactor
@@ -254,15 +253,8 @@ def test_mesh_service_listens_on_every_address(config_path: Path) -> None:
     protocols = [s.args[1] for s in udp]
     assert protocols[0] is not protocols[1]
     assert all(p.controller is service.factory for p in protocols)
-    tcp = [
-        (type(child.endpoint), child.endpoint._port, child.endpoint._interface, child.factory)
-        for child in service
-        if isinstance(child, internet.StreamServerEndpointService)
-    ]
-    assert tcp == [
-        (endpoints.TCP4ServerEndpoint, 5353, "127.0.0.2", service.factory),
-        (endpoints.TCP6ServerEndpoint, 5353, "::1", service.factory),
-    ]
+    tcp = [(s.args, s.kwargs["interface"]) for s in service if isinstance(s, TCPServer)]
+    assert tcp == [((5353, service.factory), "127.0.0.2"), ((5353, service.factory), "::1")]
 
 
 @pytest.mark.parametrize(
