@@ -21,6 +21,7 @@ from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.autopath import Autopath
 from meshdns_plugin.dns.descriptors import raise_open_files_limit, tcp_connection_cap
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.protocols import BurstUDPPort, MeshDNSDatagramProtocol
@@ -149,6 +150,7 @@ class MeshService(service.MultiService):
             ),
             tcp_max_queries=listen.tcp_max_queries,
             per_client_views=config.mesh.per_client_views,
+            autopath=Autopath.fromConfig(config, self.forwarder) if config.mesh.autopath else None,
         )
         self.factory.noisy = False
         router = self.factory.views
