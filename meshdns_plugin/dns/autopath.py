@@ -42,6 +42,7 @@ from twisted.names import dns
 from meshdns_plugin.config import Config, search_domains
 from meshdns_plugin.dns.authority import address_records
 from meshdns_plugin.dns.cache import cache_ttl, render
+from meshdns_plugin.dns.clusterauthority import ClusterAuthority
 from meshdns_plugin.dns.forwarder import CachingForwarder, Done
 from meshdns_plugin.dns.message import (
     HEADER,
@@ -225,23 +226,33 @@ class Autopath:
     @ivar stats: the L{AutopathStats}.
     """
 
-    def __init__(self, forwarder: CachingForwarder, tail: Sequence[bytes]) -> None:
+    def __init__(
+        self,
+        forwarder: CachingForwarder,
+        tail: Sequence[bytes],
+        cluster: ClusterAuthority | None = None,
+    ) -> None:
         """
         @param forwarder: asks upstream and caches, for the original name
             and every candidate outside the mesh.
         @param tail: the clients' search list after its first domain (the
             table's search suffix), lowercase, without trailing dots.
+        @param cluster: answers the absent names of the cluster domain
+            (the original name and candidates), which then never go upstream.
         """
         self.forwarder = forwarder
         self.tail = tuple(tail)
+        self.cluster = cluster
         self.stats = AutopathStats()
         #: Rotates a mesh candidate's addresses, as the mesh authority does.
         self.rotation = itertools.count()
 
     @classmethod
-    def fromConfig(cls, config: Config, forwarder: CachingForwarder) -> Autopath:
+    def fromConfig(
+        cls, config: Config, forwarder: CachingForwarder, cluster: ClusterAuthority | None = None
+    ) -> Autopath:
         """The autopath of C{config}'s clients (L{search_tail})."""
-        return cls(forwarder, search_tail(config))
+        return cls(forwarder, search_tail(config), cluster)
 
     def applies(self, query: Query, name: bytes, table: NameTable | None) -> bool:
         """
@@ -305,10 +316,15 @@ class _Search:
 
     def start(self) -> None:
         forwarder = self.autopath.forwarder
-        forwarder.resolve(self.query, self.tcp, self._own_result)
+        cluster = self.autopath.cluster
+        local = cluster.answer(self.query, self.table) if cluster is not None else None
+        if local is not None:
+            self._own_result(local, 0, None)
+        else:
+            forwarder.resolve(self.query, self.tcp, self._own_result)
         for index, name in enumerate(self.names, 1):
             if self.finished:
-                # Decided by cached answers before the rest were needed.
+                # Decided by cached or local answers before the rest were needed.
                 return
             self.autopath.stats.candidates += 1
             found = self._from_table(name)
@@ -316,7 +332,11 @@ class _Search:
                 self._set(index, found)
                 continue
             asked = candidate_query(self.query, name)
-            forwarder.resolve(asked, self.tcp, partial(self._upstream_result, index, asked))
+            local = cluster.answer(asked, self.table) if cluster is not None else None
+            if local is not None:
+                self._upstream_result(index, asked, local, 0, None)
+            else:
+                forwarder.resolve(asked, self.tcp, partial(self._upstream_result, index, asked))
 
     def _from_table(self, name: bytes) -> _Result | None:
         """A mesh name's result (an alias stops the search), or L{None} for upstream."""
