@@ -231,6 +231,8 @@ class MeshService(service.MultiService):
             listener_stats=listeners.stats if listeners is not None else None,
             config_source=self.config.source,
             kubernetes=(lambda: api_status(api)) if api is not None else None,
+            autopath=self.factory.autopath.stats if self.factory.autopath is not None else None,
+            cluster=self.cluster.stats if self.cluster is not None else None,
         )
 
     def reload(self) -> bool:
