@@ -45,6 +45,15 @@ from meshdns_plugin.mesh.table import NameTable
 SOA_TTL = 5
 
 
+@dataclass(slots=True)
+class ClusterReply(UpstreamReply):
+    """
+    An NXDOMAIN of the cluster authority, read as an upstream reply: the
+    server renders it with AA, as kube-dns's own, wherever it ends up (a
+    plain query's answer, or autopath's original name's).
+    """
+
+
 @dataclass
 class ClusterAuthorityStats:
     """@ivar nxdomains: names answered NXDOMAIN here (autopath's candidates included)."""
@@ -84,7 +93,7 @@ class ClusterAuthority:
         )
         self.stats = ClusterAuthorityStats()
 
-    def answer(self, query: Query, table: NameTable) -> UpstreamReply | None:
+    def answer(self, query: Query, table: NameTable) -> ClusterReply | None:
         """
         The NXDOMAIN reply for C{query}, if its name is under the zone,
         absent from the cluster and unknown to C{table}; else L{None} (it goes
@@ -109,4 +118,15 @@ class ClusterAuthority:
         )
         question = query.key + query.qtype.to_bytes(2) + query.qclass.to_bytes(2)
         data = HEADER.pack(0, QR | AA | RD | NXDOMAIN, 1, 0, 1, 0) + question + soa
-        return read_reply(data, 12 + len(question))
+        reply = read_reply(data, 12 + len(question))
+        return ClusterReply(
+            reply.data,
+            reply.rcode,
+            reply.flags,
+            reply.question_end,
+            reply.ttl_offsets,
+            reply.ttls,
+            reply.min_ttl,
+            reply.negative_ttl,
+            reply.options,
+        )

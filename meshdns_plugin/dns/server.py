@@ -48,7 +48,7 @@ from meshdns_plugin.dns import stats
 from meshdns_plugin.dns.authority import MeshAnswer, MeshAuthority
 from meshdns_plugin.dns.autopath import Autopath, searched_reply
 from meshdns_plugin.dns.cache import render
-from meshdns_plugin.dns.clusterauthority import ClusterAuthority
+from meshdns_plugin.dns.clusterauthority import ClusterAuthority, ClusterReply
 from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, Route, type_name
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.message import AA, Query, UpstreamReply
@@ -332,9 +332,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if table is not None and cluster is not None and not search:
             local = cluster.answer(query, table)
             if local is not None:
-                self.stats.queries[type_name(query.qtype), stats.MESH] += 1
-                data = render(local, query, self._recursion | AA, MAX_UDP_PAYLOAD, limit)
-                self._send(proto, data, address)
+                self._cluster_reply(query, local, proto, address, limit)
                 return
         forwarder = self.forwarder
         if forwarder is None:
@@ -345,6 +343,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         def done(reply: UpstreamReply | None, age: int, fixed_ttl: int | None) -> None:
             if reply is None:
                 self._error(query, wire.SERVFAIL, proto, address)
+                return
+            if isinstance(reply, ClusterReply):
+                self._cluster_reply(query, reply, proto, address, limit)
                 return
             outcome = stats.CACHE_HIT if asked[0] else stats.FORWARDED
             if reply.rcode in (wire.SERVFAIL, wire.REFUSED):
@@ -366,6 +367,14 @@ class MeshDNSServerFactory(server.DNSServerFactory):
 
             self.autopath.search(query, table, address is None, done, answer)
         asked[0] = False
+
+    def _cluster_reply(
+        self, query: Query, reply: ClusterReply, proto, address, limit: int | None
+    ) -> None:
+        """The cluster authority's NXDOMAIN, authoritative (AA) as kube-dns gives it."""
+        self.stats.queries[type_name(query.qtype), stats.MESH] += 1
+        data = render(reply, query, self._recursion | AA, MAX_UDP_PAYLOAD, limit)
+        self._send(proto, data, address)
 
     def _refuse(self, data: bytes, proto, address) -> None:
         """REFUSED for a client outside C{allow}, echoing the question if readable."""

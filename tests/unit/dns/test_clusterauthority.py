@@ -104,3 +104,17 @@ def test_autopath_asks_upstream_only_outside_the_cluster_domain() -> None:
     assert cluster.ask("www.example.test.ns1.svc.cluster.local.") is None
     assert cluster.upstream() == ["www.example.test.node.test. A", "www.example.test. A"]
     assert cluster.cluster.stats.nxdomains == 3
+
+
+def test_autopath_gives_the_absent_original_name_its_own_nxdomain() -> None:
+    """Every candidate NXDOMAIN: the asked name's own answer, as without autopath (AA, SOA)."""
+    cluster = Cluster(autopath=True)
+    cluster.ask("www.example.test.ns1.svc.cluster.local.")
+    for sock in cluster.server.sockets.created:
+        query = dns.message.from_wire(sock.sent[-1])
+        response = dns.message.make_response(query)
+        response.set_rcode(dns.rcode.NXDOMAIN)
+        cluster.server.sockets.deliver(sock, response.to_wire())
+    reply = dns.message.from_wire(cluster.proto.sent[-1])
+    assert reply.rcode() == dns.rcode.NXDOMAIN and reply.flags & dns.flags.AA
+    assert reply.authority[0][0].mname.to_text() == "ns.dns.cluster.local."
