@@ -113,6 +113,9 @@ class MeshConfig:
     @ivar per_client_views: answer each query with the view of the client's
         own namespace (node-local mode), not always C{namespace}'s.
     @ivar client_namespaces: static client networks for per-client views.
+    @ivar autopath: do each client's search for it: a query for a name
+        under its first search domain that does not exist is answered with
+        the first further candidate that has records (L{meshdns_plugin.dns.autopath}).
     """
 
     namespace: str = "default"
@@ -125,6 +128,7 @@ class MeshConfig:
     state_file: str | None = None
     per_client_views: bool = False
     client_namespaces: tuple[ClientNetwork, ...] = ()
+    autopath: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,7 @@ _CHECKS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
         "state_file": optional(string),
         "per_client_views": boolean,
         "client_namespaces": list_of(client_network),
+        "autopath": boolean,
     },
     CacheConfig: {
         "max_entries": integer(1, 100_000_000),

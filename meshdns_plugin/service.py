@@ -22,6 +22,8 @@ from twisted.names.resolve import ResolverChain
 
 from meshdns_plugin.config import Config
 from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.autopath import Autopath
+from meshdns_plugin.dns.clusterauthority import ClusterAuthority
 from meshdns_plugin.dns.descriptors import raise_open_files_limit, tcp_connection_cap
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.handover import TCP_BACKLOG, Drain, SharedTCPPort, SharedUDPPort
@@ -103,6 +105,8 @@ class MeshService(service.MultiService):
     @ivar forwarder: the caching forwarder.
     @ivar loader: builds new tables from the configured files.
     @ivar reloads: reload counters.
+    @ivar cluster: the authority for the cluster domain, when the
+        Kubernetes API source watches every namespace; else L{None}.
     @ivar vipListeners: the per-VIP TCP listeners (their C{stats} too), or
         L{None} when C{vip_listeners.enabled} is off.
     @ivar listening: whether every DNS listener is bound: from the end of
@@ -136,8 +140,15 @@ class MeshService(service.MultiService):
             self.vipListeners.setServiceParent(self)
             self.loader.observers.append(self.vipListeners.follow)
         self.api: ApiSource | None = None
+        self.cluster: ClusterAuthority | None = None
         if config.kubernetes.enabled:
             self.api = self._api_source(reactor)
+            if not config.kubernetes.namespaces:
+                # Every namespace watched: every Service of the cluster is known.
+                api = self.api
+                self.cluster = ClusterAuthority(
+                    config.mesh.cluster_domain, api.holds_service, lambda: api.ready
+                )
         # The forwarder also looks up the targets of ExternalName Services.
         self.authority = MeshAuthority(self.loader.load(), chase=self.forwarder)
         self.resolver = ResolverChain([self.authority, *authorities, self.forwarder])
@@ -155,6 +166,12 @@ class MeshService(service.MultiService):
             ),
             tcp_max_queries=listen.tcp_max_queries,
             per_client_views=config.mesh.per_client_views,
+            autopath=(
+                Autopath.fromConfig(config, self.forwarder, self.cluster)
+                if config.mesh.autopath
+                else None
+            ),
+            cluster=self.cluster,
         )
         self.factory.noisy = False
         router = self.factory.views
@@ -226,6 +243,8 @@ class MeshService(service.MultiService):
             listener_stats=listeners.stats if listeners is not None else None,
             config_source=self.config.source,
             kubernetes=(lambda: api_status(api)) if api is not None else None,
+            autopath=self.factory.autopath.stats if self.factory.autopath is not None else None,
+            cluster=self.cluster.stats if self.cluster is not None else None,
         )
 
     def reload(self) -> bool:

@@ -21,12 +21,14 @@ from collections.abc import Iterator
 
 from meshdns_plugin.dns import stats
 from meshdns_plugin.dns.authority import MeshAuthority
+from meshdns_plugin.dns.autopath import Autopath
 from meshdns_plugin.dns.cache import CachedAnswer, ResponseCache, cache_key, render
 from meshdns_plugin.dns.message import (
     AA,
     CLASS_IN,
     HEADER,
     NOERROR,
+    NXDOMAIN,
     TYPE_A,
     TYPE_AAAA,
     TYPE_ANY,
@@ -166,6 +168,9 @@ class Route(enum.Enum):
     LOCAL = "local"
     #: Straight to the forwarder: no local resolver knows the name.
     FORWARD = "forward"
+    #: To autopath (L{meshdns_plugin.dns.autopath}): a name under the
+    #: client's first search domain, not known to exist.
+    AUTOPATH = "autopath"
 
 
 class FastPath:
@@ -188,6 +193,7 @@ class FastPath:
         upstream_stats: UpstreamStats | None,
         recursion: int,
         others: bool = False,
+        autopath: Autopath | None = None,
     ) -> None:
         """
         @param authority: the mesh, when it is the first resolver of the
@@ -199,8 +205,12 @@ class FastPath:
             forwarder (every name the fast path does not answer then takes
             the full path, since they may know it); also true when there is
             no forwarder.
+        @param autopath: searches for clients (then a name under their
+            first search domain that the mesh does not answer, and that is
+            not cached or cached as NXDOMAIN, goes to L{Route.AUTOPATH}).
         """
         self._authority = authority
+        self._autopath = autopath if cache is not None and not others else None
         self._cache = cache
         self._stats = server_stats
         self._upstream = upstream_stats
@@ -224,6 +234,11 @@ class FastPath:
             self._answers = {}
             self.memo.clear()
         return table
+
+    @property
+    def table(self) -> NameTable | None:
+        """The table the last query was answered with."""
+        return self._table
 
     def memoized(self, packet: bytes) -> bytes | None:
         """The reply to the UDP query C{packet} from the memo, or L{None}."""
@@ -263,6 +278,13 @@ class FastPath:
         cache = self._cache
         if cache is not None:
             entry = cache.get(cache_key(query))
+            autopath = self._autopath
+            if (
+                autopath is not None
+                and (entry is None or entry.reply.rcode == NXDOMAIN)
+                and autopath.applies(query, name or wire_to_name(query.key), table)
+            ):
+                return Route.AUTOPATH
             if entry is not None:
                 return self._cached_reply(query, entry, limit, packet)
         if self._others or qtype == TYPE_ANY:

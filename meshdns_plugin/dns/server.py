@@ -46,12 +46,15 @@ from twisted.python.failure import Failure
 from meshdns_plugin.dns import message as wire
 from meshdns_plugin.dns import stats
 from meshdns_plugin.dns.authority import MeshAnswer, MeshAuthority
+from meshdns_plugin.dns.autopath import Autopath, searched_reply
 from meshdns_plugin.dns.cache import render
+from meshdns_plugin.dns.clusterauthority import ClusterAuthority, ClusterReply
 from meshdns_plugin.dns.fastpath import MAX_UDP_PAYLOAD, FastPath, Route, type_name
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from meshdns_plugin.dns.message import Query, UpstreamReply
+from meshdns_plugin.dns.message import AA, Query, UpstreamReply
 from meshdns_plugin.dns.protocols import MeshDNSStreamProtocol
 from meshdns_plugin.dns.views import ViewPath, ViewRouter
+from meshdns_plugin.mesh.table import NameTable
 
 _log = Logger()
 
@@ -133,6 +136,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         tcp_max_connections: int = 256,
         tcp_max_queries: int = 100,
         per_client_views: bool = False,
+        autopath: Autopath | None = None,
+        cluster: ClusterAuthority | None = None,
     ) -> None:
         """
         @param authorities: resolvers that answer authoritatively (the mesh).
@@ -146,6 +151,10 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         @param tcp_max_queries: queries per TCP connection.
         @param per_client_views: pick a view per client (L{views}); needs a
             L{MeshAuthority} first, whose table is the default view's.
+        @param autopath: does the clients' searches for them (needs the
+            forwarder last and no other local resolver).
+        @param cluster: answers NXDOMAIN for the absent names of the
+            cluster domain instead of forwarding them.
 
         The fast path answers mesh names only when a L{MeshAuthority} is the
         first resolver, and cache hits only when a L{CachingForwarder} is the
@@ -174,6 +183,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self._allowed: dict[str, bool] = {}
         self._recursion = wire.RA if self.canRecurse else 0
         self._others = local[1:] if self.mesh is not None else local
+        self.autopath = autopath if self.forwarder is not None else None
+        self.cluster = cluster
         self.fastpath = self._fastpath(self.mesh, bool(local) and local != [self.mesh])
         self.views: ViewRouter | None = None
         if per_client_views and self.mesh is not None:
@@ -189,6 +200,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             forwarder.stats if forwarder is not None else None,
             self._recursion,
             others=others,
+            autopath=self.autopath,
         )
 
     def _view_path(self, authority: MeshAuthority) -> ViewPath:
@@ -290,8 +302,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             return
         limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
         fast = fastpath.answer(query, limit, data if address is not None else None)
-        if fast is Route.FORWARD:
-            self._forward(query, proto, address, limit)
+        if fast is Route.FORWARD or fast is Route.AUTOPATH:
+            self._forward(query, proto, address, limit, fastpath.table, fast is Route.AUTOPATH)
         elif fast is Route.LOCAL:
             try:
                 message = parse_query(data)
@@ -306,8 +318,26 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         self.stats.queries[type_name(query.qtype), stats.ERROR] += 1
         self._send(proto, wire.error_reply(query, rcode, self._recursion, MAX_UDP_PAYLOAD), address)
 
-    def _forward(self, query: Query, proto, address, limit: int | None) -> None:
-        """Have the forwarder answer C{query}, at the wire level."""
+    def _forward(
+        self,
+        query: Query,
+        proto,
+        address,
+        limit: int | None,
+        table: NameTable | None = None,
+        search: bool = False,
+    ) -> None:
+        """
+        Have the forwarder answer C{query}, at the wire level; with the table
+        of the client's view, the cluster authority first, and with
+        C{search}, through autopath.
+        """
+        cluster = self.cluster
+        if table is not None and cluster is not None and not search:
+            local = cluster.answer(query, table)
+            if local is not None:
+                self._cluster_reply(query, local, proto, address, limit)
+                return
         forwarder = self.forwarder
         if forwarder is None:
             self._error(query, wire.REFUSED, proto, address)
@@ -320,6 +350,9 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             if reply is None:
                 self._error(query, wire.SERVFAIL, proto, address)
                 return
+            if isinstance(reply, ClusterReply):
+                self._cluster_reply(query, reply, proto, address, limit)
+                return
             outcome = stats.CACHE_HIT if asked[0] else stats.FORWARDED
             if reply.rcode in (wire.SERVFAIL, wire.REFUSED):
                 outcome = stats.ERROR
@@ -327,8 +360,27 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             data = render(reply, query, self._recursion, MAX_UDP_PAYLOAD, limit, age, fixed_ttl)
             self._send(proto, data, address)
 
-        forwarder.resolve(query, address is None, done)
+        if not search or table is None or self.autopath is None:
+            forwarder.resolve(query, address is None, done)
+        else:
+
+            def answer(records: list[dns.RRHeader], target: bytes, ttl: int) -> None:
+                self.stats.queries[type_name(query.qtype), stats.FORWARDED] += 1
+                data = searched_reply(
+                    query, target, ttl, records, self._recursion, MAX_UDP_PAYLOAD, limit
+                )
+                self._send(proto, data, address)
+
+            self.autopath.search(query, table, address is None, done, answer)
         asked[0] = False
+
+    def _cluster_reply(
+        self, query: Query, reply: ClusterReply, proto, address, limit: int | None
+    ) -> None:
+        """The cluster authority's NXDOMAIN, authoritative (AA) as kube-dns gives it."""
+        self.stats.queries[type_name(query.qtype), stats.MESH] += 1
+        data = render(reply, query, self._recursion | AA, MAX_UDP_PAYLOAD, limit)
+        self._send(proto, data, address)
 
     def _refuse(self, data: bytes, proto, address) -> None:
         """REFUSED for a client outside C{allow}, echoing the question if readable."""

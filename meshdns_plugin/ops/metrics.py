@@ -47,6 +47,7 @@ class MeshCollector(Collector):
         yield from self._reloads()
         yield from self._vip_listeners()
         yield from self._kubernetes()
+        yield from self._autopath()
 
     def _queries(self) -> Iterator[Metric]:
         server = self._reported.server
@@ -309,6 +310,35 @@ class MeshCollector(Collector):
         for kind, last in sorted(newest.items()):
             age.add_metric((kind,), max(0.0, now - last))
         yield from (events, relists, errors, objects, synced, age)
+
+
+    def _autopath(self) -> Iterator[Metric]:
+        """Autopath's and the cluster authority's counters, when they are on."""
+        autopath = self._reported.autopath
+        if autopath is not None:
+            for name, help_text, count in (
+                ("searches", "Queries whose search list meshdns searched.", autopath.searches),
+                (
+                    "answers",
+                    "Searches answered with a CNAME to a further candidate.",
+                    autopath.answers,
+                ),
+                ("candidates", "Candidate names asked for searches.", autopath.candidates),
+                (
+                    "questions_saved",
+                    "Questions clients did not send because a search answered them.",
+                    autopath.questions_saved,
+                ),
+            ):
+                yield CounterMetricFamily(f"meshdns_autopath_{name}", help_text, value=count)
+        cluster = self._reported.cluster
+        if cluster is not None:
+            yield CounterMetricFamily(
+                "meshdns_cluster_nxdomains",
+                "Absent names of the cluster domain answered NXDOMAIN without asking upstream "
+                "(autopath's candidates included).",
+                value=cluster.nxdomains,
+            )
 
 
 def registry_for(reported: Reported) -> CollectorRegistry:

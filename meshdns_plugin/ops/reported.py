@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshdns_plugin.dns.autopath import AutopathStats
 from meshdns_plugin.dns.cache import ResponseCache
+from meshdns_plugin.dns.clusterauthority import ClusterAuthorityStats
 from meshdns_plugin.dns.stats import ServerStats, UpstreamStats
 from meshdns_plugin.mesh.model import Problem
 from meshdns_plugin.mesh.table import NameTable
@@ -36,6 +38,9 @@ class Reported:
     @ivar kubernetes: the Kubernetes API source's collections, one mapping
         each (L{meshdns_plugin.sources.kubernetes.api_status}), or L{None}
         when the source is off.
+    @ivar autopath: autopath's counters, or L{None} when it is off.
+    @ivar cluster: the cluster authority's counters, or L{None} when it is
+        off (no Kubernetes API source watching every namespace).
     """
 
     server: ServerStats
@@ -50,3 +55,5 @@ class Reported:
     listener_stats: ListenerStats | None
     config_source: str
     kubernetes: Callable[[], list[dict[str, Any]]] | None = None
+    autopath: AutopathStats | None = None
+    cluster: ClusterAuthorityStats | None = None

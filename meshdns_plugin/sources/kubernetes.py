@@ -381,6 +381,15 @@ class ApiSource(service.Service):
             held[key] = read.model
             self._pending.add(key)
 
+    def holds_service(self, namespace: str, name: str) -> bool:
+        """
+        Whether the cluster has the Service C{namespace/name}, as far as the
+        watch has seen: held, or left out as invalid (it exists all the
+        same, and kube-dns answers it).
+        """
+        key = ("Service", namespace, name)
+        return key in self.objects or key in self.problems
+
     def _forget(self, key: DocumentKey) -> None:
         self.problems.pop(key, None)
         if self.held.get(key[0], {}).pop(key, None) is not None:

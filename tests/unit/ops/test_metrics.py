@@ -134,3 +134,29 @@ def test_vip_listener_counters(tmp_path: Path) -> None:
     samples = collect(on)
     assert value(samples, "meshdns_vip_connect_failures_total") == 3
     assert value(samples, "meshdns_vip_listeners") == 2
+
+
+#: The SOA of a cached NXDOMAIN (RFC 2308: it makes the NXDOMAIN cacheable).
+SOA = tdns.RRHeader(
+    b"test", tdns.SOA, ttl=60, payload=tdns.Record_SOA(b"ns.test", b"host.test", minimum=60)
+)
+
+
+def test_autopath_counters(tmp_path: Path) -> None:
+    """Off: no autopath metrics. On: a search answered from the cache is counted."""
+    assert "meshdns_autopath_searches" not in str(collect(memory_mesh_service(tmp_path, ENTRIES)))
+    mesh = memory_mesh_service(
+        tmp_path, ENTRIES, mesh={"search": ["a.test", "b.test"], "autopath": True}
+    )
+    cache = mesh.forwarder.cache
+    put_cached(cache, "www.example.a.test", tdns.A, rcode=tdns.ENAME, authority=[SOA])
+    put_cached(cache, "www.example.b.test", tdns.A, rcode=tdns.ENAME, authority=[SOA])
+    put_cached(cache, "www.example", tdns.A, answers=[
+        tdns.RRHeader(b"www.example", tdns.A, payload=tdns.Record_A("192.0.2.1", 60), ttl=60)
+    ])
+    mesh.factory.packetReceived(packet("www.example.a.test"), RecordingProtocol(), CLIENT)
+    samples = collect(mesh)
+    assert value(samples, "meshdns_autopath_searches_total") == 1
+    assert value(samples, "meshdns_autopath_answers_total") == 1
+    assert value(samples, "meshdns_autopath_candidates_total") == 2
+    assert value(samples, "meshdns_autopath_questions_saved_total") == 2
