@@ -388,7 +388,7 @@ class ApiSource(service.Service):
         same, and kube-dns answers it).
         """
         key = ("Service", namespace, name)
-        return key in self.objects or key in self.problems
+        return key in self.held.get("Service", {}) or key in self.problems
 
     def _forget(self, key: DocumentKey) -> None:
         self.problems.pop(key, None)
