@@ -185,7 +185,8 @@ class MeshService(service.MultiService):
         self.watcher = TableWatcher.forConfig(config, self.reloader, reactor, initial=before)
         self.watcher.setServiceParent(self)
         if self.api is not None:
-            self.api.rebuild = lambda: self.watcher.check(force=True)
+            self.api.rebuild = lambda: self._rebuild(entries_only=False)
+            self.api.rebuild_entries = lambda: self._rebuild(entries_only=True)
             self.api.serve = self._serve
             self.api.serve_views = self._serve_views
             self.api.setServiceParent(self)
@@ -209,8 +210,14 @@ class MeshService(service.MultiService):
         )
         self.loader.api = api.snapshot
         self.loader.live = True
+        self.loader.swap_entries = api.swap_entries
         self.loader.observers.append(api.table_loaded)
         return api
+
+    def _rebuild(self, entries_only: bool) -> None:
+        """A build for the API source's changes, through the watcher, the one owner of reloads."""
+        self.loader.want(entries_only)
+        self.watcher.check(force=True)
 
     def _serve(self, table: NameTable) -> None:
         """A patched table serves (one assignment, as a reload's)."""

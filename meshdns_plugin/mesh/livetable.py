@@ -226,6 +226,40 @@ class TablePatcher:
         )
         return self.table
 
+    def swap_entries(self, layer: NameTable) -> NameTable:
+        """
+        Put the ServiceEntries' names of a new load (C{layer}: a table built
+        from its ServiceEntries alone) in place of the old ones, keeping
+        every Service's name as it serves now: a Service still wins over a
+        ServiceEntry of the same name, an ExternalName alias too.
+
+        @return: the patched table, a new object over the same mappings.
+        """
+        table = self.table
+        old, new = table.entry_names, layer.entry_names
+        for name in old.keys() | new.keys():
+            current = self._names.get(name)
+            serving = current is not None and current is old.get(name)
+            if (current is not None and not serving) or name in self._aliases:
+                continue  # a Service's name
+            if serving:
+                del self._names[name]
+                self._unpoint(_pointers_of(name, current))
+            records = new.get(name)
+            if records is not None:
+                self._set_entry_name(name, records)
+        self.table = NameTable(
+            self._names,
+            layer.wildcards,
+            self._pointers,
+            table.search_suffix,
+            table.ttl,
+            layer.vips,
+            self._aliases,
+            new,
+        )
+        return self.table
+
     def _replace(self, old: NameTable | None, new: NameTable | None) -> None:
         """Take one Service's C{old} names out of the table, and put C{new} in."""
         entry_names = self.table.entry_names

@@ -65,6 +65,10 @@ class PreparedTable:
         (C{table} is the default namespace's); else L{None}.
     @ivar file_keys: the documents an entry file holds (which the API's
         changes of the same identity leave alone).
+    @ivar files: what the entry files alone held.
+    @ivar entries_only: C{table} is the ServiceEntries' names alone, to be
+        swapped into the serving table (L{TableLoader.swap_entries}), whose
+        Services' names are kept.
     @ivar patcher: what applies later changes to C{table} (or C{views}),
         made here, off the reactor thread, when the loader is L{live}.
     """
@@ -77,6 +81,8 @@ class PreparedTable:
     views: MeshViews | None = None
     patcher: TablePatcher | ViewsPatcher | None = None
     file_keys: frozenset[DocumentKey] = frozenset()
+    files: Entries | None = None
+    entries_only: bool = False
 
     @property
     def entry_count(self) -> int:
@@ -101,6 +107,12 @@ class TableLoader:
         or before the first load).
     @ivar api: where the documents of the Kubernetes API come from (a
         snapshot, taken in the reactor thread by L{snapshot}), or L{None}.
+    @ivar entries_only_next: the next load is for ServiceEntry changes
+        alone (set by the API source): the Services' names of the serving
+        table are kept, and only the ServiceEntries' are built (when the
+        files' Services, EndpointSlices and Sidecars are unchanged too).
+    @ivar swap_entries: puts a ServiceEntries-only table's names into the
+        serving table, and gives the table that serves then.
     @ivar live: each load also makes the patcher that will apply changes to
         its table (L{PreparedTable.patcher}), here rather than in the
         reactor thread, since it indexes every Service.
@@ -115,6 +127,10 @@ class TableLoader:
         self.views: MeshViews | None = None
         self.api: Callable[[], Entries] | None = None
         self.live = False
+        self.entries_only_next = False
+        self._full_wanted = False
+        self.swap_entries: Callable[[NameTable], NameTable] | None = None
+        self._files: Entries | None = None
         self._vips: dict[str, Vips] | None = None
         self._entries: Entries | None = None
         # Notes are news: a reload logs only those the last one did not.
@@ -132,11 +148,24 @@ class TableLoader:
         except StateError as e:
             return {}, f"{e}; allocating afresh"
 
-    def snapshot(self) -> Entries | None:
-        """The API's documents now, for L{prepare} (reactor thread), or L{None}."""
-        return self.api() if self.api is not None else None
+    def want(self, entries_only: bool) -> None:
+        """
+        Say what the next load is for: ServiceEntry changes alone, or more
+        (which wins until that load starts).
+        """
+        self._full_wanted |= not entries_only
+        self.entries_only_next = entries_only and not self._full_wanted
 
-    def prepare(self, api: Entries | None = None) -> PreparedTable:
+    def snapshot(self) -> tuple[Entries | None, bool]:
+        """
+        The API's documents now, and whether the load is for ServiceEntry
+        changes alone: L{prepare}'s arguments, taken in the reactor thread.
+        """
+        entries_only, self.entries_only_next = self.entries_only_next, False
+        self._full_wanted = False
+        return (self.api() if self.api is not None else None), entries_only
+
+    def prepare(self, api: Entries | None = None, entries_only: bool = False) -> PreparedTable:
         """
         Read every entry file and build a table, changing nothing: safe in a
         thread, and what C{meshdns check} runs. Invalid documents are left
@@ -146,6 +175,8 @@ class TableLoader:
         @param api: the Kubernetes API's documents (L{snapshot}); one that
             an entry file also holds (the same kind, namespace and name) is
             the file's: a local file overrides the cluster.
+        @param entries_only: build the ServiceEntries' names alone, when
+            nothing else can have changed (see L{entries_only_next}).
         """
         mesh = self.config.mesh
         files = self._read_files(self.config.entries, self.config.limits.max_file_size)
@@ -183,6 +214,27 @@ class TableLoader:
             cluster_domain=mesh.cluster_domain,
         )
         if clients is None or whole is None:
+            if entries_only and self.swap_entries is not None and _same_rest(files, self._files):
+                # The Services' names serve already, patched change by change.
+                alone = dataclasses.replace(view.entries, services=(), endpoint_slices=())
+                layer = build_table(
+                    dataclasses.replace(view, entries=alone),
+                    cluster_domain=mesh.cluster_domain,
+                    search=search_domains(self.config),
+                    ttl=mesh.ttl,
+                )
+                return PreparedTable(
+                    layer,
+                    entries,
+                    allocation,
+                    view,
+                    tuple(errors),
+                    None,
+                    None,
+                    file_keys,
+                    files,
+                    entries_only=True,
+                )
             table = build_table(
                 view,
                 cluster_domain=mesh.cluster_domain,
@@ -200,7 +252,7 @@ class TableLoader:
                 else None
             )
             return PreparedTable(
-                table, entries, allocation, view, tuple(errors), None, patcher, file_keys
+                table, entries, allocation, view, tuple(errors), None, patcher, file_keys, files
             )
         views = build_views(
             entries,
@@ -216,7 +268,15 @@ class TableLoader:
             ViewsPatcher(views, entries, cluster_domain=mesh.cluster_domain) if self.live else None
         )
         return PreparedTable(
-            views.default, entries, allocation, view, tuple(errors), views, views_patcher, file_keys
+            views.default,
+            entries,
+            allocation,
+            view,
+            tuple(errors),
+            views,
+            views_patcher,
+            file_keys,
+            files,
         )
 
     def commit(self, prepared: PreparedTable) -> NameTable:
@@ -254,15 +314,29 @@ class TableLoader:
                 save_state(state_file, prepared.allocation)
             except OSError as e:
                 _log.error("Cannot write VIP state {path}: {error}", path=state_file, error=e)
+        self._files = prepared.files
+        table = prepared.table
+        if prepared.entries_only and self.swap_entries is not None:
+            table = self.swap_entries(prepared.table)
         for observer in self.observers:
             observer(prepared)
-        return prepared.table
+        return table
 
     def load(self) -> NameTable:
         """
         Read every entry file and build a table (L{prepare} then L{commit}).
         """
-        return self.commit(self.prepare(self.snapshot()))
+        return self.commit(self.prepare(*self.snapshot()))
+
+
+def _same_rest(files: Entries, previous: Entries | None) -> bool:
+    """Whether the files' Services, EndpointSlices and Sidecars are those of the last load."""
+    return (
+        previous is not None
+        and files.services == previous.services
+        and files.endpoint_slices == previous.endpoint_slices
+        and files.sidecars == previous.sidecars
+    )
 
 
 def _keys(files: Entries) -> frozenset[DocumentKey]:

@@ -100,7 +100,7 @@ class Reloader:
         """
         started = time.monotonic()
         try:
-            prepared = self.loader.prepare(self.loader.snapshot())
+            prepared = self.loader.prepare(*self.loader.snapshot())
         except Exception:
             return self._rejected(Failure())
         return self._accepted(prepared, started)
@@ -115,8 +115,8 @@ class Reloader:
         started = time.monotonic()
         # The API's documents are taken here, in the reactor thread that
         # changes them; the files are read in the thread.
-        api = self.loader.snapshot()
-        d = self._inThread(lambda: self.loader.prepare(api))
+        snapshot = self.loader.snapshot()
+        d = self._inThread(lambda: self.loader.prepare(*snapshot))
         d.addCallbacks(self._accepted, self._rejected, callbackArgs=(started,))
         return d
 

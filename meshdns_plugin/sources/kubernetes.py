@@ -96,6 +96,8 @@ class ApiSource(service.Service):
         each one's last valid version, if it had one, keeps serving.
     @ivar ready: a table built from every kind's first list serves.
     @ivar rebuild: asks for a whole build (set by the service tree).
+    @ivar rebuild_entries: asks for a build of the ServiceEntries' names
+        alone, swapped into the serving table (L{TablePatcher.swap_entries}).
     @ivar serve: puts a patched table in service (set by the service tree).
     @ivar serve_views: puts patched per-client views in service.
     """
@@ -124,6 +126,7 @@ class ApiSource(service.Service):
         self._pods = pods
         self._client_factory = client_factory or _default_client
         self.rebuild: Callable[[], None] = lambda: None
+        self.rebuild_entries: Callable[[], None] = lambda: None
         self.serve: Callable[[NameTable], None] = lambda table: None
         self.serve_views: Callable[[MeshViews], None] = lambda views: None
         # Kind -> key -> model object: a snapshot is one tuple per kind.
@@ -381,6 +384,11 @@ class ApiSource(service.Service):
             held[key] = read.model
             self._pending.add(key)
 
+    def swap_entries(self, layer: NameTable) -> NameTable:
+        """The serving table with a new load's ServiceEntries' names (the loader's hook)."""
+        assert self._patcher is not None
+        return self._patcher.swap_entries(layer)
+
     def holds_service(self, namespace: str, name: str) -> bool:
         """
         Whether the cluster has the Service C{namespace/name}, as far as the
@@ -421,8 +429,13 @@ class ApiSource(service.Service):
         patched = {key for key in pending if key[0] in _PATCHED_KINDS}
         # What can be patched serves now, even beside a change that needs a
         # whole build: that build's snapshot has it too.
-        if not self._patch(patched) or len(patched) < len(pending):
+        if not self._patch(patched):
             self.rebuild()
+        elif len(patched) < len(pending):
+            entries = self._patcher is not None and all(
+                key[0] == "ServiceEntry" for key in pending - patched
+            )
+            (self.rebuild_entries if entries else self.rebuild)()
 
     def _patch(self, keys: set[DocumentKey]) -> bool:
         """
@@ -484,6 +497,8 @@ class ApiSource(service.Service):
             self.ready = True
             _log.info("Kubernetes API: synced; the table serves the cluster's state")
         self._file_keys = prepared.file_keys
+        if prepared.entries_only:
+            return  # the serving table, patched: nothing was missed
         self._patcher = self._views_patcher = None
         if isinstance(prepared.patcher, ViewsPatcher):
             self._views_patcher = prepared.patcher

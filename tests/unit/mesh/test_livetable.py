@@ -173,3 +173,57 @@ def test_removed_service_gives_its_name_back_to_the_service_entry() -> None:
     assert table.pointers[b"9.0.0.10.in-addr.arpa"] == (b"web.a", b"x.example")
     assert b"3.0.0.10.in-addr.arpa" not in table.pointers
     assert table is not start
+
+
+#: More ServiceEntries a load may have: a wildcard, another address for a
+#: Service's name, one that another namespace's entry also defines.
+MORE_ENTRIES = (
+    ServiceEntry(Origin("f", 3, "ServiceEntry", "b", "se4"), ("*.wild.example",), ("10.0.0.7",)),
+    ServiceEntry(Origin("f", 4, "ServiceEntry", "a", "se5"), ("web.a", "db"), ("10.0.0.3",)),
+    ServiceEntry(Origin("f", 5, "ServiceEntry", "b", "se6"), ("x.example",), ("10.0.0.8",)),
+)
+entry_sets = st.lists(
+    st.sampled_from(range(len(ENTRIES + MORE_ENTRIES))), unique=True, max_size=4
+).map(lambda picked: tuple((ENTRIES + MORE_ENTRIES)[i] for i in sorted(picked)))
+
+
+def whole_with(entries: tuple[ServiceEntry, ...], services, slices, only_entries: bool = False):
+    document = Entries(
+        service_entries=entries,
+        services=() if only_entries else tuple(services.values()),
+        endpoint_slices=() if only_entries else tuple(slices.values()),
+    )
+    view = mesh_view(document, Allocation({}), namespace=NAMESPACE, auto_allocate=False)
+    return build_table(view, cluster_domain=DOMAIN, search=(), ttl=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(services, max_size=3),
+    entry_sets,
+    st.lists(st.one_of(entry_sets, services), max_size=8),
+)
+def test_swapped_service_entries_equal_whole_build(
+    first_services: list[Service], first_entries: tuple[ServiceEntry, ...], steps: list[Any]
+) -> None:
+    """
+    A load of ServiceEntries alone swapped into a patched table gives what
+    a whole build gives: Services keep their names over ServiceEntries of
+    the same name, and a name a Service leaves is the new entries'.
+    """
+    current = {(s.namespace, s.name): s for s in first_services}
+    entries = first_entries
+    patcher = TablePatcher.alone(
+        whole_with(entries, current, {}),
+        Entries(service_entries=entries, services=tuple(current.values())),
+        namespace=NAMESPACE,
+        cluster_domain=DOMAIN,
+    )
+    for step in steps:
+        if isinstance(step, tuple):
+            entries = step
+            table = patcher.swap_entries(whole_with(entries, {}, {}, only_entries=True))
+        else:
+            current[(step.namespace, step.name)] = step
+            table = patcher.apply({(step.namespace, step.name): step}, {})
+        same(table, whole_with(entries, current, {}))
