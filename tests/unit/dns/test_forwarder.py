@@ -2,8 +2,8 @@
 The caching forwarder and its upstream client on Twisted's fake reactor with
 fake UDP sockets: what goes out on the wire, which replies are accepted,
 failover, the deadline, merging, the concurrency bound, RFC 2308 negative
-TTLs, the DO/CD and client-subnet cache splits, and rate-limited failure
-logs.
+TTLs, the DO/CD and client-subnet cache splits, the question check on TCP
+replies, and rate-limited failure logs.
 
 Replies are built with dnspython from the query as sent, so what the
 forwarder reads is what an independent implementation writes.
@@ -433,3 +433,39 @@ def test_tcp_connection_made_after_its_deadline_is_closed_unused(reactor) -> Non
     transport = StringTransport()
     protocol.makeConnection(transport)
     assert transport.value() == b"" and transport.disconnecting
+
+
+def test_tcp_reply_about_another_question_of_the_same_length_fails_over(reactor) -> None:
+    """
+    A TCP reply with the query's ID about another name of the same length,
+    type and class parses like the real answer: only the question check can
+    tell it is not one (RFC 5452 section 9.1). The attempt fails, the next
+    server is asked, and the client gets that server's answer.
+    """
+    from twisted.internet.testing import StringTransport
+
+    forwarder = CachingForwarder([FIRST, SECOND], timeout=4, reactor=reactor)
+    query = read_query(dns.message.make_query("q.upstream.test", "A").to_wire())
+    assert query is not None
+    replies: list = []
+    forwarder.resolve(query, True, lambda reply, age, fixed: replies.append(reply))
+    ((_, _, factory, _, _),) = reactor.tcpClients
+    first = factory.buildProtocol(None)
+    transport = StringTransport()
+    first.makeConnection(transport)
+    sent = transport.value()[2:]
+    wrong = _reply(sent, answers=[(300, "IN", "A", "192.0.2.66")], name="z.upstream.test.")
+    asked, other = (dns.message.from_wire(m).question[0] for m in (sent, wrong))
+    assert len(other.name.to_wire()) == len(asked.name.to_wire()) and other.name != asked.name
+    assert (other.rdtype, other.rdclass) == (asked.rdtype, asked.rdclass)
+    first.dataReceived(len(wrong).to_bytes(2) + wrong)
+    assert replies == [] and [c[:2] for c in reactor.tcpClients] == [FIRST, SECOND]
+    assert not forwarder.upstream.health[0].up
+    second = reactor.tcpClients[1][2].buildProtocol(None)
+    transport = StringTransport()
+    second.makeConnection(transport)
+    right = _reply(transport.value()[2:], answers=[(300, "IN", "A", "127.0.0.7")])
+    second.dataReceived(len(right).to_bytes(2) + right)
+    (reply,) = replies
+    answer = dns.message.from_wire(render(reply, query, 0x80, 65535, None))
+    assert [r.to_text() for r in answer.answer[0]] == ["127.0.0.7"]
