@@ -306,3 +306,29 @@ spec:
     assert views.whole == {"team-a"}
     overlay_equals_whole(text, TEAM_NETWORKS)
 
+
+def test_a_namespace_named_in_an_export_to_sees_what_is_exported_to_it() -> None:
+    """
+    Istio's exportTo: a ServiceEntry exported to C{[team-a]} is seen from
+    team-a only, and a Service exported to C{.} from its own namespace only
+    (the C{networking.istio.io/exportTo} annotation). No Sidecar and no
+    host defined twice: only the exportTo lists set team-a and team-b apart.
+    """
+    text = "".join(
+        [
+            service_entry("team-c", "api", "api.example.com", "192.0.2.3", "  exportTo: [team-a]"),
+            service(
+                "team-b", "private", "10.96.2.2",
+                "  annotations: {networking.istio.io/exportTo: '.'}",
+            ),
+            service("team-b", "web", "10.96.2.1"),
+        ]
+    )
+    views = load(text, TEAM_NETWORKS)
+    assert answer_for(views, A_CLIENT, "api.example.com") == ("192.0.2.3",)
+    assert answer_for(views, B_CLIENT, "api.example.com") is None
+    assert answer_for(views, B_CLIENT, "private") == ("10.96.2.2",)
+    assert answer_for(views, A_CLIENT, "private.team-b") is None
+    assert answer_for(views, A_CLIENT, "web.team-b") == ("10.96.2.1",)
+    assert views.whole == {"team-a", "team-b"}
+    overlay_equals_whole(text, TEAM_NETWORKS)
