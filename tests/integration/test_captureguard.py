@@ -170,22 +170,26 @@ def test_no_capture_no_check(pod: Pod) -> None:
     assert "DNS capture" not in log.read_text()
 
 
-#: Asks as ASK does, from the source address given first (a pod's own IP).
+#: Asks as ASK does, over the protocol given first (udp or tcp), from the
+#: source address given next (a pod's own IP).
 ASK_FROM = """
 import sys, dns.message, dns.query, dns.rcode
-source, address, port, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+protocol, source, address, name = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
+ask = dns.query.udp if protocol == "udp" else dns.query.tcp
 query = dns.message.make_query(name, "A")
-reply = dns.query.udp(query, address, port=port, timeout=5, source=source)
+reply = ask(query, address, port=int(sys.argv[4]), timeout=5, source=source)
 print(dns.rcode.to_text(reply.rcode()), *(r.address for rrset in reply.answer for r in rrset))
 """
 
 
-def test_a_captured_query_from_the_pods_own_address_is_answered(pod: Pod) -> None:
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_a_captured_query_from_the_pods_own_address_is_answered(pod: Pod, protocol: str) -> None:
     """
     A pod's query to its cluster DNS address keeps the pod's IP as source
     when capture redirects it to meshdns on loopback: meshdns must answer it
     with the default C{listen.allow} (loopback only), since nothing from
-    outside the host can reach a loopback listener.
+    outside the host can reach a loopback listener. Over TCP too, where the
+    listener decides per connection.
     """
     pod_ip, cluster_dns = "192.0.2.2", "192.0.2.53"
     pod.ns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
@@ -201,6 +205,6 @@ def test_a_captured_query_from_the_pods_own_address_is_answered(pod: Pod) -> Non
     )
     wait_for_meshdns(meshdns, log)
     asked = pod.ns.run(
-        [sys.executable, "-c", ASK_FROM, pod_ip, cluster_dns, "53", "www.upstream.test"]
+        [sys.executable, "-c", ASK_FROM, protocol, pod_ip, cluster_dns, "53", "www.upstream.test"]
     )
     assert asked.stdout == "NOERROR 127.0.0.10\n"

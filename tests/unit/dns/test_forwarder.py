@@ -2,7 +2,8 @@
 The caching forwarder and its upstream client on Twisted's fake reactor with
 fake UDP sockets: what goes out on the wire, which replies are accepted,
 failover, the deadline, merging, the concurrency bound, RFC 2308 negative
-TTLs, the DO/CD cache split, and rate-limited failure logs.
+TTLs, the DO/CD and client-subnet cache splits, the question check on TCP
+replies, and rate-limited failure logs.
 
 Replies are built with dnspython from the query as sent, so what the
 forwarder reads is what an independent implementation writes.
@@ -304,6 +305,48 @@ def test_hop_by_hop_options_are_not_forwarded(reactor, sockets) -> None:
     assert sorted(o.otype for o in sent.options) == [8, 65001]
 
 
+def test_client_subnets_are_kept_apart_in_the_cache(reactor, sockets) -> None:
+    """
+    RFC 7871 section 7.3.1: an answer to a query with an EDNS Client Subnet
+    option may only be given to clients of the subnet it was answered for.
+    Each subnet is asked upstream once and its clients get their own
+    answer; a client of the other subnet never gets it from the cache.
+    """
+    forwarder = forwarder_for(reactor, sockets, timeout=2)
+    subnets = {"192.0.2.0": "127.0.0.1", "198.51.100.0": "127.0.0.2"}
+    replies: list[bytes] = []
+
+    def ask(subnet: str) -> None:
+        ecs = dns.edns.ECSOption(subnet, 24)
+        message = dns.message.make_query("e.upstream.test", "A", use_edns=0, options=[ecs])
+        query = read_query(message.to_wire())
+        assert query is not None
+
+        def done(reply, age, fixed, query=query) -> None:
+            replies.append(render(reply, query, 0x80, 1232, None, age, fixed))
+
+        forwarder.resolve(query, False, done)
+
+    for asked, (subnet, address) in enumerate(subnets.items(), start=1):
+        ask(subnet)
+        assert len(sockets.created) == asked  # a miss: the other subnet's answer is not used
+        sock = sockets.created[-1]
+        sent = dns.message.from_wire(sock.sent[0])
+        (ecs,) = sent.options
+        assert (ecs.address, ecs.srclen) == (subnet, 24)
+        response = dns.message.make_response(sent)
+        # The upstream's answer covers the whole /24 (RFC 7871 section 7.2.1).
+        response.use_edns(0, payload=1232, options=[dns.edns.ECSOption(subnet, 24, 24)])
+        response.answer.append(dns.rrset.from_text(sent.question[0].name, 60, "IN", "A", address))
+        sockets.deliver(sock, response.to_wire())
+    for subnet in subnets:
+        ask(subnet)
+    assert len(sockets.created) == 2  # one upstream query per subnet, then cache hits
+    assert forwarder.stats.cache_hits == 2
+    decoded = [dns.message.from_wire(r) for r in replies]
+    assert [m.answer[0][0].to_text() for m in decoded] == list(subnets.values()) * 2
+
+
 def test_failure_logs_are_rate_limited(reactor, sockets) -> None:
     events: list[dict] = []
     observer = events.append
@@ -390,3 +433,39 @@ def test_tcp_connection_made_after_its_deadline_is_closed_unused(reactor) -> Non
     transport = StringTransport()
     protocol.makeConnection(transport)
     assert transport.value() == b"" and transport.disconnecting
+
+
+def test_tcp_reply_about_another_question_of_the_same_length_fails_over(reactor) -> None:
+    """
+    A TCP reply with the query's ID about another name of the same length,
+    type and class parses like the real answer: only the question check can
+    tell it is not one (RFC 5452 section 9.1). The attempt fails, the next
+    server is asked, and the client gets that server's answer.
+    """
+    from twisted.internet.testing import StringTransport
+
+    forwarder = CachingForwarder([FIRST, SECOND], timeout=4, reactor=reactor)
+    query = read_query(dns.message.make_query("q.upstream.test", "A").to_wire())
+    assert query is not None
+    replies: list = []
+    forwarder.resolve(query, True, lambda reply, age, fixed: replies.append(reply))
+    ((_, _, factory, _, _),) = reactor.tcpClients
+    first = factory.buildProtocol(None)
+    transport = StringTransport()
+    first.makeConnection(transport)
+    sent = transport.value()[2:]
+    wrong = _reply(sent, answers=[(300, "IN", "A", "192.0.2.66")], name="z.upstream.test.")
+    asked, other = (dns.message.from_wire(m).question[0] for m in (sent, wrong))
+    assert len(other.name.to_wire()) == len(asked.name.to_wire()) and other.name != asked.name
+    assert (other.rdtype, other.rdclass) == (asked.rdtype, asked.rdclass)
+    first.dataReceived(len(wrong).to_bytes(2) + wrong)
+    assert replies == [] and [c[:2] for c in reactor.tcpClients] == [FIRST, SECOND]
+    assert not forwarder.upstream.health[0].up
+    second = reactor.tcpClients[1][2].buildProtocol(None)
+    transport = StringTransport()
+    second.makeConnection(transport)
+    right = _reply(transport.value()[2:], answers=[(300, "IN", "A", "127.0.0.7")])
+    second.dataReceived(len(right).to_bytes(2) + right)
+    (reply,) = replies
+    answer = dns.message.from_wire(render(reply, query, 0x80, 65535, None))
+    assert [r.to_text() for r in answer.answer[0]] == ["127.0.0.7"]

@@ -261,3 +261,74 @@ endpoints:
     assert "team-a" in views.whole
     assert set(addresses(views.tables["team-a"], "web-0.db")) == {"10.0.1.20", "10.96.5.1"}
     overlay_equals_whole(text, ())
+
+
+#: Clients of team-a and of team-b, by network, for fixtures without pods.
+TEAM_NETWORKS = (
+    ClientNetwork(ipaddress.ip_network("10.8.1.0/24"), "team-a"),
+    ClientNetwork(ipaddress.ip_network("10.8.2.0/24"), "team-b"),
+)
+A_CLIENT, B_CLIENT = "10.8.1.7", "10.8.2.7"
+
+
+def answer_for(views: MeshViews, client: str, name: str) -> tuple[str, ...] | None:
+    """The addresses the client at C{client} gets for C{name}: its namespace's view's."""
+    return addresses(views.tables[views.clients.namespace_of(client)], name)
+
+
+def test_a_namespace_with_its_own_sidecar_is_scoped_by_it() -> None:
+    """
+    Istio's Sidecar: egress hosts C{./*} show a namespace's workloads only
+    the services of their own namespace. Nothing else sets team-a apart
+    here (no exportTo, no host defined twice), so only its Sidecar can.
+    """
+    text = "".join(
+        [
+            service("team-a", "web", "10.96.1.1"),
+            service("team-b", "web", "10.96.2.1"),
+            service_entry("team-b", "api", "api.example.com", "192.0.2.3"),
+            """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: team-a}
+spec:
+  egress:
+  - hosts: ["./*"]
+---""",
+        ]
+    )
+    views = load(text, TEAM_NETWORKS)
+    assert answer_for(views, A_CLIENT, "web") == ("10.96.1.1",)
+    assert answer_for(views, A_CLIENT, "web.team-b") is None
+    assert answer_for(views, A_CLIENT, "api.example.com") is None
+    assert answer_for(views, B_CLIENT, "web.team-a") == ("10.96.1.1",)
+    assert answer_for(views, B_CLIENT, "api.example.com") == ("192.0.2.3",)
+    assert views.whole == {"team-a"}
+    overlay_equals_whole(text, TEAM_NETWORKS)
+
+
+def test_a_namespace_named_in_an_export_to_sees_what_is_exported_to_it() -> None:
+    """
+    Istio's exportTo: a ServiceEntry exported to C{[team-a]} is seen from
+    team-a only, and a Service exported to C{.} from its own namespace only
+    (the C{networking.istio.io/exportTo} annotation). No Sidecar and no
+    host defined twice: only the exportTo lists set team-a and team-b apart.
+    """
+    text = "".join(
+        [
+            service_entry("team-c", "api", "api.example.com", "192.0.2.3", "  exportTo: [team-a]"),
+            service(
+                "team-b", "private", "10.96.2.2",
+                "  annotations: {networking.istio.io/exportTo: '.'}",
+            ),
+            service("team-b", "web", "10.96.2.1"),
+        ]
+    )
+    views = load(text, TEAM_NETWORKS)
+    assert answer_for(views, A_CLIENT, "api.example.com") == ("192.0.2.3",)
+    assert answer_for(views, B_CLIENT, "api.example.com") is None
+    assert answer_for(views, B_CLIENT, "private") == ("10.96.2.2",)
+    assert answer_for(views, A_CLIENT, "private.team-b") is None
+    assert answer_for(views, A_CLIENT, "web.team-b") == ("10.96.2.1",)
+    assert views.whole == {"team-a", "team-b"}
+    overlay_equals_whole(text, TEAM_NETWORKS)
