@@ -7,8 +7,8 @@ C{SERVER.WORKLOAD.sat.txt} (dnsperf at saturation), C{SERVER.WORKLOAD.cpu}
 upstream used over the saturation run, and the queries the upstream got) and
 C{SERVER.WORKLOAD.light.txt} (dnsperf C{-v} at a light fixed rate, one line
 per query), C{SERVER.rss} (C{/proc/PID/status} after the server's last
-workload; C{SERVER.forward.rss} for the instance that runs the forward
-workload), and optionally C{table_build.json} (bench/table_build.py) and
+workload; C{SERVER.forward.rss} and C{SERVER.down.rss} for the instances that
+run the forward and down workloads), and optionally C{table_build.json} (bench/table_build.py) and
 C{machine.txt}.
 
     python bench/report.py RESULTS_DIR [--json FILE]
@@ -28,14 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SERVERS = ("meshdns", "dnsmasq", "unbound", "twistd")
-WORKLOADS = ("local", "upstream", "nxdomain", "forward")
+WORKLOADS = ("local", "upstream", "nxdomain", "forward", "down")
 #: The rcode every reply of a workload must have.
 EXPECTED_RCODE = {
     "local": "NOERROR",
     "upstream": "NOERROR",
     "nxdomain": "NXDOMAIN",
     "forward": "NOERROR",
+    "down": "NOERROR",
 }
+#: The workloads whose every query is a miss forwarded to NSD.
+FORWARDED = ("forward", "down")
 #: Above this share of a core, the upstream (or the client core it shares
 #: with dnsperf) may be what limits the forward workload, not the server.
 BUSY_CORE = 0.8
@@ -64,6 +67,7 @@ class Run:
     mean_ms: float
     rcodes: dict[str, int]
     p99_ms: float | None = None
+    p50_ms: float | None = None
 
 
 @dataclass
@@ -81,6 +85,7 @@ class Cpu:
     upstream_s: float | None = None
     upstream_queries: int | None = None
     names: int | None = None
+    dead_queries: int | None = None
 
 
 @dataclass
@@ -116,8 +121,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def parse_dnsperf(text: str) -> Run:
     """
-    The summary of one dnsperf output; with C{-v}, also the 99th percentile
-    of the per-query latencies.
+    The summary of one dnsperf output; with C{-v}, also the 50th and 99th
+    percentiles of the per-query latencies.
 
     @raise ValueError: if the output has no summary (dnsperf failed).
     """
@@ -141,6 +146,7 @@ def parse_dnsperf(text: str) -> Run:
         mean_ms=float(found["mean"].group(1)) * 1000,
         rcodes=rcodes,
         p99_ms=percentile(latencies, 0.99) * 1000 if latencies else None,
+        p50_ms=percentile(latencies, 0.5) * 1000 if latencies else None,
     )
 
 
@@ -178,6 +184,8 @@ def read_cpu(path: Path) -> Cpu | None:
             cpu.upstream_s = int(values["upstream_ticks"]) * tick
             cpu.upstream_queries = int(values["upstream_queries"])
             cpu.names = int(values["names"])
+        if "dead_queries" in values:
+            cpu.dead_queries = int(values["dead_queries"])
     except KeyError as e:
         raise ValueError(f"{path.name}: no {e.args[0]}") from None
     return cpu
@@ -235,7 +243,7 @@ def load(results: Path) -> list[Result]:
                 wrong = {r: n for r, n in run.rcodes.items() if r != EXPECTED_RCODE[workload]}
                 if wrong:
                     result.problems.append(f"{name} run: unexpected rcodes {wrong}")
-            if workload == "forward":
+            if workload in FORWARDED:
                 result.problems += forward_problems(result)
             loaded.append(result)
     return loaded
@@ -302,6 +310,50 @@ def forward_table(results: list[Result]) -> str:
             f"| {_share(both, cpu)} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def down_table(results: list[Result]) -> str:
+    """
+    The down workload per server, and meshdns's ratio to each peer: forwarded
+    queries per second with the first upstream blackholed, the latency
+    percentiles at 300 qps, and how many queries still went to the dead
+    server during the saturation run.
+    """
+    down = {r.server: r for r in results if r.workload == "down"}
+    if not down:
+        return ""
+    lines = [
+        "| server | qps (saturation) | p50 ms (300 qps) | p99 ms (300 qps) "
+        "| lost (sat + light) | to the dead server (saturation) | NSD got ÷ answered |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in down.values():
+        cpu = r.cpu
+        dead = "-" if cpu is None or cpu.dead_queries is None else f"{cpu.dead_queries:,}"
+        got = (
+            f"{cpu.upstream_queries / r.completed:.3f}"
+            if cpu is not None and cpu.upstream_queries is not None and r.completed
+            else "-"
+        )
+        lines.append(
+            f"| {LABELS[r.server]} | {r.saturation.qps:,.0f} | {_ms(r.light.p50_ms)} "
+            f"| {_ms(r.light.p99_ms)} | {r.saturation.lost + r.light.lost} | {dead} | {got} |"
+        )
+    mine = down.get("meshdns")
+    peers = [down[p] for p in SERVERS[1:] if p in down]
+    if mine is not None and peers:
+        lines += [
+            "",
+            "| meshdns ÷ | qps | p50 latency | p99 latency |",
+            "|---|---:|---:|---:|",
+        ]
+        for theirs in peers:
+            lines.append(
+                f"| {LABELS[theirs.server]} | {_ratio(mine.saturation.qps, theirs.saturation.qps)} "
+                f"| {_ratio(mine.light.p50_ms, theirs.light.p50_ms)} "
+                f"| {_ratio(mine.light.p99_ms, theirs.light.p99_ms)} |"
+            )
+    return "\n".join(lines)
 
 
 def ratios_table(results: list[Result]) -> str:
@@ -441,6 +493,9 @@ def markdown(results_dir: Path, results: list[Result], table_build: list[dict] |
                 "### Forward: did every query reach the upstream, and did the client side keep up?",
                 forward,
             ]
+        down = down_table(results)
+        if down:
+            parts += ["### Down: the first upstream blackholed, the second answering", down]
         if any(r.server != "meshdns" for r in results):
             parts += ["### meshdns as a ratio to each peer (same run)", ratios_table(results)]
     if table_build:

@@ -6,12 +6,15 @@
 #   bench/run.sh                 # the full benchmark (as root: installs packages)
 #   bench/run.sh --smoke         # 2 s against meshdns alone (CI); installs nothing
 #   bench/run.sh --workloads forward   # the forward workload alone
+#   bench/run.sh --workloads down --servers "meshdns dnsmasq unbound"
+#                                # the first of two upstreams blackholed
 #
 # Options:
 #   --duration N        seconds of each saturation run (default 10)
 #   --light-duration N  seconds of each 300 qps latency run (default 20)
 #   --servers "A B"     servers to measure (default "meshdns dnsmasq unbound twistd")
-#   --workloads "A B"   workloads to run (default "local upstream nxdomain forward")
+#   --workloads "A B"   workloads to run (default "local upstream nxdomain forward";
+#                       "down" is run only when named)
 #   --no-table-build    skip the 1k/10k/100k table build measurement
 #   --no-wait           do not wait for the machine to be idle first
 #   --out FILE          also write the report to FILE (Markdown)
@@ -22,7 +25,8 @@
 #
 # Everything listens on 127.0.0.x only; the upstreams are the fake one
 # (tests/support/fakeupstream.py) on 127.0.0.153:53 for the cached workloads, and NSD
-# on 127.0.0.163:53 for the forward workload. Every process this script starts
+# on 127.0.0.163:53 for the forward and down workloads, and for down a blackhole
+# (bench/blackhole.py) on 127.0.0.173:53 before it. Every process this script starts
 # is stopped by its PID when it exits, however it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,8 +69,8 @@ if [ "$SMOKE" = 1 ]; then
 fi
 for workload in $WORKLOADS; do
     case "$workload" in
-        local|upstream|nxdomain|forward) ;;
-        *) echo "run.sh: unknown workload $workload (local upstream nxdomain forward)" >&2; exit 2 ;;
+        local|upstream|nxdomain|forward|down) ;;
+        *) echo "run.sh: unknown workload $workload (local upstream nxdomain forward down)" >&2; exit 2 ;;
     esac
 done
 
@@ -80,6 +84,10 @@ UPSTREAM_PORT=53
 # wildcard. Port 53, because stock Twisted's client always uses port 53.
 FORWARD_NS=127.0.0.163
 FORWARD_NS_PORT=53
+# The down workload's first upstream, which reads every query and answers none;
+# NSD is its second.
+BLACKHOLE=127.0.0.173
+BLACKHOLE_PORT=53
 # Names in the forward workload's saturation file, per second of the run:
 # more than any server forwards (unbound, the fastest, about 33,000/s on a
 # 2-core machine), because dnsperf reads it once (-n 1) and stops at its end.
@@ -91,7 +99,8 @@ PORT=5300
 # list for every name, so a per-zone upstream cannot be the same for all).
 declare -A ADDRESS=([meshdns]=127.0.0.154 [dnsmasq]=127.0.0.155 [unbound]=127.0.0.156 [twistd]=127.0.0.157
                     [meshdns-fwd]=127.0.0.164 [dnsmasq-fwd]=127.0.0.165 [unbound-fwd]=127.0.0.166
-                    [twistd-fwd]=127.0.0.167)
+                    [twistd-fwd]=127.0.0.167
+                    [meshdns-down]=127.0.0.174 [dnsmasq-down]=127.0.0.175 [unbound-down]=127.0.0.176)
 MAIN=0
 for workload in local upstream nxdomain; do has_workload "$workload" && MAIN=1; done
 
@@ -102,7 +111,7 @@ log() { echo "run.sh: $*" >&2; }
 if [ "$SMOKE" = 0 ]; then
     missing=()
     pairs=(dnsperf:dnsperf dnsmasq-base:dnsmasq unbound:unbound)
-    if has_workload forward; then pairs+=(nsd:nsd); fi
+    if has_workload forward || has_workload down; then pairs+=(nsd:nsd); fi
     for pair in "${pairs[@]}"; do
         command -v "${pair#*:}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair#*:}" ] \
             || missing+=("${pair%%:*}")
@@ -214,7 +223,7 @@ free_port() {
 
 FORWARD_NAMES=0
 FORWARD_LIGHT_NAMES=0
-if has_workload forward; then
+if has_workload forward || has_workload down; then
     FORWARD_NAMES=$((DURATION * FORWARD_NAMES_PER_SECOND))
     # The latency run sends 300 a second; half as many again to spare.
     FORWARD_LIGHT_NAMES=$((LIGHT_DURATION * 450 + 1000))
@@ -238,7 +247,7 @@ nsd_queries() {
     nsd-control -c "$WORK/nsd.conf" stats_noreset | sed -n 's/^num\.queries=//p'
 }
 
-if has_workload forward; then
+if has_workload forward || has_workload down; then
     mkdir -p "$WORK/nsd"
     cat > "$WORK/nsd.conf" <<EOF
 server:
@@ -274,19 +283,41 @@ EOF
     nsd_queries >/dev/null || { log "NSD not ready; its log:"; cat "$WORK/nsd/nsd.log" >&2; exit 1; }
 fi
 
+# The datagrams the blackhole received so far (it writes its count on SIGUSR1).
+blackhole_queries() {
+    rm -f "$WORK/blackhole.count"
+    kill -USR1 "${PID[blackhole]}"
+    for _ in $(seq 50); do [ -s "$WORK/blackhole.count" ] && break; sleep 0.02; done
+    cat "$WORK/blackhole.count"
+}
+
+if has_workload down; then
+    start blackhole "${CLIENT_CPU[@]}" "$PYTHON" bench/blackhole.py --address "$BLACKHOLE" \
+        --port "$BLACKHOLE_PORT" --count-file "$WORK/blackhole.count"
+    for _ in $(seq 100); do grep -q '^READY' "$WORK/blackhole.log" && break; alive blackhole; sleep 0.1; done
+    grep -q '^READY' "$WORK/blackhole.log" || { log "blackhole not ready"; exit 1; }
+fi
+
 printf '# meshdns bench: no nameservers, no search list\n' > "$WORK/empty-resolv.conf"
 
 # Start instance $1 of server $2, forwarding what it does not answer itself
-# to $3 port $4.
+# to $3 port $4; with $5 and $6, to $5 port $6 first, then to $3 port $4
+# (the down workload: the first upstream never answers).
 start_server() {
-    local name=$1 server=$2 upstream=$3 upstream_port=$4
+    local name=$1 server=$2 upstream=$3 upstream_port=$4 first=${5:-} first_port=${6:-}
     local address=${ADDRESS[$name]}
+    local meshdns_first="" dnsmasq_first=() unbound_first=""
+    if [ -n "$first" ]; then
+        meshdns_first="\"$first:$first_port\", "
+        dnsmasq_first=(--server="$first#$first_port")
+        unbound_first="forward-addr: $first@$first_port"
+    fi
     case "$server" in
     meshdns)
         cat > "$WORK/$name.yaml" <<EOF
 listen: {address: $address, port: $PORT}
 upstream:
-  servers: ["$upstream:$upstream_port"]
+  servers: [$meshdns_first"$upstream:$upstream_port"]
   resolv_conf: $WORK/empty-resolv.conf
 mesh: {search: [], ttl: 30}
 entries: [$WORK/entries]
@@ -299,7 +330,7 @@ EOF
         start "$name" "${SERVER_CPU[@]}" dnsmasq --keep-in-foreground --conf-file=/dev/null \
             --pid-file= --log-facility=- --bind-interfaces --listen-address="$address" \
             --port="$PORT" --no-resolv --no-hosts --no-poll \
-            --server="$upstream#$upstream_port" --addn-hosts="$WORK/hosts" \
+            "${dnsmasq_first[@]}" --server="$upstream#$upstream_port" --addn-hosts="$WORK/hosts" \
             --local-ttl=30 --cache-size=10000
         ;;
     unbound)
@@ -332,9 +363,10 @@ server:
     include: "$WORK/unbound-local.conf"
 remote-control:
     control-enable: no
-# Everything goes to the one upstream: the root hints are never used.
+# Everything goes to the upstreams: the root hints are never used.
 forward-zone:
     name: "."
+    $unbound_first
     forward-addr: $upstream@$upstream_port
 EOF
         start "$name" "${SERVER_CPU[@]}" unbound -d -c "$WORK/$name.conf"
@@ -343,6 +375,7 @@ EOF
         # Stock Twisted's client reads port-53 nameserver lines only: hence
         # both upstreams on port 53.
         [ "$upstream_port" = 53 ] || { log "stock twistd dns needs an upstream on port 53"; exit 2; }
+        [ -z "$first" ] || { log "the down workload does not run stock twistd dns"; exit 2; }
         printf 'nameserver %s\n' "$upstream" > "$WORK/$name-resolv.conf"
         start "$name" "${SERVER_CPU[@]}" "${TWISTD[@]}" --logfile="$WORK/$name.log" dns \
             --interface "$address" --port "$PORT" --bindzone "$WORK/bench.internal.zone" \
@@ -361,6 +394,11 @@ for server in $SERVERS; do
     if has_workload forward; then
         start_server "$server-fwd" "$server" "$FORWARD_NS" "$FORWARD_NS_PORT"
         INSTANCES+=("$server-fwd")
+    fi
+    if has_workload down && [ "$server" != twistd ]; then
+        start_server "$server-down" "$server" "$FORWARD_NS" "$FORWARD_NS_PORT" \
+            "$BLACKHOLE" "$BLACKHOLE_PORT"
+        INSTANCES+=("$server-down")
     fi
 done
 
@@ -400,6 +438,10 @@ fi
             "$FORWARD_LIGHT_NAMES (latency); upstream $(nsd -v 2>&1 | head -1)" \
             "on $FORWARD_NS:$FORWARD_NS_PORT, core ${CLIENT_CPU[2]:-any}"
     fi
+    if has_workload down; then
+        echo "down: the forward workload's names, upstreams $BLACKHOLE:$BLACKHOLE_PORT" \
+            "(blackholed) then NSD on $FORWARD_NS:$FORWARD_NS_PORT"
+    fi
 } > "$RESULTS/machine.txt"
 
 # dnsperf against instance $1 (the rest: its options).
@@ -431,34 +473,40 @@ tree_ticks() {
 
 # The saturation run of instance $1 under workload $2 (the rest: dnsperf's
 # options), into $RESULTS/SERVER.WORKLOAD.sat.txt; beside it, .cpu: the
-# server's CPU over the run, dnsperf's, and for forward NSD's CPU and count.
+# server's CPU over the run, dnsperf's, for forward and down NSD's CPU and
+# count, and for down the blackhole's count.
 saturate() {
     local name=$1 workload=$2; shift 2
-    local out=$RESULTS/${name%-fwd}.$workload
+    local base=${name%-fwd}
+    local out=$RESULTS/${base%-down}.$workload
     local server0 server1 nsd0=0 nsd1=0 queries0=0 queries1=0 wall client_user client_sys
-    if [ "$workload" = forward ]; then
+    local dead0=0 dead1=0
+    if [ "$workload" = forward ] || [ "$workload" = down ]; then
         nsd0=$(tree_ticks "${PID[nsd]}")
         queries0=$(nsd_queries)
     fi
+    if [ "$workload" = down ]; then dead0=$(blackhole_queries); fi
     server0=$(tree_ticks "${PID[$name]}")
     local TIMEFORMAT='%R %U %S'
     { time dnsperf_to "$name" "$@" > "$out.sat.txt" 2>&3; } 3>&2 2> "$out.time"
     server1=$(tree_ticks "${PID[$name]}")
-    if [ "$workload" = forward ]; then
+    if [ "$workload" = forward ] || [ "$workload" = down ]; then
         nsd1=$(tree_ticks "${PID[nsd]}")
         queries1=$(nsd_queries)
     fi
+    if [ "$workload" = down ]; then dead1=$(blackhole_queries); fi
     read -r wall client_user client_sys < "$out.time"
     {
         echo "clk_tck=$(getconf CLK_TCK)"
         echo "wall_s=$wall"
         echo "server_ticks=$((server1 - server0))"
         echo "client_s=$(awk -v u="$client_user" -v s="$client_sys" 'BEGIN { print u + s }')"
-        if [ "$workload" = forward ]; then
+        if [ "$workload" = forward ] || [ "$workload" = down ]; then
             echo "upstream_ticks=$((nsd1 - nsd0))"
             echo "upstream_queries=$((queries1 - queries0))"
             echo "names=$FORWARD_NAMES"
         fi
+        if [ "$workload" = down ]; then echo "dead_queries=$((dead1 - dead0))"; fi
     } > "$out.cpu"
     rm -f "$out.time"
 }
@@ -476,6 +524,20 @@ for server in $SERVERS; do
                 -l "$LIGHT_DURATION" -v > "$RESULTS/$server.forward.light.txt"
             alive "$name"
             cp "/proc/${PID[$name]}/status" "$RESULTS/$server.forward.rss"
+            continue
+        fi
+        if [ "$workload" = down ]; then
+            # As forward, with the blackhole as the first upstream. The probe's
+            # few queries are each server's first misses: the runs measure
+            # what comes after them.
+            name=$server-down
+            if [ -z "${ADDRESS[$name]:-}" ]; then log "$server: no down workload"; continue; fi
+            probe "$name" --workloads forward || exit 1
+            saturate "$name" down -d "$WORK/forward.sat.txt" -n 1 -c 4 -q 100 -l "$DURATION"
+            dnsperf_to "$name" -d "$WORK/forward.light.txt" -n 1 -c 1 -Q 300 \
+                -l "$LIGHT_DURATION" -v > "$RESULTS/$server.down.light.txt"
+            alive "$name"
+            cp "/proc/${PID[$name]}/status" "$RESULTS/$server.down.rss"
             continue
         fi
         data=$WORK/$workload.txt

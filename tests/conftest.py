@@ -62,8 +62,8 @@ def module_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstre
 @pytest.fixture
 def start_meshdns(tmp_path: Path) -> Iterator[Callable[..., MeshdnsProcess]]:
     """
-    C{(config, entries=None, extra_args=()) -> MeshdnsProcess}: L{launch_meshdns}
-    in C{tmp_path}; every process started is stopped at teardown.
+    C{(config, entries=None, extra_args=(), open_files=None) -> MeshdnsProcess}:
+    L{launch_meshdns} in C{tmp_path}; every process started is stopped at teardown.
     """
     started: list[MeshdnsProcess] = []
 
@@ -71,8 +71,9 @@ def start_meshdns(tmp_path: Path) -> Iterator[Callable[..., MeshdnsProcess]]:
         config: dict[str, Any],
         entries: dict[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        open_files: int | None = None,
     ) -> MeshdnsProcess:
-        meshdns = launch_meshdns(tmp_path, config, entries, extra_args)
+        meshdns = launch_meshdns(tmp_path, config, entries, extra_args, open_files)
         started.append(meshdns)
         return meshdns
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -282,10 +283,15 @@ def launch_meshdns(
     config: dict[str, Any],
     entries: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> MeshdnsProcess:
     """
     Write C{meshdns.yaml} and the entry files into C{directory}, start
     C{twistd -n meshdns} there and wait until it answers.
+
+    @param open_files: if given, the child starts with this RLIMIT_NOFILE,
+        soft and hard (as C{prlimit --nofile=N:N} would start it), so that
+        meshdns cannot raise it.
 
     Filled in unless the caller gives them:
       - C{listen}: C{127.0.0.1} and a free port (free on every address,
@@ -327,12 +333,22 @@ def launch_meshdns(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=child_env(),
+            preexec_fn=None if open_files is None else _limit_open_files(open_files),
         )
     meshdns = MeshdnsProcess(
         addresses[0], listen["port"], process, directory, config_path, log_path
     )
     wait_until_answering(meshdns)
     return meshdns
+
+
+def _limit_open_files(limit: int):
+    """A C{preexec_fn} setting RLIMIT_NOFILE to C{limit}, soft and hard."""
+
+    def limit_open_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return limit_open_files
 
 
 def launch_successor(first: MeshdnsProcess) -> MeshdnsProcess:
