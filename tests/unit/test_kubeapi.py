@@ -410,18 +410,22 @@ def test_kubernetes_client_rejects_a_rotated_token(api: FakeKubeAPI, tmp_path: P
     assert json.loads(refused.read())["reason"] == "Unauthorized"
 
 
-def test_large_lists_page_fast(api: FakeKubeAPI) -> None:
+def test_large_lists_come_in_whole_pages(api: FakeKubeAPI) -> None:
+    """
+    20,000 Services in pages of 500: 40 pages, each name once. (How fast
+    is the benchmark's business, bench/kube_freshness.py, not a test's.)
+    """
     api.bulk_create([kubeobjects.service(f"ns{i % 50}", f"s{i}", (f"10.{96 + i // 65536}."
                                                                   f"{i // 256 % 256}.{i % 256}",))
                      for i in range(20000)])
     connection = connect(api)
-    token, pages, slowest = "", 0, 0.0
+    token, pages, names = "", 0, []
     while pages == 0 or token:
-        begun = time.monotonic()
         connection.request("GET", f"/api/v1/services?limit=500&continue={token}",
                            headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"})
         page = json.loads(connection.getresponse().read())
-        slowest = max(slowest, time.monotonic() - begun)
+        assert len(page["items"]) == 500
+        names.extend(item["metadata"]["name"] for item in page["items"])
         token, pages = page["metadata"].get("continue", ""), pages + 1
     assert pages == 40
-    assert slowest < 0.5
+    assert sorted(names) == sorted(f"s{i}" for i in range(20000))
