@@ -247,7 +247,9 @@ class FastPath:
             return None
         return self.memo.reply(packet)
 
-    def answer(self, query: Query, limit: int | None, packet: bytes | None) -> bytes | Route:
+    def answer(
+        self, query: Query, limit: int | None, packet: bytes | None, search: bool = True
+    ) -> bytes | Route:
         """
         The reply to C{query} (a plain QUERY of class IN), or where it goes.
 
@@ -256,6 +258,11 @@ class FastPath:
             does; a cached reply over it is truncated here.
         @param packet: the UDP query packet: its reply is remembered in
             L{memo}.
+        @param search: whether autopath may search for this client (its
+            search list is the one autopath walks). A client it may not
+            search for gets what it would get without autopath, and that
+            reply is not remembered: the same packet from a client autopath
+            searches for must still be searched.
         """
         table = self._current_table()
         qtype = query.qtype
@@ -284,7 +291,9 @@ class FastPath:
                 and (entry is None or entry.reply.rcode == NXDOMAIN)
                 and autopath.applies(query, name or wire_to_name(query.key), table)
             ):
-                return Route.AUTOPATH
+                if search:
+                    return Route.AUTOPATH
+                packet = None
             if entry is not None:
                 return self._cached_reply(query, entry, limit, packet)
         if self._others or qtype == TYPE_ANY:

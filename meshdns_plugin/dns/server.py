@@ -284,7 +284,13 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         if not allowed:
             self._refuse(data, proto, address)
             return
-        fastpath = self.fastpath if self.views is None else self._view(proto, address).fastpath
+        if self.views is None:
+            fastpath, search = self.fastpath, True
+        else:
+            view, search = self.views.route(
+                address[0] if address is not None else proto.peer_host
+            )
+            fastpath = view.fastpath
         if address is not None:
             memoized = fastpath.memoized(data)
             if memoized is not None:
@@ -301,7 +307,7 @@ class MeshDNSServerFactory(server.DNSServerFactory):
             self._error(query, wire.REFUSED, proto, address)
             return
         limit = wire.udp_limit(query, MAX_UDP_PAYLOAD) if address is not None else None
-        fast = fastpath.answer(query, limit, data if address is not None else None)
+        fast = fastpath.answer(query, limit, data if address is not None else None, search)
         if fast is Route.FORWARD or fast is Route.AUTOPATH:
             self._forward(query, proto, address, limit, fastpath.table, fast is Route.AUTOPATH)
         elif fast is Route.LOCAL:

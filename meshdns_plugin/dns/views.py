@@ -10,6 +10,10 @@ share the server's statistics, the forwarder and its cache (an upstream
 answer does not depend on who asked). A reload swaps every view's table in
 the same reactor turn as the default one (L{ViewRouter.follow}, a loader
 observer), so no query sees tables of two loads.
+
+The router also says whether autopath may search for a client: not for one
+whose Pod has DNS settings of its own (L{ClientMap.has_own_dns}), whose
+search list is not the one autopath walks.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class ViewRouter:
         self._make = make
         self._clients = ClientMap({}, (), "")
         self.paths: dict[str, ViewPath] = {}
-        self._memo: dict[str, ViewPath] = {}
+        self._memo: dict[str, tuple[ViewPath, bool]] = {}
 
     def update(self, views: MeshViews) -> None:
         """Serve C{views}: every view's table is replaced now."""
@@ -81,9 +85,18 @@ class ViewRouter:
 
     def path(self, host: str) -> ViewPath:
         """The view that answers the client at C{host} (as its socket reports it)."""
+        return self.route(host)[0]
+
+    def route(self, host: str) -> tuple[ViewPath, bool]:
+        """
+        The view that answers the client at C{host}, and whether its search
+        list is the one autopath walks (its Pod has no DNS settings of its own).
+        """
         found = self._memo.get(host)
         if found is None:
-            found = self.paths.get(self._clients.namespace_of(host), self._default)
+            clients = self._clients
+            path = self.paths.get(clients.namespace_of(host), self._default)
+            found = (path, not clients.has_own_dns(host))
             if len(self._memo) >= self.MAX_CLIENTS:
                 self._memo.clear()
             self._memo[host] = found

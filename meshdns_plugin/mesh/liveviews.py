@@ -9,8 +9,9 @@ built whole (L{meshdns_plugin.mesh.views}). A Service change is applied to
 the base and to each whole view with L{TablePatcher} (the overlay views see
 the base's mappings as they change), and to the overlay of the Service's
 own namespace, the only one where its short names exist. An EndpointSlice or
-Pod change can also move a client address to another namespace: the client
-map is changed in place, by the same rules as L{client_map}.
+Pod change can also move a client address to another namespace, and a Pod
+change can give an address DNS settings of its own or take them away: the
+client map is changed in place, by the same rules as L{client_map}.
 
 What would make a view of another shape (a Service with a non-universal
 C{exportTo}, which makes namespaces whole; a client of a namespace that has
@@ -103,9 +104,13 @@ class ViewsPatcher:
             )
         self._pods: dict[PodKey, Pod] = {}
         self._pod_claims = _Claims()
+        #: Address -> how many Pods with DNS settings of their own claim it.
+        self._own_dns: Counter[str] = Counter()
         for pod in entries.pods:
             self._pods[(pod.namespace, pod.origin.name)] = pod
             self._pod_claims.change(pod.namespace, pod.addresses, 1)
+            if pod.own_dns:
+                self._own_dns.update(pod.addresses)
 
     def apply(
         self,
@@ -130,7 +135,7 @@ class ViewsPatcher:
         patchers = [self._base, *self._whole.values()]
         before = [patcher.before(keys) for patcher in patchers]
         overlay_before = {key: self._overlay_names(key) for key in keys}
-        self._take_clients(slices, pods)
+        own_dns_changed = self._take_clients(slices, pods)
         self.index.update(services, slices)
         for patcher, owned in zip(patchers, before, strict=True):
             patcher.after(owned)
@@ -144,6 +149,13 @@ class ViewsPatcher:
                 clients.addresses.pop(address, None)  # type: ignore[attr-defined]
             else:
                 clients.addresses[address] = namespace  # type: ignore[index]
+        own_dns = clients.own_dns
+        for address in own_dns_changed:
+            if self._own_dns[address] > 0:
+                own_dns.add(address)  # type: ignore[attr-defined]
+            else:
+                del self._own_dns[address]
+                own_dns.discard(address)  # type: ignore[attr-defined]
         self.views = MeshViews(
             clients,
             {namespace: _renewed(table) for namespace, table in self.views.tables.items()},
@@ -214,8 +226,12 @@ class ViewsPatcher:
         self,
         slices: Mapping[SliceKey, EndpointSlice | None],
         pods: Mapping[PodKey, Pod | None],
-    ) -> None:
-        """Record the new slices' and Pods' claims (before the index takes the slices)."""
+    ) -> set[str]:
+        """
+        Record the new slices' and Pods' claims (before the index takes the slices).
+
+        @return: the addresses whose Pods' own DNS settings may have changed.
+        """
         for key, endpoint_slice in slices.items():
             old = self.index.slices.get(key)
             if old is not None:
@@ -224,13 +240,21 @@ class ViewsPatcher:
                 self._slice_claims.change(
                     endpoint_slice.origin.namespace, endpoint_slice.pod_addresses, 1
                 )
+        own_dns_changed: set[str] = set()
         for key, pod in pods.items():
             old_pod = self._pods.pop(key, None)
             if old_pod is not None:
                 self._pod_claims.change(old_pod.namespace, old_pod.addresses, -1)
+                if old_pod.own_dns:
+                    self._own_dns.subtract(old_pod.addresses)
+                    own_dns_changed.update(old_pod.addresses)
             if pod is not None:
                 self._pods[key] = pod
                 self._pod_claims.change(pod.namespace, pod.addresses, 1)
+                if pod.own_dns:
+                    self._own_dns.update(pod.addresses)
+                    own_dns_changed.update(pod.addresses)
+        return own_dns_changed
 
     # -- overlays ----------------------------------------------------------------
 

@@ -204,14 +204,20 @@ class EndpointSlice:
 class Pod:
     """
     A Kubernetes Pod, as far as per-client views need it: which namespace
-    its addresses' queries belong to. Read leniently (a Pod's other fields
-    are none of meshdns's business), so a Pod document is never a problem.
+    its addresses' queries belong to, and whether its search list is the
+    one kubelet writes for a C{ClusterFirst} pod. Read leniently (a Pod's
+    other fields are none of meshdns's business), so a Pod document is
+    never a problem.
 
     @ivar addresses: C{status.podIPs[].ip} and C{status.podIP}.
+    @ivar own_dns: its resolv.conf is not a C{ClusterFirst} pod's (another
+        C{dnsPolicy}, or C{dnsConfig} search domains or C{ndots}), so
+        autopath, which walks the C{ClusterFirst} list, must leave it alone.
     """
 
     origin: Origin
     addresses: tuple[str, ...] = ()
+    own_dns: bool = False
 
     @property
     def namespace(self) -> str:

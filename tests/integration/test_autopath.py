@@ -9,6 +9,10 @@ C{node.test}::
     search <ns>.svc.cluster.local svc.cluster.local cluster.local node.test
     options ndots:5
 
+A third pod, of C{team-a}, has DNS settings of its own (its Pod object's
+C{spec.dnsConfig.searches: [corp.test]}, which kubelet appends to the
+ClusterFirst list): autopath must leave it alone.
+
 C{getent ahosts NAME} asks for A and AAAA of NAME under each search domain
 in turn, then NAME alone (NAME has fewer than 5 dots). The pod's questions
 are counted in meshdns's query log, the upstream's in the fake upstream's
@@ -36,7 +40,12 @@ from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env, outside_th
 from tests.support.required import require_command
 
 NODE = "10.98.0.1"
-PODS = (("10.98.0.11", "team-a"), ("10.98.0.12", "team-b"))
+#: Each pod: address, namespace, its dnsConfig search domains.
+PODS = (
+    ("10.98.0.11", "team-a", ()),
+    ("10.98.0.12", "team-b", ()),
+    ("10.98.0.13", "team-a", ("corp.test",)),
+)
 UPSTREAM = "127.0.0.53"
 NODE_DOMAIN = "node.test"
 #: A host only the node's search domain finds (the fake upstream's --record).
@@ -90,10 +99,24 @@ class Node:
             time.sleep(0.2)
 
 
-def under_every_domain(name: str, namespace: str) -> list[str]:
-    """What glibc asks for C{name} in a pod of C{namespace}, in order."""
+def search_line(namespace: str, searches: tuple[str, ...] = ()) -> list[str]:
+    """The search line kubelet writes for a ClusterFirst pod with C{dnsConfig.searches}."""
     domains = [f"{namespace}.svc.cluster.local", "svc.cluster.local", "cluster.local", NODE_DOMAIN]
-    return [f"{name}.{domain}." for domain in domains] + [f"{name}."]
+    return domains + list(searches)
+
+
+def under_every_domain(name: str, namespace: str, searches: tuple[str, ...] = ()) -> list[str]:
+    """What glibc asks for C{name} in a pod of C{namespace}, in order."""
+    return [f"{name}.{domain}." for domain in search_line(namespace, searches)] + [f"{name}."]
+
+
+def pod_object(name: str, address: str, namespace: str, searches: tuple[str, ...]) -> str:
+    """A running Pod's document, with its dnsConfig search domains."""
+    return (
+        f"\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec: {{dnsConfig: {{searches: {list(searches)}}}}}\n"
+        f"status: {{phase: Running, podIP: {address}}}\n"
+    )
 
 
 @pytest.fixture(params=[True, False], ids=["autopath", "without"])
@@ -106,7 +129,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
         node.run(["ip", "addr", "add", f"{NODE}/24", "dev", "br0"])
         node.run(["ip", "link", "set", "br0", "up"])
         pods = []
-        for index, (address, namespace) in enumerate(PODS):
+        for index, (address, namespace, searches) in enumerate(PODS):
             pod = stack.enter_context(network_namespace())
             node.run(
                 ["ip", "link", "add", f"veth{index}", "type", "veth", "peer", "name", f"pod{index}"]
@@ -122,8 +145,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
             stack.callback(shutil.rmtree, etc, ignore_errors=True)
             (etc / "resolv.conf").write_text(
                 f"nameserver {NODE}\n"
-                f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local "
-                f"{NODE_DOMAIN}\n"
+                f"search {' '.join(search_line(namespace, searches))}\n"
                 "options ndots:5 timeout:2 attempts:1\n"
             )
             pods.append(pod)
@@ -142,6 +164,7 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
             + service("team-b", "web", "10.96.2.1")
             + pods_slice("team-a", "web", PODS[0][0])
             + pods_slice("team-b", "web", PODS[1][0])
+            + pod_object("own-dns", *PODS[2])
         )
         # The node's own resolv.conf: its search line ends every pod's list.
         (tmp_path / "resolv.conf").write_text(f"search {NODE_DOMAIN}\n")
@@ -205,3 +228,17 @@ def test_a_service_name_is_answered_by_the_mesh(node: Node) -> None:
     assert node.getent(0, "web") == (0, ["10.96.1.1"])
     assert node.getent(1, "web") == (0, ["10.96.2.1"])
     assert node.upstream_questions() - before == Counter()
+
+
+def test_a_pod_with_its_own_dns_settings(node: Node) -> None:
+    """
+    Its resolv.conf's whole search, with or without autopath: the pod asks
+    every candidate of its own list, and each goes upstream once.
+    """
+    before, pod_before = node.upstream_questions(), node.pod_questions(2)
+    assert node.getent(2, "www.upstream.test") == (0, ["127.0.0.10", "::10"])
+    node.settle()
+    asked = under_every_domain("www.upstream.test", "team-a", PODS[2][2])
+    every = {f"{name} {rdtype}": 1 for name in asked for rdtype in ("A", "AAAA")}
+    assert node.pod_questions(2) - pod_before == every
+    assert node.upstream_questions() - before == every

@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.unit.mesh.test_views -*-
+# -*- test-case-name: tests.unit.mesh.test_pod,tests.unit.mesh.test_views -*-
 """
-The Kubernetes C{Pod}, as far as per-client views need it: its namespace and
-addresses.
+The Kubernetes C{Pod}, as far as per-client views need it: its namespace,
+addresses, and whether its DNS settings are its own.
 """
 
 from __future__ import annotations
@@ -17,6 +17,37 @@ APIS = frozenset({"v1"})
 #: Pod phases whose addresses are released: a finished pod's address may
 #: already be another pod's.
 _FINISHED_PHASES = ("Succeeded", "Failed")
+#: The C{dnsPolicy} values whose resolv.conf kubelet writes with the cluster's
+#: search list (C{ClusterFirstWithHostNet} is C{ClusterFirst} for any pod;
+#: C{ClusterFirst} itself is C{Default} for a host-network pod, never a client).
+_CLUSTER_FIRST = ("ClusterFirst", "ClusterFirstWithHostNet")
+
+
+def own_dns(spec: Mapping[str, Any]) -> bool:
+    """
+    Whether a Pod's resolv.conf differs from the one kubelet writes for a
+    C{ClusterFirst} pod in the searches a stub resolver makes: another
+    C{dnsPolicy} (C{Default}: the node's file; C{None}: C{dnsConfig} alone),
+    or C{dnsConfig} search domains (appended to the cluster's) or an
+    C{ndots} option. Nameservers and other options leave the searched names
+    as they are. A C{dnsConfig} of an unexpected shape counts as the pod's
+    own: its list is then not known.
+    """
+    if spec.get("dnsPolicy", "ClusterFirst") not in _CLUSTER_FIRST:
+        return True
+    config = spec.get("dnsConfig")
+    if config is None:
+        return False
+    if not isinstance(config, dict):
+        return True
+    searches, options = config.get("searches"), config.get("options")
+    if searches is not None and searches != []:
+        return True
+    if options is None:
+        return False
+    if not isinstance(options, list):
+        return True
+    return any(not isinstance(o, dict) or o.get("name") == "ndots" for o in options)
 
 
 def read(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
@@ -34,7 +65,9 @@ def read(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
     namespace, name = metadata.get("namespace") or "default", metadata.get("name")
     if not isinstance(namespace, str) or not is_k8s_label(namespace) or not isinstance(name, str):
         return None
-    if isinstance(spec, dict) and spec.get("hostNetwork") is True:
+    if not isinstance(spec, dict):
+        spec = {}
+    if spec.get("hostNetwork") is True:
         return None
     if status.get("phase") in _FINISHED_PHASES:
         return None
@@ -53,4 +86,4 @@ def read(raw: Mapping[str, Any], file: str, index: int) -> Pod | None:
     if not addresses:
         return None
     origin = Origin(file, index, "Pod", intern(namespace), name)
-    return Pod(origin, tuple(dict.fromkeys(addresses)))
+    return Pod(origin, tuple(dict.fromkeys(addresses)), own_dns(spec))

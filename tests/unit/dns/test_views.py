@@ -12,12 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import dns.message
+import dns.rcode
 import dns.rdatatype
 import pytest
+from twisted.names import dns as tdns
 
 from meshdns_plugin.service import MeshService
 from tests.support.cluster import pods_slice, service
-from tests.support.servers import RecordingProtocol, memory_mesh_service
+from tests.support.servers import (
+    FakeDatagramSockets,
+    RecordingProtocol,
+    memory_mesh_service,
+    put_cached,
+)
 
 ENTRIES = "".join(
     [
@@ -117,3 +124,77 @@ def test_a_reload_moves_a_client(tmp_path: Path) -> None:
 def test_off_by_default(tmp_path: Path) -> None:
     meshdns = memory_mesh_service(tmp_path, ENTRIES)
     assert meshdns.factory.views is None
+
+
+OWN_DNS_ENTRIES = ENTRIES + """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: own, namespace: team-b}
+spec:
+  dnsConfig: {searches: [corp.test]}
+status: {podIP: 10.0.2.20}
+"""
+ASKED = "www.example.test.team-b.svc.cluster.local."
+OWN_CLIENT = ("10.0.2.20", 5353)
+
+
+def searching(tmp_path: Path) -> tuple[MeshService, FakeDatagramSockets]:
+    """Per-client views with autopath, the node's search line empty, upstream sockets faked."""
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    meshdns = memory_mesh_service(
+        tmp_path,
+        OWN_DNS_ENTRIES,
+        mesh={"per_client_views": True, "namespace": "default", "autopath": True},
+        listen={"allow": ["10.0.0.0/8"]},
+        upstream={"servers": ["127.0.0.1:1"], "resolv_conf": str(tmp_path / "resolv.conf")},
+    )
+    sockets = FakeDatagramSockets(meshdns.forwarder._reactor)
+    sockets.install(meshdns.forwarder.upstream)
+    return meshdns, sockets
+
+
+def upstream_questions(sockets: FakeDatagramSockets) -> list[str]:
+    return [dns.message.from_wire(s.sent[-1]).question[0].name.to_text() for s in sockets.created]
+
+
+def test_no_autopath_for_a_pod_with_its_own_dns_settings(tmp_path: Path) -> None:
+    """
+    A ClusterFirst pod of team-b is searched for (kubelet's list: the asked
+    name and the three further candidates go upstream); a pod of the same
+    namespace with dnsConfig searches asks only what it asks.
+    """
+    meshdns, sockets = searching(tmp_path)
+    ask(meshdns, ASKED, OWN_CLIENT)
+    assert upstream_questions(sockets) == [ASKED]
+    assert meshdns.factory.autopath.stats.searches == 0
+    ask(meshdns, "www.example.org.team-b.svc.cluster.local.", B_CLIENT)
+    assert upstream_questions(sockets)[1:] == [
+        "www.example.org.team-b.svc.cluster.local.",
+        "www.example.org.svc.cluster.local.",
+        "www.example.org.cluster.local.",
+        "www.example.org.",
+    ]
+    assert meshdns.factory.autopath.stats.searches == 1
+
+
+def test_a_cached_nxdomain_for_a_pod_with_its_own_dns_is_not_memoised(tmp_path: Path) -> None:
+    """The same packet from a ClusterFirst pod must still be searched."""
+    meshdns, sockets = searching(tmp_path)
+    query = dns.message.make_query(ASKED, "A")
+    zone = b"cluster.local"
+    soa = tdns.Record_SOA(b"ns.dns." + zone, b"hostmaster." + zone, 1, 7200, 1800, 86400, 30)
+    put_cached(
+        meshdns.forwarder.cache,
+        ASKED,
+        tdns.A,
+        authority=[tdns.RRHeader(zone, tdns.SOA, ttl=30, payload=soa)],
+        rcode=tdns.ENAME,
+    )
+    factory, proto = meshdns.factory, RecordingProtocol()
+    factory.packetReceived(query.to_wire(), proto, OWN_CLIENT)
+    assert dns.message.from_wire(proto.sent[-1]).rcode() == dns.rcode.NXDOMAIN
+    assert sockets.created == []
+    assert factory.memoized(query.to_wire(), B_CLIENT[0]) is None
+    factory.packetReceived(query.to_wire(), proto, B_CLIENT)
+    assert factory.autopath.stats.searches == 1

@@ -1,7 +1,8 @@
 """
 Tests for L{meshdns_plugin.mesh.liveviews}: per-client views patched one
 change at a time answer as views built whole from the same documents (every
-namespace with clients: names, aliases and PTR names; and the client map),
+namespace with clients: names, aliases and PTR names; and the client map,
+with the addresses of Pods that have DNS settings of their own),
 or the patcher says that only a whole build can apply the change.
 """
 
@@ -37,8 +38,8 @@ def endpoint_slice(
     )
 
 
-def pod(namespace: str, name: str, address: str) -> Pod:
-    return Pod(Origin("kubernetes", 0, "Pod", namespace, name), (address,))
+def pod(namespace: str, name: str, address: str, own_dns: bool = False) -> Pod:
+    return Pod(Origin("kubernetes", 0, "Pod", namespace, name), (address,), own_dns)
 
 
 slices = st.builds(
@@ -55,6 +56,7 @@ pods = st.builds(
     st.sampled_from(("a", "b", "c")),
     st.sampled_from(("p1", "p2")),
     st.sampled_from(POD_ADDRESSES),
+    st.booleans(),
 )
 steps = st.lists(
     st.one_of(
@@ -97,6 +99,7 @@ def whole(state: dict[str, dict[Any, Any]]) -> tuple[Entries, MeshViews]:
 
 def same(patched: MeshViews, built: MeshViews) -> None:
     assert dict(patched.clients.addresses) == dict(built.clients.addresses)
+    assert set(patched.clients.own_dns) == set(built.clients.own_dns)
     for namespace in built.clients.namespaces():
         mine, theirs = patched.tables[namespace], built.tables[namespace]
         assert dict(mine.names) == dict(theirs.names), namespace

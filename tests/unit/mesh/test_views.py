@@ -126,6 +126,40 @@ def test_slices_come_before_pods() -> None:
     assert client_map(parse_entries(text), (), "default").namespace_of("10.0.9.9") == "team-a"
 
 
+def own_dns_pods(policy: str, addresses: str, *, searches: str = "") -> str:
+    config = f", dnsConfig: {{searches: [{searches}]}}" if searches else ""
+    return (
+        f"\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p-{policy.lower()}, "
+        f"namespace: team-b}}\nspec: {{dnsPolicy: {policy}{config}}}\n"
+        f"status: {{podIPs: [{addresses}]}}\n"
+    )
+
+
+def test_clients_with_their_own_dns_settings() -> None:
+    """
+    A Pod with another dnsPolicy than ClusterFirst, or dnsConfig search
+    domains, has its own search list, whichever namespace its address is
+    of; an IPv4 address is its own also as an IPv4-mapped IPv6 peer.
+    """
+    text = (
+        pods_slice("team-a", "web", "10.0.9.9")
+        + own_dns_pods("None", "{ip: 10.0.9.9}")
+        + own_dns_pods("Default", "{ip: 10.0.9.10}, {ip: 'fd00::10'}")
+        + own_dns_pods("ClusterFirst", "{ip: 10.0.9.11}", searches="example.test")
+        + own_dns_pods("ClusterFirstWithHostNet", "{ip: 10.0.9.12}")
+    )
+    clients = client_map(parse_entries(text), (), "default")
+    assert clients.namespace_of("10.0.9.9") == "team-a"
+    assert clients.has_own_dns("10.0.9.9")
+    assert clients.has_own_dns("10.0.9.10")
+    assert clients.has_own_dns("::ffff:10.0.9.10")
+    assert clients.has_own_dns("fd00::10")
+    assert clients.has_own_dns("10.0.9.11")
+    assert not clients.has_own_dns("10.0.9.12")
+    assert not clients.has_own_dns("10.0.3.10")
+    assert not clients.has_own_dns("not an address")
+
+
 def test_client_map_namespaces() -> None:
     clients = ClientMap(
         {"10.0.0.1": "a"}, (ClientNetwork(ipaddress.ip_network("10.1.0.0/16"), "b"),), "c"
