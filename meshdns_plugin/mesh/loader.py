@@ -106,7 +106,8 @@ class TableLoader:
     @ivar views: the per-client views serving now (L{None}: not configured,
         or before the first load).
     @ivar api: where the documents of the Kubernetes API come from (a
-        snapshot, taken in the reactor thread by L{snapshot}), or L{None}.
+        snapshot, taken in the reactor thread by L{snapshot}, told whether
+        the load is for ServiceEntries alone), or L{None}.
     @ivar entries_only_next: the next load is for ServiceEntry changes
         alone (set by the API source): the Services' names of the serving
         table are kept, and only the ServiceEntries' are built (when the
@@ -125,7 +126,7 @@ class TableLoader:
         self.problems: tuple[Problem, ...] = ()
         self.view: MeshView | None = None
         self.views: MeshViews | None = None
-        self.api: Callable[[], Entries] | None = None
+        self.api: Callable[[bool], Entries] | None = None
         self.live = False
         self.entries_only_next = False
         self._full_wanted = False
@@ -163,7 +164,7 @@ class TableLoader:
         """
         entries_only, self.entries_only_next = self.entries_only_next, False
         self._full_wanted = False
-        return (self.api() if self.api is not None else None), entries_only
+        return (self.api(entries_only) if self.api is not None else None), entries_only
 
     def prepare(self, api: Entries | None = None, entries_only: bool = False) -> PreparedTable:
         """

@@ -466,15 +466,19 @@ class ApiSource(service.Service):
         self.serve(self._patcher.apply(changes["Service"], changes["EndpointSlice"]))
         return True
 
-    def snapshot(self) -> Entries:
+    def snapshot(self, entries_only: bool = False) -> Entries:
         """
-        Every valid object held, for a whole build (reactor thread; the
-        build runs in another). Changes after this are patched again into
-        the table it builds.
+        Every valid object held, for a build (reactor thread; the build
+        runs in another). Changes after this are patched again into the
+        table it builds.
+
+        @param entries_only: the build keeps the serving table's Services
+            (L{TablePatcher.swap_entries}): changes not yet patched must
+            still be; a whole build holds them all.
         """
-        # The snapshot holds every change so far: none is still to patch.
         self._since_snapshot = set()
-        self._pending = set()
+        if not entries_only:
+            self._pending = set()
         self._snapshot_complete = self.synced
 
         def of(kind: str) -> tuple[Any, ...]:
