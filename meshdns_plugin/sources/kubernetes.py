@@ -24,6 +24,7 @@ those lists serves, as Istio's agent waits for its first name table.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,9 @@ from meshdns_plugin.sources.reflector import Backoff, Reflector, Resource
 _log = Logger()
 
 ISTIO_GROUP = "networking.istio.io"
+#: Seconds a thread may hold the GIL while another waits for it (Python's
+#: default is 0.005), process-wide: the reactor thread's wait for builds.
+GIL_SWITCH_INTERVAL = 0.0005
 #: Seconds between checks for Istio's CRDs while they are absent.
 ISTIO_RECHECK = 60.0
 #: The kinds, in the order their objects are handed to a build.
@@ -179,6 +183,11 @@ class ApiSource(service.Service):
     def startService(self) -> None:
         super().startService()
         self._stopped.clear()
+        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL:
+            # Builds run in a thread beside the reactor; with Python's 5 ms
+            # interval, each system call of the reactor thread can wait that
+            # long for the GIL back, and a burst of queries waits the sum.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         threading.Thread(target=self._start, name="meshdns-kubernetes", daemon=True).start()
 
     def stopService(self) -> None:
