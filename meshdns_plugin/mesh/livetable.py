@@ -60,7 +60,9 @@ class ServiceIndex:
             (s.namespace, s.name): s for s in entries.services
         }
         self.slices: dict[SliceKey, EndpointSlice] = {}
-        self._by_service: dict[ServiceKey, dict[SliceKey, EndpointSlice]] = {}
+        # A Service's slices (nearly always one): a tuple each, not a dict,
+        # which would cost four times the memory at 20,000 Services.
+        self._by_service: dict[ServiceKey, tuple[SliceKey, ...]] = {}
         self._sidecars: tuple[Sidecar, ...] = entries.sidecars
         self._cluster_domain = cluster_domain
         self._root_namespace = root_namespace
@@ -71,18 +73,18 @@ class ServiceIndex:
         key = (endpoint_slice.origin.namespace, endpoint_slice.origin.name)
         self.slices[key] = endpoint_slice
         service = (endpoint_slice.origin.namespace, endpoint_slice.service_name)
-        self._by_service.setdefault(service, {})[key] = endpoint_slice
+        self._by_service[service] = (*self._by_service.get(service, ()), key)
 
     def _unindex_slice(self, key: SliceKey) -> None:
         old = self.slices.pop(key, None)
         if old is None:
             return
         service = (old.origin.namespace, old.service_name)
-        group = self._by_service.get(service)
-        if group is not None:
-            group.pop(key, None)
-            if not group:
-                del self._by_service[service]
+        group = tuple(k for k in self._by_service.get(service, ()) if k != key)
+        if group:
+            self._by_service[service] = group
+        else:
+            self._by_service.pop(service, None)
 
     def touched(
         self,
@@ -125,7 +127,7 @@ class ServiceIndex:
             return None
         own = Entries(
             services=(service,),
-            endpoint_slices=tuple(self._by_service.get(key, {}).values()),
+            endpoint_slices=tuple(self.slices[k] for k in self._by_service.get(key, ())),
             sidecars=self._sidecars,
         )
         visible = scoped(own, namespace, self._cluster_domain, self._root_namespace)
