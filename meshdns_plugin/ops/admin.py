@@ -21,8 +21,10 @@ scrapes and an operator curls.
     events, errors.
 
 It listens on loopback by default (C{admin.address}); C{admin.port: 0}
-disables it. Failing to listen is logged and leaves DNS serving: the endpoint
-is for observing, and DNS matters more.
+disables it. Failing to listen is logged once and leaves DNS serving (the
+endpoint is for observing, and DNS matters more); it is tried again every
+second, since during a rolling update the predecessor holds the port until
+it exits.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from meshdns_plugin.ops.reported import Reported
 _log = Logger()
 
 _TEXT = b"text/plain; charset=utf-8"
+#: Seconds between tries to listen when the port is taken.
+RETRY_LISTEN = 1.0
 
 
 class _Leaf(Resource):
@@ -266,9 +270,15 @@ class AdminService(service.Service):
         self.config = config
         self.port: IListeningPort | None = None
         self._reactor = reactor
+        self._retry: Any = None
+        self._failed = False
 
     def startService(self) -> None:
         super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        self._retry = None
         address, port = self.config.address, self.config.port
         listening = tcp_server(self._reactor, address, port).listen(self.site)
         listening.addCallbacks(self._listening, self._notListening)
@@ -279,15 +289,27 @@ class AdminService(service.Service):
         _log.info("Admin endpoint on {address} port {port}", address=host.host, port=host.port)
 
     def _notListening(self, reason: Failure) -> None:
-        _log.error(
-            "Admin endpoint disabled: cannot listen on {address} port {port}: {error}",
-            address=self.config.address,
-            port=self.config.port,
-            error=reason.getErrorMessage(),
-        )
+        if not self._failed:
+            self._failed = True
+            _log.error(
+                "Admin endpoint disabled: cannot listen on {address} port {port}: {error}; "
+                "trying again every {every:.0f} s",
+                address=self.config.address,
+                port=self.config.port,
+                error=reason.getErrorMessage(),
+                every=RETRY_LISTEN,
+            )
+        # A predecessor still draining during a rolling update holds the
+        # port (the DNS ports are shared, this one is not): once it exits,
+        # this process must answer the kubelet's probes, or be restarted.
+        if self.running:
+            self._retry = self._reactor.callLater(RETRY_LISTEN, self._listen)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         port, self.port = self.port, None
         if port is None:
             return defer.succeed(None)

@@ -195,3 +195,31 @@ def test_port_zero_disables_the_endpoint(tmp_path: Path) -> None:
     )
     mesh = MeshService(config, reactor=MemoryReactorClock())
     assert not [child for child in mesh if isinstance(child, AdminService)]
+
+
+def test_a_taken_port_is_tried_again_until_it_is_free(mesh: MeshService) -> None:
+    """
+    During a rolling update the predecessor holds the port until it exits:
+    one error line, then the endpoint listens once the port is free.
+    """
+    admin = admin_of(mesh)
+    reactor = admin._reactor
+    listen = reactor.listenTCP
+    taken = [True]
+
+    def maybe(port, factory, backlog=50, interface=""):
+        if taken[0]:
+            raise CannotListenError(interface, port, OSError("Address already in use"))
+        return listen(port, factory, backlog, interface)
+
+    reactor.listenTCP = maybe
+    with capturedLogs() as events:
+        admin.startService()
+        reactor.advance(1.0)
+        taken[0] = False
+        reactor.advance(1.0)
+    errors = [e for e in events if e["log_format"].startswith("Admin endpoint disabled")]
+    assert len(errors) == 1
+    assert admin.port is not None
+    admin.stopService()
+    assert not reactor.getDelayedCalls()
