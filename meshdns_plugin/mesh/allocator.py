@@ -123,17 +123,13 @@ class _Range:
         """Reserve a previous assignment if it is still valid and free."""
         if address is None:
             return None
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        if ip not in self.network:
-            return None
-        offset = int(ip) - int(self.network.network_address)
-        if offset in self.used or not _usable(self.network, offset):
+        offset = self._offset(address)
+        if offset is None or offset in self.used or not _usable(self.network, offset):
             return None
         self.used.add(offset)
-        return str(ip)
+        # As ipaddress writes it: what the state file and the table hold.
+        text = socket.inet_ntop(self._family, socket.inet_pton(self._family, address))
+        return text if text == address else str(ipaddress.ip_address(address))
 
     def reserve(self, address: str) -> None:
         """Take an address that is someone else's, if it is in the range."""

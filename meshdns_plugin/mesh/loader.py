@@ -187,7 +187,20 @@ class TableLoader:
         )
         errors = []
         clients = whole = None
-        placed = vip_hosts(entries, mesh.namespace, mesh.cluster_domain)
+        swap = (
+            entries_only
+            and self.swap_entries is not None
+            and not mesh.per_client_views
+            and _same_rest(files, self._files)
+        )
+        # Swapped in, the ServiceEntries' names are built alone: the
+        # Services' serve already, patched change by change.
+        scope = (
+            dataclasses.replace(entries, services=(), endpoint_slices=(), pods=())
+            if swap
+            else entries
+        )
+        placed = vip_hosts(scope, mesh.namespace, mesh.cluster_domain)
         if mesh.per_client_views:
             # Every view answers: the allocator places every view's hosts.
             clients = client_map(entries, mesh.client_namespaces, mesh.namespace)
@@ -208,18 +221,16 @@ class TableLoader:
             allocation = Allocation({})
         errors.extend(f"VIP allocation: {problem}" for problem in allocation.problems)
         view = mesh_view(
-            entries,
+            scope,
             allocation,
             namespace=mesh.namespace,
             auto_allocate=mesh.auto_allocate,
             cluster_domain=mesh.cluster_domain,
         )
         if clients is None or whole is None:
-            if entries_only and self.swap_entries is not None and _same_rest(files, self._files):
-                # The Services' names serve already, patched change by change.
-                alone = dataclasses.replace(view.entries, services=(), endpoint_slices=())
+            if swap:
                 layer = build_table(
-                    dataclasses.replace(view, entries=alone),
+                    view,
                     cluster_domain=mesh.cluster_domain,
                     search=search_domains(self.config),
                     ttl=mesh.ttl,
@@ -351,6 +362,8 @@ def _beside(files: Entries, api: Entries, held: frozenset[DocumentKey]) -> Entri
     """The API's documents beside the files', leaving out those a file holds."""
 
     def more(own: tuple[_T, ...], extra: tuple[_T, ...]) -> tuple[_T, ...]:
+        if not held:
+            return own + extra  # no file holds a document: nothing to leave out
         return own + tuple(o for o in extra if o.origin.key not in held)  # type: ignore[attr-defined]
 
     return dataclasses.replace(
