@@ -244,10 +244,16 @@ class TablePatcher:
             serving = current is not None and current is old.get(name)
             if (current is not None and not serving) or name in self._aliases:
                 continue  # a Service's name
+            records = new.get(name)
+            if serving and records == current:
+                # The same answer: the new object serves, no PTR name moves
+                # (most of the names of a load, so its cost stays with what
+                # changed).
+                self._names[name] = records  # type: ignore[assignment]
+                continue
             if serving:
                 del self._names[name]
                 self._unpoint(_pointers_of(name, current))
-            records = new.get(name)
             if records is not None:
                 self._set_entry_name(name, records)
         self.table = NameTable(
