@@ -23,6 +23,8 @@ those lists serves, as Istio's agent waits for its first name table.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 import sys
 import threading
@@ -52,6 +54,8 @@ ISTIO_GROUP = "networking.istio.io"
 #: Seconds a thread may hold the GIL while another waits for it (Python's
 #: default is 0.005), process-wide: the reactor thread's wait for builds.
 GIL_SWITCH_INTERVAL = 0.0005
+#: Seconds after a whole build is served before free memory is given back.
+RELEASE_AFTER = 1.0
 #: Seconds between checks for Istio's CRDs while they are absent.
 ISTIO_RECHECK = 60.0
 #: The kinds, in the order their objects are handed to a build.
@@ -512,6 +516,9 @@ class ApiSource(service.Service):
         self._file_keys = prepared.file_keys
         if prepared.entries_only:
             return  # the serving table, patched: nothing was missed
+        # A whole build at cluster size frees as much as it keeps: once the
+        # old table is gone too, give the allocator's free pages back.
+        self._reactor.callLater(RELEASE_AFTER, release_free_memory)
         self._patcher = self._views_patcher = None
         if isinstance(prepared.patcher, ViewsPatcher):
             self._views_patcher = prepared.patcher
@@ -520,6 +527,19 @@ class ApiSource(service.Service):
         missed = {k for k in self._since_snapshot if k[0] in _PATCHED_KINDS}
         if missed and not self._patch(missed):
             self.rebuild()
+
+
+def release_free_memory() -> None:
+    """
+    Return the C allocator's free memory to the system (glibc's
+    C{malloc_trim}; nothing where the C library has none): Python's own
+    allocator gives back whole arenas only, and a build's dictionaries and
+    lists leave the C heap full of holes that RSS keeps counting.
+    """
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
 
 
 def api_problems(api: ApiSource) -> tuple[Problem, ...]:
