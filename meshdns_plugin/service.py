@@ -39,8 +39,9 @@ from meshdns_plugin.ops.querylog import QueryLoggingFactory
 from meshdns_plugin.ops.reported import Reported
 from meshdns_plugin.ops.stats import ReloadStats
 from meshdns_plugin.ops.watcher import Reloader, TableWatcher, fingerprint
+from meshdns_plugin.sources import kubestatus
 from meshdns_plugin.sources.files import load_entries
-from meshdns_plugin.sources.kubernetes import ApiSource, api_problems, api_status
+from meshdns_plugin.sources.kubernetes import ApiSource
 
 _log = Logger()
 
@@ -244,12 +245,18 @@ class MeshService(service.MultiService):
             ready=lambda: (
                 self.listening and self.authority.table is not None and (api is None or api.ready)
             ),
-            problems=lambda: loader.problems + (api_problems(api) if api is not None else ()),
+            problems=lambda: (
+                loader.problems + (kubestatus.problems(api.problems) if api is not None else ())
+            ),
             collisions=lambda: collisions(loader.view) if loader.view is not None else (),
             listener_plan=(lambda: listeners.plan) if listeners is not None else ListenerPlan,
             listener_stats=listeners.stats if listeners is not None else None,
             config_source=self.config.source,
-            kubernetes=(lambda: api_status(api)) if api is not None else None,
+            kubernetes=(
+                (lambda: kubestatus.document(api.statuses.values(), api.held))
+                if api is not None
+                else None
+            ),
             autopath=self.factory.autopath.stats if self.factory.autopath is not None else None,
             cluster=self.cluster.stats if self.cluster is not None else None,
         )

@@ -36,7 +36,7 @@ class Reported:
     @ivar config_source: the config file the server runs, so that
         C{meshdns table} asks only the server of its own config.
     @ivar kubernetes: the Kubernetes API source's collections, one mapping
-        each (L{meshdns_plugin.sources.kubernetes.api_status}), or L{None}
+        each (L{meshdns_plugin.sources.kubestatus.document}), or L{None}
         when the source is off.
     @ivar autopath: autopath's counters, or L{None} when it is off.
     @ivar cluster: the cluster authority's counters, or L{None} when it is

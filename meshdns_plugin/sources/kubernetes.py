@@ -29,9 +29,7 @@ import random
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service
@@ -41,11 +39,12 @@ from meshdns_plugin.config import KubernetesConfig
 from meshdns_plugin.mesh.livetable import TablePatcher
 from meshdns_plugin.mesh.liveviews import ViewsPatcher
 from meshdns_plugin.mesh.loader import PreparedTable
-from meshdns_plugin.mesh.model import DocumentKey, Entries, Problem
+from meshdns_plugin.mesh.model import DocumentKey, Entries
 from meshdns_plugin.mesh.table import NameTable
 from meshdns_plugin.mesh.views import MeshViews
-from meshdns_plugin.sources.apiobjects import API_SOURCE, ApiObject, read_api_object
+from meshdns_plugin.sources.apiobjects import ApiObject, read_api_object
 from meshdns_plugin.sources.kubeclient import ApiClient, KubeError, MissingClientError
+from meshdns_plugin.sources.kubestatus import KindStatus, fault_line
 from meshdns_plugin.sources.reflector import Backoff, Reflector, Resource
 
 _log = Logger()
@@ -62,36 +61,6 @@ ISTIO_RECHECK = 60.0
 _CORE = (("Service", "v1", "services"), ("EndpointSlice", "discovery.k8s.io/v1", "endpointslices"))
 _ISTIO = (("ServiceEntry", "serviceentries"), ("Sidecar", "sidecars"))
 _PATCHED_KINDS = ("Service", "EndpointSlice", "Pod")
-
-
-@dataclass
-class KindStatus:
-    """
-    What one watched collection is doing, for C{/debug/kubernetes} and the
-    metrics.
-
-    @ivar state: C{starting}, C{listing}, C{watching}, C{backoff},
-        C{absent} (Istio's CRDs are not installed) or C{stopped}.
-    @ivar refused: the first list was refused (401, 403): tables are built
-        without the kind meanwhile, but the source is not ready.
-    @ivar version: the last C{resourceVersion} seen.
-    @ivar last_event: wall-clock time of the last change, or 0.
-    @ivar events: change type (C{ADDED}, ...) -> count.
-    @ivar errors: failure reason (C{network}, C{Forbidden}, C{Expired}, ...)
-        -> count.
-    """
-
-    resource: Resource
-    state: str = "starting"
-    synced: bool = False
-    refused: bool = False
-    version: str = ""
-    last_event: float = 0.0
-    lists: int = 0
-    relists: int = 0
-    events: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    last_error: str = ""
 
 
 class ApiSource(service.Service):
@@ -346,7 +315,7 @@ class ApiSource(service.Service):
         if error.status is None:
             self._source_failed(error)
             return
-        line = _fault_line(resource, error)
+        line = fault_line(resource, error)
         if self._reported.get(resource) != line:
             self._reported[resource] = line
             _log.error("{line}; serving the last state, retrying", line=line)
@@ -542,38 +511,6 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def api_problems(api: ApiSource) -> tuple[Problem, ...]:
-    """The invalid objects the source holds, as the loader's problems read."""
-    return tuple(
-        Problem(API_SOURCE, None, None, line, key) for key, line in sorted(api.problems.items())
-    )
-
-
-def api_status(api: ApiSource) -> list[dict[str, Any]]:
-    """
-    Each watched collection's state, JSON-able: what C{/debug/kubernetes}
-    shows and the metrics count.
-    """
-    return [
-        {
-            "kind": status.resource.kind,
-            "resource": str(status.resource),
-            "path": status.resource.path,
-            "state": status.state,
-            "synced": status.synced,
-            "objects": len(api.held.get(status.resource.kind, {})),
-            "resourceVersion": status.version,
-            "last_event": status.last_event or None,
-            "lists": status.lists,
-            "relists": status.relists,
-            "events": dict(status.events),
-            "errors": dict(status.errors),
-            "last_error": status.last_error or None,
-        }
-        for status in sorted(api.statuses.values(), key=lambda s: str(s.resource))
-    ]
-
-
 def _default_client(config: KubernetesConfig) -> ApiClient:
     return ApiClient(config.kubeconfig, config.context)
 
@@ -595,17 +532,3 @@ def _istio_version(client: Any) -> str | None:
 
 def _at_version(resource: Resource, version: str) -> Resource:
     return Resource(resource.kind, f"{ISTIO_GROUP}/{version}", resource.plural, resource.namespace)
-
-
-def _fault_line(resource: Resource, error: KubeError) -> str:
-    """One line for a failure the server answered, saying what to do about it."""
-    verb = getattr(error, "verb", "list")
-    group = resource.group or '"" (core)'
-    if error.status in (401, 403):
-        need = (
-            f"RBAC must allow get, list and watch of {resource.plural} in API group {group}"
-            if error.status == 403
-            else "the credentials are not accepted"
-        )
-        return f"Kubernetes API: cannot {verb} {resource}: {error} ({need})"
-    return f"Kubernetes API: {verb} {resource} failed: {error}"
