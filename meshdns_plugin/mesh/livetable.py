@@ -16,9 +16,12 @@ slices alone), takes its old names out and puts the new ones in, restoring a
 ServiceEntry host it had shadowed and keeping the PTR names right. A test
 checks against whole builds that the result is the same table.
 
-Everything else (ServiceEntries, Sidecars, Pods, per-client views) changes
-what many names mean, and goes through a whole build, off the reactor
-thread, instead.
+ServiceEntries are the other way round: a load builds their names alone,
+off the reactor thread, and L{TablePatcher.swap_entries} puts in those
+whose answer changed, leaving every Service's names as they are. Per-client
+views are patched by L{meshdns_plugin.mesh.liveviews} with the same
+patchers. What changes what many names mean (a Sidecar) goes through a
+whole build.
 
 The patch changes the table's mappings in place and returns a new
 L{NameTable} over them: the caller applies it in the reactor thread, between
