@@ -371,6 +371,8 @@ class MeshDNSServerFactory(server.DNSServerFactory):
         else:
 
             def answer(records: list[dns.RRHeader], target: bytes, ttl: int) -> None:
+                # Instead of done: the query is answered all the same.
+                self.outstanding -= 1
                 self.stats.queries[type_name(query.qtype), stats.FORWARDED] += 1
                 data = searched_reply(
                     query, target, ttl, records, self._recursion, MAX_UDP_PAYLOAD, limit

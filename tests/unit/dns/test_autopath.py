@@ -123,6 +123,8 @@ def test_every_candidate_asked_at_once_and_the_first_with_records_answers() -> N
     assert address.name.to_text() == "www.example.test." and address[0].address == "192.0.2.7"
     assert not reply.flags & dns.flags.AA
     assert (search.autopath.stats.answers, search.autopath.stats.questions_saved) == (1, 4)
+    # Answered: nothing is held for a process handing over to wait on.
+    assert search.server.factory.outstanding == 0
 
 
 def test_answer_waits_only_for_the_candidates_that_decide() -> None:
