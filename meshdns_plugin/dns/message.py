@@ -161,8 +161,8 @@ def read_query(data: bytes) -> Query | None:
     @return: L{None} if there is no readable question (the caller then
         answers FORMERR from the header, or drops the packet); a L{Query}
         whose C{problem} is set if it must be refused as it is (not a
-        QUERY, with or without a question; several questions, two OPT records, an EDNS version above
-        0, records running past the end).
+        QUERY, with or without a question; several questions, two OPT
+        records, an EDNS version above 0, records running past the end).
     """
     if len(data) < 12:
         return None
