@@ -361,16 +361,22 @@ class Churn:
         new = endpoint_slice(ns, name, tuple(addresses), hostnames=True, suffix=f"c{n}")
         return self._slice_change("ADDED", slices, ns, name, lambda: self.api.create(new))
 
-    def _endpointslice_modified(self) -> bool:
+    def _pick_slice(self) -> tuple[str, str, dict[str, list[str]], str] | None:
+        """A headless Service's namespace, name, slices, and one slice of them to change."""
         key = self._pick("EndpointSlice", self.cluster.headless)
         if key is None:
-            return False
-        ns, name = key
+            return None
         slices = self.cluster.headless[key]
         if not slices:
             self._unbusy("EndpointSlice", key)
+            return None
+        return (*key, slices, self.random.choice(sorted(slices)))
+
+    def _endpointslice_modified(self) -> bool:
+        picked = self._pick_slice()
+        if picked is None:
             return False
-        slice_name = self.random.choice(sorted(slices))
+        ns, name, slices, slice_name = picked
         addresses = [*slices[slice_name][1:], nth(NEW_ENDPOINTS, 3 * self._new())]
         slices[slice_name] = addresses
         changed = endpoint_slice(ns, name, tuple(addresses), hostnames=True,
@@ -378,15 +384,10 @@ class Churn:
         return self._slice_change("MODIFIED", slices, ns, name, lambda: self.api.update(changed))
 
     def _endpointslice_deleted(self) -> bool:
-        key = self._pick("EndpointSlice", self.cluster.headless)
-        if key is None:
+        picked = self._pick_slice()
+        if picked is None:
             return False
-        ns, name = key
-        slices = self.cluster.headless[key]
-        if not slices:
-            self._unbusy("EndpointSlice", key)
-            return False
-        slice_name = self.random.choice(sorted(slices))
+        ns, name, slices, slice_name = picked
         del slices[slice_name]
         return self._slice_change("DELETED", slices, ns, name,
                                   lambda: self.api.delete("EndpointSlice", ns, slice_name))
