@@ -119,6 +119,21 @@ def pod_object(name: str, address: str, namespace: str, searches: tuple[str, ...
     )
 
 
+def assert_searched(
+    asked: list[str], questions: Counter[str], upstream: Counter[str], autopath: bool
+) -> None:
+    """
+    Every name of C{asked} (glibc's order) went upstream once, A and AAAA;
+    the pod asked only the first with autopath, every one without.
+    """
+    every = {f"{name} {rdtype}": 1 for name in asked for rdtype in ("A", "AAAA")}
+    assert upstream == every
+    if autopath:
+        assert questions == {f"{asked[0]} A": 1, f"{asked[0]} AAAA": 1}
+    else:
+        assert questions == every
+
+
 @pytest.fixture(params=[True, False], ids=["autopath", "without"])
 def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
     require_netns()
@@ -199,14 +214,12 @@ def test_an_external_name(node: Node, request: pytest.FixtureRequest) -> None:
     assert node.getent(0, "www.upstream.test") == (0, ["127.0.0.10", "::10"])
     node.settle()
     asked = under_every_domain("www.upstream.test", "team-a")
-    questions = node.pod_questions(0) - pod_before
-    upstream = node.upstream_questions() - before
-    every = {f"{name} {rdtype}": 1 for name in asked for rdtype in ("A", "AAAA")}
-    assert upstream == every
-    if "autopath" in request.node.callspec.id:
-        assert questions == {f"{asked[0]} A": 1, f"{asked[0]} AAAA": 1}
-    else:
-        assert questions == every
+    assert_searched(
+        asked,
+        node.pod_questions(0) - pod_before,
+        node.upstream_questions() - before,
+        "autopath" in request.node.callspec.id,
+    )
     # The other namespace's pod: its own first domain, the rest from the cache.
     before = node.upstream_questions()
     assert node.getent(1, "www.upstream.test") == (0, ["127.0.0.10", "::10"])
