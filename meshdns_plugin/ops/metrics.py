@@ -93,15 +93,10 @@ class MeshCollector(Collector):
             "Questions answered SERVFAIL at once: upstream.max_concurrent were in flight.",
             value=upstream.rejected,
         )
-        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-        cumulative, buckets = 0, []
-        for bound, count in zip(bounds, upstream.latency.counts, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
             "meshdns_upstream_latency_seconds",
             "Time from sending a question upstream to its answer or failure.",
-            buckets=buckets,
+            buckets=_buckets(upstream.latency.counts),
             sum_value=upstream.latency.total,
         )
 
@@ -140,7 +135,6 @@ class MeshCollector(Collector):
             "Round-trip times of this upstream server's replies over UDP.",
             labels=("server",),
         )
-        bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
         for server in servers:
             label = (server.server,)
             queries.add_metric(label, server.queries)
@@ -149,11 +143,7 @@ class MeshCollector(Collector):
                 failures.add_metric((server.server, kind), server.failures.get(kind, 0))
             up.add_metric(label, int(server.up))
             timeout.add_metric(label, server.timeout)
-            cumulative, buckets = 0, []
-            for bound, count in zip(bounds, server.rtt.counts, strict=True):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            rtt.add_metric(label, buckets, server.rtt.total)
+            rtt.add_metric(label, _buckets(server.rtt.counts), server.rtt.total)
         yield from (queries, probes, failures, up, timeout, rtt)
         yield CounterMetricFamily(
             "meshdns_cache_prefetches",
@@ -339,6 +329,16 @@ class MeshCollector(Collector):
                 "(autopath's candidates included).",
                 value=cluster.nxdomains,
             )
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, int]]:
+    """A histogram's cumulative buckets, from its count per L{LATENCY_BUCKETS} bound."""
+    bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+    cumulative, buckets = 0, []
+    for bound, count in zip(bounds, counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return buckets
 
 
 def registry_for(reported: Reported) -> CollectorRegistry:
