@@ -26,7 +26,6 @@ from twisted.names.error import DNSNameError, DNSServerError
 from meshdns_plugin.dns.cache import render
 from meshdns_plugin.dns.forwarder import UPSTREAM_PAYLOAD, CachingForwarder
 from meshdns_plugin.dns.message import read_query
-from tests.support.servers import FakeDatagramSockets, UDPReactor
 
 FIRST, SECOND = ("127.0.0.1", 5301), ("127.0.0.1", 5302)
 
@@ -48,16 +47,6 @@ def _results(d) -> list:
     out: list = []
     d.addBoth(out.append)
     return out
-
-
-@pytest.fixture
-def reactor() -> UDPReactor:
-    return UDPReactor()
-
-
-@pytest.fixture
-def sockets(reactor: UDPReactor) -> FakeDatagramSockets:
-    return FakeDatagramSockets(reactor)
 
 
 def asking(sockets, name: str) -> list:

@@ -14,7 +14,6 @@ import pytest
 
 from meshdns_plugin.dns.forwarder import CachingForwarder
 from meshdns_plugin.dns.message import read_query
-from tests.support.servers import FakeDatagramSockets, UDPReactor
 
 SERVER = ("127.0.0.1", 5301)
 NAME = "stale.upstream.test."
@@ -27,16 +26,6 @@ def _answer(wire: bytes, address: str, ttl: int = 10, rcode=dns.rcode.NOERROR) -
     if rcode == dns.rcode.NOERROR:
         response.answer.append(dns.rrset.from_text(NAME, ttl, "IN", "A", address))
     return response.to_wire()
-
-
-@pytest.fixture
-def reactor() -> UDPReactor:
-    return UDPReactor()
-
-
-@pytest.fixture
-def sockets(reactor: UDPReactor) -> FakeDatagramSockets:
-    return FakeDatagramSockets(reactor)
 
 
 def _forwarder(reactor, sockets, **kwargs) -> CachingForwarder:

@@ -17,7 +17,6 @@ import dns.rrset
 import pytest
 
 from meshdns_plugin.dns.forwarder import CachingForwarder
-from tests.support.servers import FakeDatagramSockets, UDPReactor
 
 FIRST, SECOND = ("127.0.0.1", 5301), ("127.0.0.1", 5302)
 
@@ -34,16 +33,6 @@ def _answer(wire: bytes, rcode=dns.rcode.NOERROR) -> bytes:
 
 def _question(sock) -> str:
     return dns.message.from_wire(sock.sent[0]).question[0].name.to_text()
-
-
-@pytest.fixture
-def reactor() -> UDPReactor:
-    return UDPReactor()
-
-
-@pytest.fixture
-def sockets(reactor: UDPReactor) -> FakeDatagramSockets:
-    return FakeDatagramSockets(reactor)
 
 
 def _forwarder(reactor, sockets, **kwargs) -> CachingForwarder:
