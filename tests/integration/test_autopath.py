@@ -23,7 +23,6 @@ addresses and NXDOMAINs must be the same, only the questions fewer.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections import Counter
@@ -35,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import pods_slice, service
-from tests.support.netns import Netns, network_namespace, require_netns
+from tests.support.netns import Netns, node_with_pods, require_netns
 from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env, outside_the_source_tree
 from tests.support.required import require_command
 
@@ -139,31 +138,9 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
     require_netns()
     require_command("getent", "libc-bin")
     with ExitStack() as stack:
-        node = stack.enter_context(network_namespace())
-        node.run(["ip", "link", "add", "br0", "type", "bridge"])
-        node.run(["ip", "addr", "add", f"{NODE}/24", "dev", "br0"])
-        node.run(["ip", "link", "set", "br0", "up"])
-        pods = []
-        for index, (address, namespace, searches) in enumerate(PODS):
-            pod = stack.enter_context(network_namespace())
-            node.run(
-                ["ip", "link", "add", f"veth{index}", "type", "veth", "peer", "name", f"pod{index}"]
-            )
-            node.run(["ip", "link", "set", f"pod{index}", "netns", pod.name])
-            node.run(["ip", "link", "set", f"veth{index}", "master", "br0", "up"])
-            pod.run(["ip", "link", "set", f"pod{index}", "name", "eth0"])
-            pod.run(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
-            pod.run(["ip", "link", "set", "eth0", "up"])
-            # ip netns exec bind-mounts this over /etc/resolv.conf.
-            etc = Path("/etc/netns") / pod.name
-            etc.mkdir(parents=True)
-            stack.callback(shutil.rmtree, etc, ignore_errors=True)
-            (etc / "resolv.conf").write_text(
-                f"nameserver {NODE}\n"
-                f"search {' '.join(search_line(namespace, searches))}\n"
-                "options ndots:5 timeout:2 attempts:1\n"
-            )
-            pods.append(pod)
+        node, pods = node_with_pods(
+            stack, NODE, [(a, search_line(ns, searches)) for a, ns, searches in PODS]
+        )
         upstream = node.popen(
             [
                 sys.executable, str(FAKE_UPSTREAM), "--address", UPSTREAM, "--port", "53",

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import pods_slice, service, service_entry
-from tests.support.netns import Netns, network_namespace, require_netns
+from tests.support.netns import Netns, node_with_pods, require_netns
 from tests.support.processes import FAKE_UPSTREAM, TWISTD, child_env, outside_the_source_tree
 
 NODE = "10.99.0.1"
@@ -90,31 +90,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     if shutil.which("getent") is None:
         pytest.skip("getent is not installed")
     with ExitStack() as stack:
-        node = stack.enter_context(network_namespace())
-        node.run(["ip", "link", "add", "br0", "type", "bridge"])
-        node.run(["ip", "addr", "add", f"{NODE}/24", "dev", "br0"])
-        node.run(["ip", "link", "set", "br0", "up"])
-        pods = []
-        for index, (address, namespace) in enumerate(PODS):
-            pod = stack.enter_context(network_namespace())
-            node.run(
-                ["ip", "link", "add", f"veth{index}", "type", "veth", "peer", "name", f"pod{index}"]
-            )
-            node.run(["ip", "link", "set", f"pod{index}", "netns", pod.name])
-            node.run(["ip", "link", "set", f"veth{index}", "master", "br0", "up"])
-            pod.run(["ip", "link", "set", f"pod{index}", "name", "eth0"])
-            pod.run(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
-            pod.run(["ip", "link", "set", "eth0", "up"])
-            # ip netns exec bind-mounts this over /etc/resolv.conf.
-            etc = Path("/etc/netns") / pod.name
-            etc.mkdir(parents=True)
-            stack.callback(shutil.rmtree, etc, ignore_errors=True)
-            (etc / "resolv.conf").write_text(
-                f"nameserver {NODE}\n"
-                f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
-                "options ndots:5 timeout:2 attempts:1\n"
-            )
-            pods.append(pod)
+        search = ("svc.cluster.local", "cluster.local")
+        node, pods = node_with_pods(
+            stack, NODE, [(a, (f"{ns}.svc.cluster.local", *search)) for a, ns in PODS]
+        )
         upstream = node.popen(
             [sys.executable, str(FAKE_UPSTREAM), "--address", UPSTREAM, "--port", "53"],
             env=child_env(),

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.processes import stop_process
 from tests.support.required import require_command, unavailable
@@ -117,3 +119,40 @@ def network_namespace() -> Iterator[Netns]:
     finally:
         ns.stop_processes()
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def node_with_pods(
+    stack: ExitStack, node_address: str, pods: Sequence[tuple[str, Sequence[str]]]
+) -> tuple[Netns, list[Netns]]:
+    """
+    A "node" namespace with a bridge at C{node_address}/24, and one "pod"
+    namespace per C{(address, search domains)} on it (a veth pair, the pod's
+    end named C{eth0}), whose resolv.conf is the one kubelet writes for a
+    ClusterFirst pod: the node as nameserver, C{ndots:5}. C{stack} deletes
+    them all, and the resolv.conf files, on exit.
+    """
+    node = stack.enter_context(network_namespace())
+    node.run(["ip", "link", "add", "br0", "type", "bridge"])
+    node.run(["ip", "addr", "add", f"{node_address}/24", "dev", "br0"])
+    node.run(["ip", "link", "set", "br0", "up"])
+    made = []
+    for index, (address, search) in enumerate(pods):
+        pod = stack.enter_context(network_namespace())
+        node.run(
+            ["ip", "link", "add", f"veth{index}", "type", "veth", "peer", "name", f"pod{index}"]
+        )
+        node.run(["ip", "link", "set", f"pod{index}", "netns", pod.name])
+        node.run(["ip", "link", "set", f"veth{index}", "master", "br0", "up"])
+        pod.run(["ip", "link", "set", f"pod{index}", "name", "eth0"])
+        pod.run(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+        pod.run(["ip", "link", "set", "eth0", "up"])
+        # ip netns exec bind-mounts this over /etc/resolv.conf.
+        etc = Path("/etc/netns") / pod.name
+        etc.mkdir(parents=True)
+        stack.callback(shutil.rmtree, etc, ignore_errors=True)
+        (etc / "resolv.conf").write_text(
+            f"nameserver {node_address}\nsearch {' '.join(search)}\n"
+            "options ndots:5 timeout:2 attempts:1\n"
+        )
+        made.append(pod)
+    return node, made
