@@ -25,8 +25,9 @@ class KindStatus:
     What one watched collection is doing, for C{/debug/kubernetes} and the
     metrics.
 
-    @ivar state: C{starting}, C{listing}, C{watching}, C{backoff},
-        C{absent} (Istio's CRDs are not installed) or C{stopped}.
+    @ivar state: C{starting} (before the first list), C{listing} (again,
+        after 410 Gone), C{watching}, C{backoff}, or C{absent} (Istio's CRDs
+        are not installed).
     @ivar refused: the first list was refused (401, 403): tables are built
         without the kind meanwhile, but the source is not ready.
     @ivar version: the last C{resourceVersion} seen.
