@@ -157,6 +157,9 @@ class Reflector:
         self._rng = rng or random.Random()
         self._backoff = Backoff(self._rng)
         self._stream: WatchStream | None = None
+        #: Watch events and bookmarks read so far (a watch that reads none
+        #: is not opened again at once).
+        self._seen = 0
 
     def stop(self) -> None:
         """End the loop: a blocked watch is unblocked by closing its stream."""
@@ -171,8 +174,14 @@ class Reflector:
             try:
                 if version is None:
                     version = self.list()
+                seen = self._seen
                 version = self.watch(version)
-                self._backoff.reset()
+                if self._seen == seen:
+                    # A watch that ended with nothing in it: not at once
+                    # again, or a server that ends every watch is hammered.
+                    self.stopped.wait(self._backoff.delay())
+                else:
+                    self._backoff.reset()
             except KubeError as error:
                 if self.stopped.is_set():
                     return
@@ -236,6 +245,7 @@ class Reflector:
         self._backoff.reset()
         try:
             for event in _events(stream):
+                self._seen += 1
                 kind, obj = event.get("type"), event["object"]
                 if kind == "ERROR":
                     raise _status_event(resource, obj)

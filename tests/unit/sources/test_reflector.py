@@ -186,3 +186,11 @@ def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
     assert max(delays) <= BACKOFF_MAX * 1.5
     backoff.reset()
     assert backoff.delay() <= 1.2
+
+
+def test_a_watch_that_ends_empty_is_not_opened_again_at_once() -> None:
+    """A server that ends every watch with nothing in it is not asked in a tight loop."""
+    client, _, waits = run([page(["a"], "10"), [], [], []])
+    assert [verb for verb, _ in client.requests][:4] == ["list", "watch", "watch", "watch"]
+    # A backoff's first wait each time (the open watch resets it), not none.
+    assert len(waits) >= 3 and all(w >= 0.4 for w in waits[:3])
